@@ -1,0 +1,1 @@
+"""AND-Lightning: Audio Network Dissection with PyTorch Lightning + Hydra."""

@@ -1,0 +1,60 @@
+"""Audio file I/O with soundfile + torchaudio resampling, and clear errors that name the file."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+
+class AudioError(ValueError):
+    """Raised for audio that cannot be used: unreadable, empty, non-finite or wrongly shaped."""
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
+    """Read `path` as a mono float32 waveform [T]; resample to `sample_rate` if given. Returns (wave, sr)."""
+    path = Path(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
+        raise AudioError(f"{path}: cannot read audio ({type(e).__name__}: {e})") from e
+    if data.ndim != 2 or data.shape[1] < 1:
+        raise AudioError(f"{path}: expected [frames, channels] audio, got shape {data.shape}")
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: audio file is empty (0 frames)")
+    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if not torch.isfinite(wave).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    if sample_rate is not None and sr != sample_rate:
+        wave = resample(wave, sr, sample_rate)
+        sr = sample_rate
+    return wave, sr
+
+
+def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """Resample the last axis from `orig_sr` to `new_sr` (no-op when equal)."""
+    if orig_sr == new_sr:
+        return wave
+    if orig_sr <= 0 or new_sr <= 0:
+        raise AudioError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    return AF.resample(wave, orig_sr, new_sr)
+
+
+def fix_length(wave: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Crop or zero-pad the last axis to exactly `num_samples`."""
+    n = wave.shape[-1]
+    if n >= num_samples:
+        return wave[..., :num_samples]
+    return torch.nn.functional.pad(wave, (0, num_samples - n))
+
+
+def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int) -> None:
+    """Write a mono waveform as 16-bit PCM WAV (atomically)."""
+    from and_lightning.store.atomic import atomic_path
+
+    arr = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), arr.astype(np.float32), sample_rate, subtype="PCM_16", format="WAV")
