@@ -17,6 +17,8 @@ class AudioError(ValueError):
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
     """Read `path` as a mono float32 waveform [T]; resample to `sample_rate` if given. Returns (wave, sr)."""
     path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
@@ -56,5 +58,11 @@ def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_
     from and_lightning.store.atomic import atomic_path
 
     arr = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1 or arr.size == 0:
+        raise AudioError(f"{path}: expected a non-empty mono waveform [T] (or [1, T]), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise AudioError(f"{path}: refusing to write NaN or infinite samples")
     with atomic_path(path) as tmp:
         sf.write(str(tmp), arr.astype(np.float32), sample_rate, subtype="PCM_16", format="WAV")

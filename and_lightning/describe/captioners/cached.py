@@ -1,0 +1,75 @@
+"""Caption each UNIQUE clip exactly once, cached on disk by (captioner name, model, prompt, sha256 of the audio).
+
+Clips with identical audio share one caption; a rerun with the same captioner sends nothing; captions are stored
+chunk by chunk, so a killed run keeps the chunks that finished.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from and_lightning.describe.captioners.base import Captioner, Clip
+from and_lightning.store.hashing import hash_bytes, hash_obj
+from and_lightning.store.kvcache import KVCache
+
+
+class Captions(dict):
+    """clip_id -> caption, plus how the captions were obtained: `requested` (clips sent to the captioner),
+    `cache_hits` (unique clips found in the cache) and `unique` (distinct audio contents)."""
+
+    requested: int = 0
+    cache_hits: int = 0
+    unique: int = 0
+
+
+def audio_sha256(clip: Clip) -> str:
+    """sha256 of a clip's audio content: its float32 samples and sample rate (not its id or file name)."""
+    wave = np.ascontiguousarray(np.asarray(clip.wave, dtype=np.float32))
+    return hash_bytes(wave.tobytes() + f"|sr={int(clip.sample_rate)}".encode())
+
+
+def caption_key(captioner: Captioner, audio_hash: str) -> str:
+    """The cache key of one caption."""
+    return hash_obj(
+        {"captioner": captioner.name, "model": captioner.model, "prompt": captioner.prompt, "audio": audio_hash}
+    )
+
+
+def caption_clips(captioner: Captioner, clips: Iterable[Clip], cache: KVCache, chunk_size: int = 64) -> Captions:
+    """Captions for `clips` (dict clip_id -> caption); only uncached unique audio goes to `captioner`."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    out = Captions()
+    clip_audio: dict[str, str] = {}  # clip_id -> audio hash
+    todo: dict[str, Clip] = {}  # caption key -> first clip with that audio
+    key_of: dict[str, str] = {}  # audio hash -> caption key
+    for clip in clips:
+        audio = audio_sha256(clip)
+        if clip.clip_id in clip_audio:
+            if clip_audio[clip.clip_id] != audio:
+                raise ValueError(f"clip id {clip.clip_id!r} appears twice with different audio; clip ids must be unique")
+            continue
+        clip_audio[clip.clip_id] = audio
+        if audio in key_of:
+            continue
+        key = key_of[audio] = caption_key(captioner, audio)
+        if key in cache:
+            out.cache_hits += 1
+        else:
+            todo[key] = clip
+    out.unique = len(key_of)
+    pending = list(todo.items())
+    for start in range(0, len(pending), chunk_size):
+        chunk = pending[start : start + chunk_size]
+        captions = captioner.caption([clip for _, clip in chunk])
+        if len(captions) != len(chunk):
+            raise RuntimeError(
+                f"captioner {captioner.name!r} returned {len(captions)} captions for {len(chunk)} clips"
+            )
+        out.requested += len(chunk)
+        for (key, _), text in zip(chunk, captions):
+            cache.put(key, text)
+    for clip_id, audio in clip_audio.items():
+        out[clip_id] = cache.get(key_of[audio])
+    return out

@@ -1,0 +1,167 @@
+"""The chat-LLM interface: cached, de-duplicated `complete` / `complete_many` over a backend's `_complete_uncached`.
+
+A reply is cached on disk under sha256(backend, model, messages, params, schema) as soon as it arrives, so a
+rerun of the same config sends nothing twice and a failed run keeps what finished.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+from and_lightning.store.hashing import hash_obj
+from and_lightning.store.kvcache import KVCache
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class LLMError(RuntimeError):
+    """Base class of LLM failures. `backend`, `model` and `status` say which backend failed and how."""
+
+    def __init__(self, message: str, *, backend: str = "", model: str = "", status: Any = None, attempts: int = 0):
+        super().__init__(message)
+        self.backend, self.model, self.status, self.attempts = backend, model, status, attempts
+
+
+class LLMRequestError(LLMError):
+    """A request failed for good: retries ran out, or the server refused it (e.g. HTTP 401/400)."""
+
+
+class LLMReplyError(LLMRequestError):
+    """A structured request kept getting replies that are not valid JSON or miss fields of the schema."""
+
+
+class LLMNotConfiguredError(LLMError):
+    """Raised by the `none` backend: the run was configured without an LLM."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to make: OpenAI-style `messages`, and a JSON schema for structured output, or None."""
+
+    messages: list[dict]
+    schema: dict | None = None
+
+
+@dataclass
+class LLMStats:
+    """Counters tests and logs read. `requests_sent` counts every attempt sent to the backend, retries included."""
+
+    requests_sent: int = 0
+    retries: int = 0
+    completed: int = 0
+    cache_hits: int = 0
+    deduplicated: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def as_request(item: ChatRequest | Sequence[dict] | tuple | dict) -> ChatRequest:
+    """Accept a ChatRequest, a list of messages, a (messages, schema) tuple or {"messages", "schema"}."""
+    if isinstance(item, ChatRequest):
+        return item
+    if isinstance(item, dict) and "messages" in item:
+        return ChatRequest(list(item["messages"]), item.get("schema"))
+    if isinstance(item, tuple) and len(item) == 2:
+        return ChatRequest(list(item[0]), item[1])
+    if isinstance(item, list) and all(isinstance(m, dict) and "role" in m for m in item):
+        return ChatRequest(item)
+    raise TypeError(
+        "a chat request must be a ChatRequest, a list of {'role', 'content'} messages, a (messages, schema) "
+        f"tuple or a dict with 'messages'; got {type(item).__name__}: {str(item)[:80]}"
+    )
+
+
+def run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from sync code, also when an event loop is already running (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make_coro())).result()
+
+
+@dataclass
+class ChatLLM:
+    """Base of every chat backend. Subclasses set `name`, implement `params()` and `_complete_uncached`."""
+
+    model: str
+    cache_path: str | os.PathLike | None = None
+    stats: LLMStats = field(default_factory=LLMStats, init=False, repr=False)
+
+    name = "base"
+
+    def __post_init__(self) -> None:
+        self.cache = KVCache(self.cache_path) if self.cache_path else None
+
+    def params(self) -> dict:
+        """The sampling parameters that change a reply; part of the cache key."""
+        return {}
+
+    def request_key(self, request: ChatRequest) -> str:
+        """sha256 of (backend, model, messages, params, schema): the cache key of one request."""
+        return hash_obj(
+            {
+                "backend": self.name,
+                "model": self.model,
+                "messages": request.messages,
+                "params": self.params(),
+                "schema": request.schema,
+            }
+        )
+
+    def complete(self, messages: list[dict], schema: dict | None = None) -> str | dict:
+        """One reply: a string, or the parsed dict when `schema` is given."""
+        return self.complete_many([ChatRequest(list(messages), schema)])[0]
+
+    def complete_many(self, requests: Sequence[Any]) -> list[Any]:
+        """Replies to `requests` in order (see `as_request` for accepted forms); blocking."""
+        return run_sync(lambda: self.acomplete_many(requests))
+
+    async def acomplete_many(self, requests: Sequence[Any]) -> list[Any]:
+        """Async `complete_many`: cached replies come from disk, duplicates are sent once, the rest to the backend."""
+        reqs = [as_request(r) for r in requests]
+        keys = [self.request_key(r) for r in reqs]
+        results: dict[str, Any] = {}
+        todo: dict[str, ChatRequest] = {}
+        for key, req in zip(keys, reqs):
+            if key in results or key in todo:
+                self.stats.deduplicated += 1
+                continue
+            cached = self.cache.get(key, _MISSING) if self.cache is not None else _MISSING
+            if cached is _MISSING:
+                todo[key] = req
+            else:
+                self.stats.cache_hits += 1
+                results[key] = cached
+
+        def on_result(key: str, value: Any) -> None:
+            results[key] = value
+            self.stats.completed += 1
+            if self.cache is not None:
+                self.cache.put(key, value)
+
+        if todo:
+            try:
+                await self._complete_uncached(list(todo.items()), on_result)
+            except LLMError as e:
+                done = sum(k in results for k in todo)
+                where = f"kept in the cache {self.cache.path}" if self.cache is not None else "lost (no cache_path set)"
+                e.args = (f"{e.args[0]} [{done} of {len(todo)} other requests of this batch finished; {where}]",)
+                raise
+        return [results[k] for k in keys]
+
+    async def _complete_uncached(
+        self, items: list[tuple[str, ChatRequest]], on_result: Callable[[str, Any], None]
+    ) -> None:
+        """Answer every (key, request); call `on_result(key, reply)` as each finishes; raise LLMError on failure."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Backend and model, for error messages."""
+        return f"{self.name} backend (model {self.model!r})"

@@ -1,0 +1,98 @@
+"""On-disk key-value cache (sqlite3 in WAL mode) for LLM replies and captions.
+
+Each `put` is its own committed transaction, so a process killed mid-run keeps every entry that finished and
+never leaves a corrupt file. Keys are sha256 hex strings (see `and_lightning.store.hashing.hash_obj`); values
+are any JSON-serialisable object. One instance may be shared by the async tasks and threads of a process;
+several processes may open the same file (sqlite locking, `busy_timeout`). Keep the file on a local disk:
+sqlite's WAL mode does not work on network file systems.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from and_lightning.store.hashing import hash_obj
+
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CacheError(RuntimeError):
+    """Raised when a cache file cannot be opened or holds an unreadable entry."""
+
+
+class KVCache:
+    """A persistent map from sha256 keys to JSON values, stored in one sqlite file at `path`."""
+
+    def __init__(self, path: str | os.PathLike, busy_timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a committed write survives a killed process (not a power cut); never corrupts.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        except sqlite3.Error as e:
+            raise CacheError(f"{self.path}: cannot open the cache as sqlite ({e})") from e
+
+    @staticmethod
+    def key_for(obj: Any) -> str:
+        """The cache key of a JSON-like object: sha256 of its canonical JSON."""
+        return hash_obj(obj)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under `key`, or `default` if there is none."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except json.JSONDecodeError as e:
+            raise CacheError(f"{self.path}: entry {key} is not valid JSON ({e})") from e
+
+    def put(self, key: str, value: Any) -> None:
+        """Store `value` (JSON-serialisable) under `key` and commit at once."""
+        if not _KEY_RE.match(key):
+            raise ValueError(f"cache key must be a sha256 hex digest (64 lowercase hex chars), got {key!r}")
+        blob = json.dumps(value, sort_keys=True)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, blob))
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT key FROM kv ORDER BY key")]
+
+    def integrity_ok(self) -> bool:
+        """True when sqlite's own integrity check passes."""
+        with self._lock:
+            return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "KVCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"KVCache({str(self.path)!r})"

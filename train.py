@@ -1,0 +1,15 @@
+"""Train a target model: `python train.py [model=...] [data=...] [strategy=...]` (Hydra CLI)."""
+import hydra
+from omegaconf import DictConfig
+
+from and_lightning.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric") or "", None)
+
+
+if __name__ == "__main__":
+    main()
