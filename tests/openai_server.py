@@ -40,6 +40,7 @@ class RecordedRequest:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid the 40 ms delayed-ACK stall
     server: "_Server"
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet test output
@@ -74,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 drops bursts of connections (1 s SYN retransmits)
     owner: "OpenAITestServer"
 
 
@@ -93,6 +95,8 @@ class OpenAITestServer:
         self._fail_next: list[tuple[int, float | None]] = []
         self._fail_when: list[tuple[Callable[[Body], bool], int]] = []
         self._hang_next: list[float] = []
+        self._in_flight = 0
+        self.max_in_flight = 0  # the most requests the server was answering at one time
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -131,7 +135,7 @@ class OpenAITestServer:
     def start(self) -> "OpenAITestServer":
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-test-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="openai-test-server", daemon=True)
         self._thread.start()
         return self
 
@@ -151,6 +155,16 @@ class OpenAITestServer:
 
     # --- request handling (runs in the server's threads) -----------------------------------------------------
     def _handle(self, handler: _Handler, body: Body) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            self._answer(handler, body)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _answer(self, handler: _Handler, body: Body) -> None:
         with self._lock:
             n = len(self.requests)
             self.requests.append(RecordedRequest(handler.path, dict(handler.headers.items()), body))

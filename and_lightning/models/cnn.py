@@ -1,10 +1,13 @@
 """The default target model: a small log-mel CNN that trains in CPU minutes on 1 s clips at 16 kHz.
 
-Four conv blocks (conv-BN-ReLU-pool) named conv1..conv4, global average pooling and a linear head `fc`.
+Four conv blocks (conv-BN-ReLU-pool) named conv1..conv4, average pooling over time (frequency bands are kept,
+so the head knows where in the spectrum energy lies: plain global pooling makes pitch nearly invisible) and a
+linear head `fc`.
 Dissectable layers are the conv outputs (pre-BN, like the paper's pre-nonlinearity hooks) and the logits.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -40,14 +43,17 @@ class SmallCNNNet(nn.Module):
         for i in range(len(channels)):
             self.add_module(f"conv{i + 1}", ConvBlock(widths[i], widths[i + 1]))
         self.num_blocks = len(channels)
+        bands = n_mels
+        for _ in channels:
+            bands = math.ceil(bands / 2)  # each 2x2 max-pool (ceil mode) halves the mel axis
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(widths[-1], num_classes)
+        self.fc = nn.Linear(widths[-1] * bands, num_classes)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = self.norm(feats).unsqueeze(1)  # [B, 1, n_mels, frames]
         for i in range(self.num_blocks):
             x = getattr(self, f"conv{i + 1}")(x)
-        x = x.mean(dim=(2, 3))  # global average pooling over frequency and time
+        x = x.mean(dim=3).flatten(1)  # average over time, keep channels x frequency bands
         return self.fc(self.dropout(x))
 
 

@@ -22,7 +22,7 @@ BIN0_CENTS = 1997.3794084376191
 
 
 def bin_frequencies() -> np.ndarray:
-    """Centre frequency in Hz of each of CREPE's 360 output bins (20 cents apart, ~32.7 Hz to ~1975.5 Hz)."""
+    """Centre frequency in Hz of each of CREPE's 360 output bins (20 cents apart, 31.7 Hz to 2005.5 Hz)."""
     cents = BIN0_CENTS + torchcrepe.CENTS_PER_BIN * np.arange(torchcrepe.PITCH_BINS, dtype=np.float64)
     return 10.0 * 2.0 ** (cents / 1200.0)
 

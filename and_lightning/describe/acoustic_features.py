@@ -1,0 +1,515 @@
+"""Pure measurements of a mono waveform for the acoustic captioner (numpy only): loudness, pitch (YIN),
+spectral shape, envelope rhythm, background noise and reverberation decay.
+
+Levels are in dB re full-scale amplitude 1 ("dBFS" here: 20*log10(RMS), so a full-scale sine is -3 dB).
+Functions that take arrays work on the last axis and accept leading batch axes unless stated otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.signal import resample_poly
+
+DB_FLOOR = -120.0  # every level is floored here, so digital silence is finite
+_TINY = 1e-12
+
+
+def power_to_db(power: np.ndarray | float) -> np.ndarray:
+    """10*log10(power), floored at DB_FLOOR."""
+    return np.maximum(10.0 * np.log10(np.maximum(power, _TINY)), DB_FLOOR)
+
+
+def rms_dbfs(x: np.ndarray) -> np.ndarray:
+    """RMS level of the last axis in dBFS (20*log10(RMS)); DB_FLOOR for silence."""
+    x = np.asarray(x, dtype=np.float64)
+    return power_to_db(np.mean(x * x, axis=-1))
+
+
+def frame_signal(x: np.ndarray, frame_length: int, hop: int) -> np.ndarray:
+    """Complete frames of the last axis: [..., F, frame_length], F = 1 + (T - L) // hop.
+
+    A signal shorter than one frame is zero-padded to one frame. The result is a read-only view when possible.
+    """
+    n = x.shape[-1]
+    if n < frame_length:
+        pad = [(0, 0)] * (x.ndim - 1) + [(0, frame_length - n)]
+        x = np.pad(x, pad)
+    return sliding_window_view(x, frame_length, axis=-1)[..., ::hop, :]
+
+
+def frame_rms(x: np.ndarray, frame_length: int, hop: int) -> np.ndarray:
+    """RMS of complete frames of the last axis, [..., F], via a cumulative sum of squares (fast for any hop)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    if n < frame_length:
+        x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, frame_length - n)])
+        n = frame_length
+    cs = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(x * x, axis=-1)], axis=-1)
+    starts = np.arange(0, n - frame_length + 1, hop)
+    energy = cs[..., starts + frame_length] - cs[..., starts]
+    return np.sqrt(np.maximum(energy, 0.0) / frame_length)
+
+
+def power_spectrum(frames: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hann-windowed power spectra of frames [..., F, L] -> (power [..., F, L//2+1], bin frequencies in Hz)."""
+    length = frames.shape[-1]
+    window = np.hanning(length + 2)[1:-1].astype(frames.dtype)
+    spec = np.fft.rfft(frames * window, axis=-1)
+    power = spec.real**2 + spec.imag**2
+    return power, np.fft.rfftfreq(length, 1.0 / sample_rate)
+
+
+def spectral_centroid(power: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """Power-weighted mean frequency (Hz) over the last axis; NaN where the power is zero."""
+    total = power.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > _TINY, (power * freqs).sum(axis=-1) / np.maximum(total, _TINY), np.nan)
+
+
+def spectral_flatness(power: np.ndarray) -> np.ndarray:
+    """Geometric over arithmetic mean of the power over the last axis, in [0, 1].
+
+    About 0.56 for a white-noise periodogram frame, near 0 for a pure tone.
+    """
+    p = np.maximum(power, _TINY)
+    return np.exp(np.mean(np.log(p), axis=-1)) / np.mean(p, axis=-1)
+
+
+_MAX_MULTIPLE = 8
+
+
+def _parabolic_min(curve: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parabolic interpolation of `curve` [..., N] around integer minima `idx` [..., M] -> (position, value)."""
+    y0 = np.take_along_axis(curve, idx - 1, -1)
+    y1 = np.take_along_axis(curve, idx, -1)
+    y2 = np.take_along_axis(curve, idx + 1, -1)
+    bend = y0 - 2.0 * y1 + y2
+    shift = np.where(bend > _TINY, 0.5 * (y0 - y2) / np.maximum(bend, _TINY), 0.0).clip(-0.5, 0.5)
+    return idx + shift, y1 - 0.25 * (y0 - y2) * shift
+
+
+def yin(frames: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float = 4000.0,
+        threshold: float = 0.15, integration: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """YIN pitch (de Cheveigne & Kawahara 2002) of frames [..., F, L] -> (f0 Hz, aperiodicity in [0, 1]).
+
+    The difference function integrates `integration` samples (default L - sr/fmin) and is computed with one FFT
+    cross-correlation per frame. The period is the first dip of the cumulative-mean-normalised difference below
+    `threshold` (else its global minimum), refined by parabolic interpolation of the difference at the multiple of the period
+    (up to 8) that lands closest to a whole sample. Aperiodicity (the normalised difference there) is ~ noise
+    power / total power for a periodic sound in white noise; 1 - it is the periodicity confidence. Periods
+    shorter than sr/fmax come out as a multiple (fix with `correct_subharmonic`). Silent frames get
+    f0 NaN and aperiodicity 1.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    length = frames.shape[-1]
+    tau_max = int(np.ceil(sample_rate / fmin))
+    tau_min = max(2, int(np.floor(sample_rate / fmax)))
+    width = integration if integration is not None else length - tau_max - 1
+    if width < tau_max or width + tau_max + 1 > length:
+        raise ValueError(f"yin: frame length {length} too short for fmin={fmin} Hz at {sample_rate} Hz "
+                         f"(need integration >= {tau_max} and integration + {tau_max + 1} <= frame length)")
+    n_fft = 1 << int(np.ceil(np.log2(width + tau_max + 1)))
+    span = frames[..., : width + tau_max + 1]
+    head = np.fft.rfft(frames[..., :width], n_fft, axis=-1)
+    full = np.fft.rfft(span, n_fft, axis=-1)
+    corr = np.fft.irfft(np.conj(head) * full, n_fft, axis=-1)[..., : tau_max + 2]
+    sq = np.concatenate([np.zeros(span.shape[:-1] + (1,)), np.cumsum(span * span, axis=-1)], axis=-1)
+    energy_head = sq[..., width : width + 1]
+    energy_lag = sq[..., width : width + tau_max + 2] - sq[..., : tau_max + 2]
+    diff = np.maximum(energy_head + energy_lag - 2.0 * corr, 0.0)
+    taus = np.arange(tau_max + 2)
+    cum = np.cumsum(diff[..., 1:], axis=-1)
+    cmnd = np.ones_like(diff)
+    cmnd[..., 1:] = diff[..., 1:] * taus[1:] / np.maximum(cum, _TINY)
+
+    search = cmnd[..., tau_min : tau_max + 1]
+    below = search < threshold
+    first = np.argmax(below, axis=-1)
+    # walk from the first dip below threshold down to its local minimum
+    upturn = np.concatenate([search[..., 1:] >= search[..., :-1], np.ones(search.shape[:-1] + (1,), bool)], -1)
+    idx = np.arange(search.shape[-1])
+    local = np.argmax(upturn & (idx >= first[..., None]), axis=-1)
+    best = np.where(below.any(axis=-1), local, np.argmin(search, axis=-1)) + tau_min
+
+    tau = _parabolic_min(diff, best[..., None])[0][..., 0]
+    # a period-T sound is also periodic at m*T: take the multiple whose lag lands closest to a whole sample,
+    # which sharpens f0 and the aperiodicity when T itself is fractional (high pitches, sharp waveforms)
+    multiples = np.arange(1, _MAX_MULTIPLE + 1)
+    lags = np.rint(tau[..., None] * multiples).astype(int)  # [..., F, M]
+    ok = lags <= tau_max
+    lags = np.clip(lags, 1, tau_max)
+    m_tau, m_diff = _parabolic_min(diff, lags)
+    mean_diff = np.take_along_axis(cum, lags - 1, -1) / lags  # mean of d(1..lag), the YIN normaliser
+    m_ap = np.where(ok, np.clip(np.maximum(m_diff, 0.0) / np.maximum(mean_diff, _TINY), 0.0, 1.0), np.inf)
+    pick = np.argmin(m_ap, axis=-1)[..., None]
+    aperiodicity = np.take_along_axis(m_ap, pick, -1)[..., 0]
+    f0 = sample_rate * (pick[..., 0] + 1) / np.take_along_axis(m_tau, pick, -1)[..., 0]
+    silent = energy_head[..., 0] <= (1e-5) ** 2 * width  # frame RMS below -100 dBFS
+    return np.where(silent, np.nan, f0), np.where(silent, 1.0, aperiodicity)
+
+
+def theil_sen_slope(t: np.ndarray, y: np.ndarray, min_dt: float = 0.05, max_points: int = 400) -> float:
+    """Median of pairwise slopes (y units per t unit) over pairs at least `min_dt` apart; NaN if none.
+
+    Robust to outliers such as octave jumps of a pitch track. Uses at most `max_points` evenly spaced points.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(t) > max_points:
+        keep = np.linspace(0, len(t) - 1, max_points).round().astype(int)
+        t, y = t[keep], y[keep]
+    dt = t[None, :] - t[:, None]
+    mask = dt >= min_dt
+    if not mask.any():
+        return float("nan")
+    return float(np.median((y[None, :] - y[:, None])[mask] / dt[mask]))
+
+
+def vibrato(semitones: np.ndarray, frame_rate: float, fmin: float = 3.0, fmax: float = 12.0) -> tuple[float, float, float]:
+    """Periodic modulation of a contiguous pitch contour (semitones) -> (rate Hz, peak-to-peak extent, purity).
+
+    The contour is detrended with a quadratic fit; the rate is the strongest spectral peak of the residual in
+    [fmin, fmax] Hz, purity is the share of residual power within +-1.5 Hz of it, and the extent is the
+    peak-to-peak size of a sinusoid with that band's power. NaNs when the contour is shorter than two cycles.
+    """
+    y = np.asarray(semitones, dtype=np.float64)
+    n = len(y)
+    if n < max(8, int(2 * frame_rate / fmin)):
+        return float("nan"), float("nan"), float("nan")
+    t = np.arange(n) / frame_rate
+    resid = y - np.polyval(np.polyfit(t, y, 2), t)
+    n_fft = max(512, 1 << int(np.ceil(np.log2(4 * n))))
+    spec = np.abs(np.fft.rfft(resid * np.hanning(n), n_fft)) ** 2
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / frame_rate)
+    band = (freqs >= fmin) & (freqs <= fmax)
+    total = spec[freqs > 0.5].sum()
+    if total <= _TINY or not band.any():
+        return float("nan"), 0.0, 0.0
+    peak = freqs[band][np.argmax(spec[band])]
+    near = np.abs(freqs - peak) <= 1.5
+    purity = float(spec[near].sum() / total)
+    extent = float(2.0 * np.sqrt(2.0) * np.std(resid) * np.sqrt(purity))
+    return float(peak), extent, purity
+
+
+def harmonic_energies(power: np.ndarray, freqs: np.ndarray, f0: np.ndarray, n_harmonics: int = 30,
+                      half_width_bins: float = 2.0) -> np.ndarray:
+    """Energy near each harmonic k*f0 (k = 1..n_harmonics) of each frame: power [..., F, B], f0 [..., F] -> [..., F, K].
+
+    Bands are +-half_width_bins around k*f0 (the Hann main lobe); harmonics above Nyquist or with NaN f0 get 0.
+    """
+    bin_hz = freqs[1] - freqs[0]
+    n_bins = power.shape[-1]
+    cs = np.concatenate([np.zeros(power.shape[:-1] + (1,)), np.cumsum(power, axis=-1)], axis=-1)
+    k = np.arange(1, n_harmonics + 1)
+    pos = np.nan_to_num(f0, nan=-1.0)[..., None] * k / bin_hz
+    lo = np.clip(np.round(pos - half_width_bins), 0, n_bins).astype(int)
+    hi = np.clip(np.round(pos + half_width_bins) + 1, 0, n_bins).astype(int)
+    energy = np.take_along_axis(cs, hi, -1) - np.take_along_axis(cs, lo, -1)
+    valid = (pos >= 0) & (pos + half_width_bins < n_bins - 1)
+    return np.where(valid, energy, 0.0)
+
+
+def harmonic_richness(harmonics: np.ndarray) -> float:
+    """Share of harmonic energy above the fundamental, summed over frames: harmonics [F, K] -> [0, 1] (NaN if none).
+
+    ~0 for a pure tone, ~0.19 for a square wave, ~0.39 for a sawtooth.
+    """
+    totals = harmonics.reshape(-1, harmonics.shape[-1]).sum(axis=0)
+    whole = totals.sum()
+    return float(totals[1:].sum() / whole) if whole > _TINY else float("nan")
+
+
+def correct_subharmonic(f0: np.ndarray, harmonics: np.ndarray, share: float = 0.95, max_factor: int = 8) -> np.ndarray:
+    """Undo YIN answers that are a fraction f0/q of the true pitch: f0 [..., F], harmonics [..., F, K] -> f0.
+
+    If >= `share` of a frame's harmonic energy sits on harmonics k that are multiples of q (so the band at f0 is
+    empty), the pitch is q*f0; the largest such q <= max_factor wins. This happens above YIN's search range
+    (periods shorter than sr/fmax) and for fractional periods of sharp waveforms. A genuinely missing
+    fundamental (energy on k = 2, 3, 4, ...) is left alone.
+    """
+    k = np.arange(1, harmonics.shape[-1] + 1)
+    factors = np.arange(2, max_factor + 1)
+    on_multiple = (k[None, :] % factors[:, None] == 0).astype(harmonics.dtype)  # [Q, K]
+    total = np.maximum(harmonics.sum(axis=-1, keepdims=True), _TINY)
+    fits = (harmonics @ on_multiple.T) / total >= share  # [..., F, Q]
+    last = fits.shape[-1] - 1 - np.argmax(fits[..., ::-1], axis=-1)
+    factor = np.where(fits.any(axis=-1), factors[last], 1)
+    return f0 * factor
+
+
+def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5, max_hz: float = 25.0,
+                         peak_ratio: float = 0.85) -> tuple[float, float]:
+    """Repetition rate of an amplitude envelope [n] -> (rate Hz, strength in [-1, 1]); (NaN, 0) if none.
+
+    Uses the unbiased normalised autocorrelation over lags of at most half the envelope. Of its local maxima,
+    the shortest lag reaching `peak_ratio` of the highest one is the period (avoids picking a multiple).
+    """
+    x = np.asarray(env, dtype=np.float64)
+    x = x - x.mean()
+    n = len(x)
+    lag_min = max(2, int(np.floor(env_rate / max_hz)))
+    lag_max = min(n // 2, int(np.ceil(env_rate / min_hz)))
+    if lag_max <= lag_min + 1 or np.dot(x, x) <= _TINY:
+        return float("nan"), 0.0
+    n_fft = 1 << int(np.ceil(np.log2(2 * n)))
+    spec = np.fft.rfft(x, n_fft)
+    acf = np.fft.irfft(spec.real**2 + spec.imag**2, n_fft)[: lag_max + 2]
+    lags = np.arange(lag_max + 2)
+    acf = acf / acf[0] * n / (n - lags)
+    mid = acf[lag_min : lag_max + 1]
+    left = acf[lag_min - 1 : lag_max]
+    right = acf[lag_min + 1 : lag_max + 2]
+    peaks = np.flatnonzero((mid > left) & (mid >= right) & (mid > 0)) + lag_min
+    if len(peaks) == 0:
+        return float("nan"), 0.0
+    values = acf[peaks]
+    lag = int(peaks[np.argmax(values >= peak_ratio * values.max())])
+    y0, y1, y2 = acf[lag - 1], acf[lag], acf[lag + 1]
+    curve = y0 - 2.0 * y1 + y2
+    shift = float(np.clip(0.5 * (y0 - y2) / curve, -0.5, 0.5)) if curve < -_TINY else 0.0
+    return float(env_rate / (lag + shift)), float(min(y1, 1.0))
+
+
+def true_runs(mask: np.ndarray) -> np.ndarray:
+    """[start, stop) index pairs of the runs of True in a 1-D boolean mask, shape [n_runs, 2]."""
+    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return edges.reshape(-1, 2)
+
+
+def onset_frames(env_db: np.ndarray, env_rate: float, rise_db: float = 9.0, rise_s: float = 0.02,
+                 min_gap_s: float = 0.04, min_level_db: float = -80.0) -> np.ndarray:
+    """Frames where the envelope (dB) rises by >= rise_db within rise_s from its recent minimum (one per onset)."""
+    span = max(1, int(round(rise_s * env_rate)))
+    padded = np.concatenate([np.full(span, env_db[0]), env_db])
+    recent_min = sliding_window_view(padded[:-1], span).min(axis=-1)
+    rising = (env_db - recent_min >= rise_db) & (env_db >= min_level_db)
+    starts = true_runs(rising)[:, 0]
+    if len(starts) == 0:
+        return starts
+    gap = max(1, int(round(min_gap_s * env_rate)))
+    keep = np.concatenate([[True], np.diff(starts) >= gap])
+    return starts[keep]
+
+
+def transition_fraction(env: np.ndarray, low: float = 0.2, high: float = 0.8) -> float:
+    """Share of envelope frames between `low` and `high` of its 2-98 percentile range.
+
+    ~0.41 for a sinusoidal (smooth, tremolo-like) modulation, small for on/off gating with sharp edges.
+    """
+    lo, hi = np.percentile(env, [2, 98])
+    if hi - lo <= _TINY:
+        return 0.0
+    z = (np.asarray(env) - lo) / (hi - lo)
+    return float(np.mean((z > low) & (z < high)))
+
+
+def fall_time(env_db: np.ndarray, start: int, drop_db: float, env_rate: float) -> float:
+    """Seconds from frame `start` until the envelope first falls `drop_db` below its level there; NaN if never."""
+    below = np.flatnonzero(env_db[start:] <= env_db[start] - drop_db)
+    return float(below[0] / env_rate) if len(below) else float("nan")
+
+
+def offset_decay_rates(env_db: np.ndarray, env_rate: float, floor_db: float, sustain_s: float = 0.05,
+                       sustain_db: float = 4.0, start_drop_db: float = 5.0, target_drop_db: float = 25.0,
+                       min_span_s: float = 0.05, min_drop_db: float = 10.0) -> np.ndarray:
+    """Free-decay rates (dB/s) of the envelope after each offset of a sustained sound; [n_offsets].
+
+    An offset is the end of a stretch of >= sustain_s whose level stays within sustain_db, followed by a fall.
+    The decay is timed from start_drop_db below that level down to target_drop_db below it (or 3 dB above
+    `floor_db`), stopping early at a re-onset or the clip end (then kept only if it spans >= min_span_s or
+    falls >= min_drop_db). A dry sound stops within one envelope frame; a reverberant one decays at
+    60 / RT60 dB/s. A sound that dies away by itself (a plucked note) is not a sustained stretch, so it is
+    not counted, but a sound that fades out slowly is indistinguishable from reverberation here.
+    """
+    env_db = np.asarray(env_db, dtype=np.float64)
+    n = len(env_db)
+    k = max(2, int(round(sustain_s * env_rate)))
+    if n < k + 3:
+        return np.zeros(0)
+    win = sliding_window_view(env_db, k)
+    flat = (win.max(-1) - win.min(-1)) <= sustain_db  # flat[i]: frames i .. i+k-1 are level
+    ends = np.flatnonzero(flat[:-1] & ~flat[1:]) + k - 1  # last frame of each level stretch
+    rates = []
+    for t in ends:
+        level = float(np.median(env_db[t - k + 1 : t + 1]))
+        if level - target_drop_db < floor_db:
+            continue  # not enough room above the noise floor to see a decay
+        after = env_db[t:]  # after[0] is the stretch's last frame
+        running_min = np.minimum.accumulate(after)
+        rise = np.flatnonzero(after > running_min + 3.0)
+        horizon = rise[0] if len(rise) else len(after)
+        started = np.flatnonzero(after[:horizon] <= level - start_drop_db)
+        if len(started) == 0:
+            continue
+        s = int(started[0])  # >= 1: after[0] is within sustain_db of the level
+        stop_level = max(level - target_drop_db, floor_db + 3.0)
+        reached = np.flatnonzero(after[s:horizon] <= stop_level)
+        if len(reached):
+            e = s + int(reached[0])
+        else:
+            e = s + int(np.argmin(after[s:horizon]))
+            if (e - s + 1) / env_rate < min_span_s and level - after[e] < min_drop_db:
+                continue  # cut short by the clip end or the next sound: too little to judge
+        rates.append((after[s - 1] - after[e]) * env_rate / (e - s + 1))
+    return np.asarray(rates, dtype=np.float64)
+
+
+def to_analysis_rate(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Polyphase-resample a 1-D float waveform to `target_rate` (float64; no-op when equal)."""
+    x = np.asarray(wave, dtype=np.float64)
+    if sample_rate == target_rate:
+        return x
+    g = gcd(int(sample_rate), int(target_rate))
+    return resample_poly(x, target_rate // g, sample_rate // g)
+
+
+@dataclass(frozen=True)
+class AcousticMeasurements:
+    """Everything the acoustic captioner measures on one clip (plain floats/ints; NaN = not measurable)."""
+
+    duration_s: float
+    rms_dbfs: float            # whole clip
+    active_rms_dbfs: float     # frames within `active_range_db` of the loudest
+    peak_dbfs: float           # loudest envelope frame
+    active_fraction: float     # share of envelope frames within active_range_db of the peak
+    f0_hz: float               # median f0 of voiced frames
+    f0_start_hz: float         # median f0 of the first / last fifth of voiced frames
+    f0_end_hz: float
+    voiced_fraction: float     # share of active analysis frames that are periodic
+    periodicity: float         # median (1 - aperiodicity) over active frames
+    pitch_slope_st_s: float    # Theil-Sen slope of the voiced pitch track, semitones per second
+    vibrato_rate_hz: float
+    vibrato_extent_st: float   # peak-to-peak
+    vibrato_purity: float
+    centroid_hz: float
+    flatness: float            # mean over active frames
+    harmonic_richness: float   # share of harmonic energy above the fundamental
+    env_depth_db: float        # 95th - 5th percentile of the envelope (dB)
+    env_rate_hz: float         # envelope repetition rate
+    env_strength: float        # its autocorrelation peak
+    transition_fraction: float
+    onset_rate_hz: float
+    n_events: int              # stretches within event_range_db of the peak
+    event_median_s: float
+    attack_s: float            # loudest event: onset to peak
+    decay_s: float             # loudest event: peak to -20 dB (NaN if it does not get there)
+    decay_shape: float         # (time to -3 dB) / (time to -D dB) * D / 3: ~1 for exponential decay, >>1 for hold-then-stop
+    noise_floor_db: float      # 10th percentile of the envelope, when quiet frames exist
+    harmonic_snr_db: float     # -10 log10(median aperiodicity) of voiced frames
+    snr_db: float              # signal (95th percentile) minus the background estimate
+    rt60_s: float              # 60 / median offset decay rate
+    n_offsets: int
+
+
+def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000, fmin: float = 50.0,
+                 fmax: float = 4000.0, yin_threshold: float = 0.15, voicing_min: float = 0.7,
+                 active_range_db: float = 25.0, event_range_db: float = 20.0, gap_db: float = 15.0,
+                 silence_dbfs: float = -75.0) -> AcousticMeasurements:
+    """Measure one mono clip. Frames: 64 ms spectra / YIN every 10 ms, RMS envelope of 10 ms every 5 ms."""
+    x = to_analysis_rate(wave, sample_rate, analysis_rate)
+    sr = float(analysis_rate)
+    x = x - x.mean() if len(x) else x
+    duration = len(x) / sr
+    hop, n_fft = int(sr * 0.010), 1024
+    env_win, env_hop = int(sr * 0.010), int(sr * 0.005)
+    env_rate = sr / env_hop
+
+    env = frame_rms(x, env_win, env_hop)
+    env_db = power_to_db(env**2)
+    peak_db = float(env_db.max())
+    nan = float("nan")
+    active_env = env_db >= peak_db - active_range_db
+    if peak_db < silence_dbfs:
+        return AcousticMeasurements(duration, float(rms_dbfs(x)), DB_FLOOR, peak_db, 0.0, nan, nan, nan, 0.0, 0.0,
+                                    nan, nan, nan, nan, nan, nan, nan, 0.0, nan, 0.0, 0.0, 0.0, 0, nan, nan, nan,
+                                    nan, nan, nan, nan, nan, 0)
+
+    # --- spectra and pitch on 64 ms frames every 10 ms
+    frames = frame_signal(x, n_fft, hop)
+    power, freqs = power_spectrum(frames, sr)
+    frame_db = power_to_db(np.mean(frames * frames, axis=-1))
+    active = frame_db >= frame_db.max() - active_range_db
+    f0, aperiodicity = yin(frames, sr, fmin=fmin, fmax=fmax, threshold=yin_threshold)
+    periodic = 1.0 - aperiodicity
+    voiced = active & (periodic >= voicing_min) & np.isfinite(f0)
+    frame_t = (np.arange(len(frames)) * hop + n_fft / 2) / sr
+
+    mean_power = power[active].mean(axis=0)
+    centroid = float(spectral_centroid(mean_power, freqs))
+    usable = freqs >= fmin
+    flatness = float(np.mean(spectral_flatness(power[active][:, usable])))
+
+    if voiced.any():
+        harmonics = harmonic_energies(power[voiced], freqs, f0[voiced])
+        fixed = correct_subharmonic(f0[voiced], harmonics)
+        if np.any(fixed != f0[voiced]):
+            f0[voiced] = fixed
+            harmonics = harmonic_energies(power[voiced], freqs, fixed)
+        vf0 = f0[voiced]
+        semis = 12.0 * np.log2(vf0 / 440.0)
+        fifth = max(1, len(vf0) // 5)
+        f0_hz = float(np.median(vf0))
+        f0_start, f0_end = float(np.median(vf0[:fifth])), float(np.median(vf0[-fifth:]))
+        slope = theil_sen_slope(frame_t[voiced], semis)
+        runs = true_runs(voiced)
+        a, b = runs[np.argmax(runs[:, 1] - runs[:, 0])]
+        contour = 12.0 * np.log2(f0[a:b] / 440.0)
+        if len(contour) >= 5:  # median-of-5 smoothing removes isolated octave errors
+            contour = np.median(sliding_window_view(np.pad(contour, 2, mode="edge"), 5), axis=-1)
+        vib_rate, vib_extent, vib_purity = vibrato(contour, sr / hop)
+        richness = harmonic_richness(harmonics)
+        harmonic_snr = float(-power_to_db(max(float(np.median(aperiodicity[voiced])), 1e-6)))
+    else:
+        f0_hz = f0_start = f0_end = slope = vib_rate = vib_extent = vib_purity = richness = harmonic_snr = nan
+
+    # --- envelope: depth and onsets on a 25 ms smoothing (narrow-band noise flickers at 10 ms), rhythm, events
+    smooth_db = power_to_db(np.convolve(env**2, np.ones(5) / 5.0, mode="same"))
+    depth = float(np.percentile(smooth_db, 95) - np.percentile(smooth_db, 5))
+    rate, strength = envelope_periodicity(env, env_rate)
+    onsets = onset_frames(smooth_db, env_rate, min_level_db=peak_db - active_range_db)
+    events = true_runs(env_db >= peak_db - event_range_db)
+    event_len = (events[:, 1] - events[:, 0]) / env_rate
+    loudest = int(np.argmax([env_db[s:e].max() for s, e in events]))
+    s, e = events[loudest]
+    peak_i = s + int(np.argmax(env_db[s:e]))
+    below_start = np.flatnonzero(env_db[:peak_i + 1] < env_db[peak_i] - event_range_db)
+    attack = (peak_i - (below_start[-1] + 1 if len(below_start) else 0)) / env_rate
+    decay = fall_time(env_db, peak_i, 20.0, env_rate)
+    reach = min(20.0, float(env_db[peak_i] - env_db[peak_i:].min()))
+    decay_shape = nan
+    if reach >= 10.0:
+        decay_shape = fall_time(env_db, peak_i, 3.0, env_rate) / max(fall_time(env_db, peak_i, reach, env_rate),
+                                                                     1.0 / env_rate) * reach / 3.0
+
+    # --- background: quiet frames if there are enough, else the aperiodic part of a periodic sound
+    signal_db = float(np.percentile(env_db, 95))
+    quiet_share = float(np.mean(env_db < peak_db - gap_db))
+    floor_db = float(np.percentile(env_db, 10)) if quiet_share >= 0.1 else nan
+    if np.isfinite(floor_db):
+        snr = signal_db - floor_db
+    elif voiced.mean() >= 0.5 * max(active.mean(), 1e-9):
+        snr = harmonic_snr
+    else:
+        snr = nan
+
+    rates = offset_decay_rates(env_db, env_rate, floor_db if np.isfinite(floor_db) else DB_FLOOR)
+    rt60 = float(60.0 / max(np.median(rates), 1e-3)) if len(rates) else nan
+
+    active_power = np.mean(env[active_env] ** 2)
+    return AcousticMeasurements(
+        duration_s=duration, rms_dbfs=float(rms_dbfs(x)), active_rms_dbfs=float(power_to_db(active_power)),
+        peak_dbfs=peak_db, active_fraction=float(active_env.mean()), f0_hz=f0_hz, f0_start_hz=f0_start,
+        f0_end_hz=f0_end, voiced_fraction=float(voiced.sum() / max(active.sum(), 1)),
+        periodicity=float(np.median(periodic[active])), pitch_slope_st_s=slope, vibrato_rate_hz=vib_rate,
+        vibrato_extent_st=vib_extent, vibrato_purity=vib_purity, centroid_hz=centroid, flatness=flatness,
+        harmonic_richness=richness, env_depth_db=depth, env_rate_hz=rate, env_strength=strength,
+        transition_fraction=transition_fraction(env), onset_rate_hz=float(len(onsets) / max(duration, 1e-9)),
+        n_events=int(len(events)), event_median_s=float(np.median(event_len)), attack_s=float(attack),
+        decay_s=decay, decay_shape=float(decay_shape), noise_floor_db=floor_db, harmonic_snr_db=harmonic_snr,
+        snr_db=float(snr), rt60_s=rt60, n_offsets=int(len(rates)),
+    )

@@ -1,0 +1,91 @@
+"""Module B (spec §7): calibrate a neuron's high-activation summary against its low-activation summary.
+
+Both summaries are split into sentences (junk and short sentences dropped), embedded, and every high
+sentence AND every low sentence that takes part in a cross pair with cosine > threshold is removed:
+what also describes the least-activating clips does not explain the neuron. Threshold default 0.5: the
+value the original actually ran (its `args.py` default 0.6 was never passed, its figure shows 0.9).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from and_lightning.describe.sentences import JUNK_PHRASES, summary_sentences
+
+DEFAULT_THRESHOLD = 0.5
+
+
+class SentenceEncoder(Protocol):
+    def encode(self, texts: list[str]) -> Tensor:
+        """[len(texts), d] unit-norm embeddings."""
+
+
+@dataclass
+class Calibrated:
+    """The surviving sentences (`high` is the calibrated summary S_h^c) and the removed ones."""
+
+    high: list[str]
+    low: list[str]
+    removed_high: list[str]
+    removed_low: list[str]
+
+
+def cross_removal_masks(sim: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Keep-masks for rows (high sentences) and columns (low sentences) of a [H, L] similarity matrix:
+    a row/column is dropped iff any of its entries is > threshold."""
+    hit = sim > threshold
+    return ~hit.any(dim=1), ~hit.any(dim=0)
+
+
+def _split(mask: Tensor, items: Sequence[str]) -> tuple[list[str], list[str]]:
+    keep = [s for s, k in zip(items, mask.tolist()) if k]
+    drop = [s for s, k in zip(items, mask.tolist()) if not k]
+    return keep, drop
+
+
+def calibrate_sentences(
+    high: Sequence[str], low: Sequence[str], high_emb: Tensor, low_emb: Tensor, threshold: float = DEFAULT_THRESHOLD
+) -> Calibrated:
+    """Cross-removal on already split and embedded sentences (embeddings unit-norm, rows aligned)."""
+    if len(high) != len(high_emb) or len(low) != len(low_emb):
+        raise ValueError(
+            f"sentences and embeddings differ in number: high {len(high)} vs {len(high_emb)}, low {len(low)} vs {len(low_emb)}"
+        )
+    if not high or not low:
+        return Calibrated(list(high), list(low), [], [])
+    keep_h, keep_l = cross_removal_masks(high_emb.float() @ low_emb.float().T, threshold)
+    kh, dh = _split(keep_h, high)
+    kl, dl = _split(keep_l, low)
+    return Calibrated(kh, kl, dh, dl)
+
+
+def calibrate_many(
+    pairs: Sequence[tuple[str, str]],
+    encoder: SentenceEncoder,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_tokens: int = 5,
+    junk_phrases: tuple[str, ...] = JUNK_PHRASES,
+) -> list[Calibrated]:
+    """Module B for many neurons: `pairs` are (high summary, low summary) texts. All sentences are
+    embedded in one `encoder.encode` call (the encoder de-duplicates), then each neuron is calibrated."""
+    split = [
+        (summary_sentences(h, min_tokens, junk_phrases), summary_sentences(l, min_tokens, junk_phrases))
+        for h, l in pairs
+    ]
+    unique = list(dict.fromkeys(s for hs, ls in split for s in (*hs, *ls)))
+    emb = encoder.encode(unique) if unique else torch.zeros(0, 1)
+    row = {s: i for i, s in enumerate(unique)}
+
+    def embed(sentences: list[str]) -> Tensor:
+        return emb[[row[s] for s in sentences]] if sentences else emb[:0]
+
+    return [calibrate_sentences(hs, ls, embed(hs), embed(ls), threshold) for hs, ls in split]
+
+
+def calibrate(high_summary: str, low_summary: str, encoder: SentenceEncoder, threshold: float = DEFAULT_THRESHOLD,
+              min_tokens: int = 5) -> Calibrated:
+    """Module B for one neuron."""
+    return calibrate_many([(high_summary, low_summary)], encoder, threshold, min_tokens)[0]

@@ -1,0 +1,128 @@
+"""Chat LLM run locally with transformers: AutoModelForCausalLM + the tokenizer's chat template, batched generate.
+
+`model` is a local directory or a hub id (the hub needs network; set HF_HUB_OFFLINE=1 on offline machines).
+Structured requests get the schema as an instruction and the reply is validated; with sampling a bad reply is
+regenerated up to `max_retries` times, with greedy decoding (temperature 0) a retry would repeat it, so it fails.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from and_lightning.describe.llm.base import ChatLLM, ChatRequest, LLMError, LLMReplyError
+from and_lightning.describe.llm.schema import InvalidReply, parse_reply
+
+log = logging.getLogger(__name__)
+
+
+def with_schema_instruction(messages: list[dict], schema: dict) -> list[dict]:
+    """`messages` with a system instruction to answer in JSON matching `schema` (models without constrained
+    decoding need to be told)."""
+    instruction = (
+        "Answer with one JSON object and nothing else. It must match this JSON schema: "
+        + json.dumps(schema, sort_keys=True)
+    )
+    if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + instruction}, *messages[1:]]
+    return [{"role": "system", "content": instruction}, *messages]
+
+
+@dataclass
+class HFChatLLM(ChatLLM):
+    """`ChatLLM` over a local transformers causal LM; loads lazily on the first uncached request."""
+
+    name: str = "hf"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    max_retries: int = 2
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def params(self) -> dict:
+        sampling = {"temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {}
+        return {"seed": self.seed, "max_new_tokens": self.max_new_tokens, "greedy": self.temperature <= 0, **sampling}
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+            self._model = AutoModelForCausalLM.from_pretrained(self.model, dtype=getattr(torch, self.dtype))
+        except (OSError, ValueError) as e:
+            raise LLMError(
+                f"{self.describe()}: cannot load the model/tokenizer from {self.model!r} (a local directory or hub "
+                f"id; offline machines need a local path): {e}",
+                backend=self.name, model=self.model, status="load_failed",
+            ) from e
+        if self._tokenizer.chat_template is None:
+            raise LLMError(
+                f"{self.describe()}: the tokenizer at {self.model!r} has no chat template; use an instruct/chat model",
+                backend=self.name, model=self.model, status="no_chat_template",
+            )
+        self._tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
+        if self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._model.to(self.device).eval()
+
+    def generate(self, conversations: list[list[dict]], seed: int) -> list[str]:
+        """Greedy or sampled replies to a batch of conversations (one forward-generate call)."""
+        import torch
+
+        self._load()
+        tok = self._tokenizer
+        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {"do_sample": False}
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(seed)
+            out = self._model.generate(
+                **enc, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **sampling
+            )
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    async def _complete_uncached(
+        self, items: list[tuple[str, ChatRequest]], on_result: Callable[[str, Any], None]
+    ) -> None:
+        for start in range(0, len(items), self.batch_size):
+            pending = items[start : start + self.batch_size]
+            last_error: dict[str, str] = {}
+            for attempt in range(self.max_retries + 1 if self.temperature > 0 else 1):
+                conversations = [
+                    r.messages if r.schema is None else with_schema_instruction(r.messages, r.schema) for _, r in pending
+                ]
+                self.stats.requests_sent += len(pending)
+                self.stats.retries += len(pending) if attempt else 0
+                texts = self.generate(conversations, seed=self.seed + attempt)
+                failed = []
+                for (key, req), text in zip(pending, texts):
+                    if req.schema is None:
+                        on_result(key, text.strip())
+                        continue
+                    try:
+                        on_result(key, parse_reply(text.strip(), req.schema))
+                    except InvalidReply as e:
+                        failed.append((key, req))
+                        last_error[key] = str(e)
+                pending = failed
+                if not pending:
+                    break
+            if pending:
+                why = "greedy decoding (temperature 0) repeats the same reply, so it was not retried" if self.temperature <= 0 else f"after {self.max_retries + 1} attempts"
+                raise LLMReplyError(
+                    f"{self.describe()}: {len(pending)} structured request(s) got no valid JSON reply ({why}); "
+                    f"last error: {last_error[pending[0][0]]}",
+                    backend=self.name, model=self.model, status="invalid_reply",
+                )

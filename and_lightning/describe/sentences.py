@@ -1,0 +1,143 @@
+"""Offline text utilities: sentence splitting, word tokenising, POS tagging, caption/summary cleaning.
+
+No NLTK data is available offline (punkt, taggers), so splitting and tokenising are regex-based and
+tagging uses the Penn-tag lexicon tagger that ships inside textblob (PatternTagger), fed our tokens.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+# --- word tokens --------------------------------------------------------------------------------------
+# Order matters: decimals, then words with inner hyphens/apostrophes ("high-pitched", "737-800", "o'clock"),
+# then clitics split off as NLTK does ("is" "n't", "dog" "'s"), then any other single symbol.
+_TOKEN_RE = re.compile(
+    r"\d+(?:\.\d+)+"
+    r"|n't\b"
+    r"|'(?:s|re|ve|ll|d|m)\b"
+    r"|\w+(?:-\w+)*(?:'(?!(?:s|re|ve|ll|d|m|t)\b)\w+)*"
+    r"|[^\w\s]",
+    re.IGNORECASE,
+)
+_NEG_CLITIC_RE = re.compile(r"(\w)(n't)\b", re.IGNORECASE)
+_IRREGULAR_NEG = {"can't": "can n't", "won't": "will n't", "shan't": "shall n't", "cannot": "can not"}
+
+
+def _normalise_quotes(text: str) -> str:
+    return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+
+
+def word_tokenize(text: str) -> list[str]:
+    """Split into word and punctuation tokens, NLTK-style.
+
+    Hyphenated words stay whole ("high-pitched"), decimals stay whole ("3.5"), negative clitics are split
+    ("isn't" -> "is", "n't"; "can't" -> "can", "n't") and so are "'s", "'re", "'ve", "'ll", "'d", "'m".
+    """
+    text = _normalise_quotes(text)
+    for word, repl in _IRREGULAR_NEG.items():  # keep the case of the first letter ("Can't" -> "Can n't")
+        text = re.sub(rf"\b{word}\b", lambda m, r=repl: m.group(0)[0] + r[1:], text, flags=re.IGNORECASE)
+    text = _NEG_CLITIC_RE.sub(r"\1 \2", text)
+    return _TOKEN_RE.findall(text)
+
+
+# --- sentences ----------------------------------------------------------------------------------------
+_ABBREVIATIONS = frozenset(
+    "e.g i.e vs mr mrs ms dr prof st sr jr approx fig no nos vol ca cf al eq sec min hr".split()
+)
+_LIST_MARKER_RE = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022]|\([a-z0-9]\))\s+", re.IGNORECASE)
+# A candidate boundary: sentence-final punctuation (+ closing quotes/brackets), whitespace, then a
+# capital letter, digit or opening quote/bracket.
+_BOUNDARY_RE = re.compile(r"([.!?]+[\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def _ends_with_abbreviation(chunk: str) -> bool:
+    last = chunk.rsplit(None, 1)[-1].lower().rstrip(".")
+    return last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha())
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences; line breaks are always boundaries and list markers ("1.", "-") are dropped.
+
+    Within a line, a boundary is [.!?] followed by whitespace and a capital/digit/quote, except after
+    a known abbreviation ("e.g.", "Dr.") or a single-letter initial. Empty pieces are dropped.
+    Treating newlines as boundaries subsumes the original's "fewer than 3 sentences -> split on \\n".
+    """
+    sentences = []
+    for line in _normalise_quotes(text).splitlines():
+        line = _LIST_MARKER_RE.sub("", line).strip()
+        if not line:
+            continue
+        start = 0
+        for m in _BOUNDARY_RE.finditer(line):
+            piece = line[start:m.end(1)]
+            if _ends_with_abbreviation(piece):
+                continue
+            sentences.append(piece.strip())
+            start = m.end()
+        tail = line[start:].strip()
+        if tail:
+            sentences.append(tail)
+    return sentences
+
+
+# --- cleaning (spec §4, §7) ---------------------------------------------------------------------------
+def has_repeated_ngram(text: str, n: int = 8) -> bool:
+    """True if some n-gram of word tokens occurs twice (the captioner looped)."""
+    seen = set()
+    toks = word_tokenize(text)
+    for i in range(len(toks) - n + 1):
+        gram = tuple(toks[i:i + n])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
+def clean_repeated_caption(caption: str, n: int = 8) -> str:
+    """Spec §4: a caption with a repeated n-gram is cut to its first line, or if it has none, to the text
+    before its first "."; other captions are returned unchanged."""
+    if not has_repeated_ngram(caption, n):
+        return caption
+    if "\n" in caption:
+        return caption.split("\n")[0]
+    return caption.split(".")[0]
+
+
+# The original's junk phrases (sentence_utils.is_junk_sentence). Phrases are matched on word boundaries
+# (the original used substrings, so "pressure" and "measured" counted as "sure").
+JUNK_PHRASES = ("sure", "here are", "this help", "based on", "\n\n1", "let me know", "please", "need any more help")
+
+
+@lru_cache(maxsize=None)
+def _junk_re(phrases: tuple[str, ...]) -> re.Pattern:
+    parts = []
+    for p in phrases:
+        left = r"\b" if p[:1].isalnum() else ""
+        right = r"\b" if p[-1:].isalnum() else ""
+        parts.append(left + re.escape(p) + right)
+    return re.compile("|".join(parts))
+
+
+def is_junk_sentence(sentence: str, phrases: tuple[str, ...] = JUNK_PHRASES) -> bool:
+    """LLM chatter ("Sure, here are ...", "Let me know ...") rather than a description."""
+    return _junk_re(tuple(phrases)).search(sentence.lower()) is not None
+
+
+def summary_sentences(summary: str, min_tokens: int = 5, phrases: tuple[str, ...] = JUNK_PHRASES) -> list[str]:
+    """Spec §7 step 1: the sentences of a summary that have MORE than `min_tokens` word tokens (punctuation
+    counts, as with NLTK) and are not junk."""
+    return [
+        s for s in split_sentences(summary)
+        if len(word_tokenize(s)) > min_tokens and not is_junk_sentence(s, phrases)
+    ]
+
+
+# --- part-of-speech tags ------------------------------------------------------------------------------
+def pos_tag(tokens: list[str]) -> list[tuple[str, str]]:
+    """Penn Treebank tags for pre-tokenised words, via textblob's bundled pattern lexicon tagger
+    (PatternTagger's backend called on our tokens; `TextBlob(...).tags` would need NLTK punkt)."""
+    if not tokens:
+        return []
+    from textblob.en import parser  # the lexicon loads lazily on first use
+
+    return [(w, t) for w, t in parser.find_tags(list(tokens))]

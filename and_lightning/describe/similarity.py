@@ -1,0 +1,213 @@
+"""CLIP-Dissect similarity functions between clip-concept scores and neuron activations (spec §5.1).
+
+Every function maps P [N, C] (a score for each of N probing clips and C concepts) and A [N, M] (the
+activations of M neurons on the same N clips) to S [M, C], higher = the neuron fits the concept better.
+They are pure, vectorised torch functions; `wpmi` / `soft_wpmi` normalise their marginal term over the
+neurons of ONE call, so call them once per layer with the whole layer's activation matrix.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# Elements of the [k, chunk, C] gather tensor built at once by the top-k functions (bounds memory).
+_GATHER_BUDGET = 1 << 24
+
+
+def _check(P: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
+    if P.ndim != 2 or A.ndim != 2:
+        raise ValueError(f"expected P [N, C] and A [N, M], got shapes {tuple(P.shape)} and {tuple(A.shape)}")
+    if P.shape[0] != A.shape[0]:
+        raise ValueError(f"P and A must have the same number of clips (rows): {P.shape[0]} != {A.shape[0]}")
+    if P.shape[0] == 0:
+        raise ValueError("P and A have no clips (0 rows)")
+    return P.float(), A.to(device=P.device, dtype=torch.float32)
+
+
+def _top_clip_index(A: Tensor, k: int) -> Tensor:
+    """[k, M] indices of each neuron's k most activating clips, best first; ties go to the lower clip index."""
+    return torch.sort(A, dim=0, descending=True, stable=True).indices[:k]
+
+
+def cos(P: Tensor, A: Tensor) -> Tensor:
+    """Cosine over clips: S[m, c] = <A[:, m], P[:, c]> / (||A[:, m]|| ||P[:, c]||).
+
+    A column of zeros has no direction; its similarities are 0 (not NaN).
+    """
+    P, A = _check(P, A)
+    Pn = P / P.norm(dim=0, keepdim=True).clamp_min(torch.finfo(P.dtype).tiny)
+    An = A / A.norm(dim=0, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
+    return An.T @ Pn
+
+
+def cos_cubed(P: Tensor, A: Tensor, min_norm: float = 1e-3) -> Tensor:
+    """CLIP-Dissect's cos^3, the paper's DB similarity.
+
+    X' = (X - mean_over_clips(X))^3 (element-wise), X'' = X' / max(||X'||_col, min_norm) for X in {P, A};
+    S = A''^T P''. Centring makes it a correlation of the cubed deviations, which stresses the extremes.
+    """
+    P, A = _check(P, A)
+
+    def prep(X: Tensor) -> Tensor:
+        X = (X - X.mean(dim=0, keepdim=True)) ** 3
+        return X / X.norm(dim=0, keepdim=True).clamp_min(min_norm)
+
+    return prep(A).T @ prep(P)
+
+
+def _concept_probs(P: Tensor, a: float, p_is_prob: bool, faithful: bool) -> Tensor:
+    """Q = P if P is already a distribution over concepts, else softmax(a * P) over concepts.
+
+    `faithful=True` always applies the softmax, as the original code did even to DB's probabilities
+    (the double softmax of spec §5.2 that flattens Q and gave DB-soft_wpmi 2 % top-1).
+    """
+    if p_is_prob and not faithful:
+        return P
+    return torch.softmax(a * P, dim=1)
+
+
+def _marginal_pmi(log_p_c_given_n: Tensor, lam: float) -> Tensor:
+    """S = log p(c|n) - lam * log p(c), log p(c) = logsumexp_n log p(c|n) - log M over the M neurons given."""
+    M = log_p_c_given_n.shape[0]
+    log_p_c = torch.logsumexp(log_p_c_given_n, dim=0, keepdim=True) - math.log(M)
+    return log_p_c_given_n - lam * log_p_c
+
+
+def _summed_top_clip_terms(Q: Tensor, idx: Tensor, term: Callable[[Tensor], Tensor]) -> Tensor:
+    """sum_r term(Q[idx[r, m], :])[r] for every neuron m -> [M, C], gathering chunks of neurons at once."""
+    k, M = idx.shape
+    C = Q.shape[1]
+    chunk = max(1, _GATHER_BUDGET // max(1, k * C))
+    out = []
+    for start in range(0, M, chunk):
+        gathered = Q[idx[:, start:start + chunk]]  # [k, chunk, C]
+        out.append(term(gathered).sum(dim=0))
+    return torch.cat(out, dim=0)
+
+
+def wpmi(
+    P: Tensor,
+    A: Tensor,
+    top_k: int = 28,
+    a: float = 2.0,
+    lam: float = 0.6,
+    min_prob: float = 1e-7,
+    p_is_prob: bool = False,
+    faithful: bool = False,
+) -> Tensor:
+    """Weighted pointwise mutual information (CLIP-Dissect).
+
+    Q = softmax(a * P) over concepts (or Q = P when `p_is_prob`, see `_concept_probs`);
+    log p(c|m) = sum over the top_k clips j of neuron m of log(Q[j, c] + min_prob);
+    log p(c) = logsumexp_m log p(c|m) - log M over the neurons of this call (one layer);
+    S = log p(c|m) - lam * log p(c).
+    top_k is clamped to N when there are fewer clips.
+    """
+    P, A = _check(P, A)
+    Q = _concept_probs(P, a, p_is_prob, faithful)
+    idx = _top_clip_index(A, min(top_k, A.shape[0]))
+    log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(q + min_prob))
+    return _marginal_pmi(log_p, lam)
+
+
+def soft_wpmi(
+    P: Tensor,
+    A: Tensor,
+    top_k: int = 100,
+    a: float = 10.0,
+    lam: float = 1.0,
+    min_prob: float = 1e-7,
+    p_start: float = 0.998,
+    p_end: float = 0.97,
+    p_is_prob: bool = False,
+    faithful: bool = False,
+) -> Tensor:
+    """Soft WPMI (CLIP-Dissect), TAB's similarity.
+
+    Q as in `wpmi`. The clip at rank r (0-based) of neuron m's top k clips is "in the concept" with
+    probability p_r = p_start - (r / k) * (p_start - p_end);
+    log p(c|m) = sum_r log(1 + p_r * (Q[j_r, c] - 1) + min_prob); log p(c) and S as in `wpmi` (lam=1).
+    k = min(top_k, N): with fewer clips than top_k the schedule is spread over the clips there are.
+    """
+    P, A = _check(P, A)
+    Q = _concept_probs(P, a, p_is_prob, faithful)
+    k = min(top_k, A.shape[0])
+    idx = _top_clip_index(A, k)
+    p_r = (p_start - torch.arange(k, dtype=Q.dtype, device=Q.device) / k * (p_start - p_end)).view(k, 1, 1)
+    log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(1 + p_r * (q - 1) + min_prob))
+    return _marginal_pmi(log_p, lam)
+
+
+def rank_reorder(
+    P: Tensor,
+    A: Tensor,
+    top_fraction: float = 0.05,
+    p: float = 3.0,
+    scale_p: float = 0.5,
+    faithful: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """CLIP-Dissect's rank-reorder score on each neuron's top n = int(N * top_fraction) clips.
+
+    With t the neuron's top activations (descending) and s_j = P[clip_j, c] on those clips, each clip j
+    is given the activation of the rank its concept score has (t sorted ascending, indexed by the
+    ascending rank of s_j); error = mean_j |t_j - t_asc[rank(s_j)]|^p / baseline, where
+    baseline = E_pi mean_j |t_j - t_pi(j)|^p over random permutations pi = (1/n^2) sum_ij |t_i - t_j|^p
+    (exact); S = -error / max(mean_j s_j, 1e-6)^scale_p.
+    `faithful=True` reproduces the original: the baseline is a 5-shuffle estimate (seed it with
+    `generator`), the divisor is mean_j s_j ** scale_p unclamped (NaN for negative means), and n < 2
+    gives NaN scores (the original's K=5 hidden-layer case, int(5 * 0.05) = 0). Otherwise n < 2 raises.
+    """
+    P, A = _check(P, A)
+    n = int(A.shape[0] * top_fraction)
+    M, C = A.shape[1], P.shape[1]
+    if n < 2:
+        if faithful:
+            return torch.full((M, C), float("nan"), device=P.device)
+        raise ValueError(f"rank_reorder needs >= 2 top clips; int({A.shape[0]} * {top_fraction}) = {n}")
+    idx = _top_clip_index(A, n)  # [n, M]
+    t = A.gather(0, idx)  # [n, M] descending
+    t_asc = t.flip(0)
+    perms = [torch.randperm(n, generator=generator) for _ in range(5)] if faithful else []
+    out = torch.empty(M, C, device=P.device)
+    chunk = max(1, _GATHER_BUDGET // (n * max(n, C)))
+    for start in range(0, M, chunk):
+        sl = slice(start, start + chunk)
+        tc, tc_asc = t[:, sl], t_asc[:, sl]
+        if faithful:
+            baseline = torch.stack([(tc_asc - tc_asc[perm]).abs().pow(p).mean(dim=0) for perm in perms]).mean(dim=0)
+        else:
+            # all-equal activations: zero error and zero baseline give S = 0, not NaN
+            baseline = (tc.unsqueeze(0) - tc.unsqueeze(1)).abs().pow(p).mean(dim=(0, 1)).clamp_min(1e-12)
+        s = P[idx[:, sl]]  # [n, chunk, C] concept scores of each neuron's top clips
+        ranks = torch.argsort(torch.argsort(s, dim=0, stable=True), dim=0, stable=True)  # ascending rank
+        reorg = tc_asc.unsqueeze(-1).expand_as(s).gather(0, ranks)
+        err = (tc.unsqueeze(-1) - reorg).abs().pow(p).mean(dim=0) / baseline.unsqueeze(-1)
+        mean_s = s.mean(dim=0)
+        denom = mean_s.pow(scale_p) if faithful else mean_s.clamp_min(1e-6).pow(scale_p)
+        out[sl] = -err / denom
+    return out
+
+
+SIMILARITIES: dict[str, Callable[..., Tensor]] = {
+    "cos": cos,
+    "cos_cubed": cos_cubed,
+    "wpmi": wpmi,
+    "soft_wpmi": soft_wpmi,
+    "rank_reorder": rank_reorder,
+}
+
+
+def similarity(name: str, P: Tensor, A: Tensor, *, p_is_prob: bool = False, faithful: bool = False, **params) -> Tensor:
+    """Dispatch by name; passes `p_is_prob` / `faithful` to the functions they change, `params` as given."""
+    if name not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {name!r}; expected one of {sorted(SIMILARITIES)}")
+    fn = SIMILARITIES[name]
+    if name in ("wpmi", "soft_wpmi"):
+        params = {"p_is_prob": p_is_prob, "faithful": faithful, **params}
+    elif name == "rank_reorder":
+        params = {"faithful": faithful, **params}
+    return fn(P, A, **params)

