@@ -40,6 +40,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     adapter = build(cfg.model)
+    if not adapter.trainable:
+        raise ValueError(f"model={cfg.model.name} is a fixed pretrained model for dissection only; "
+                         "train.py cannot train it (use it with dissect.py)")
     init_weights(adapter, cfg.strategy)
     config = public_config(cfg)
     module = ClassifierModule(adapter, cfg.data.num_classes, instantiate(cfg.optimizer),

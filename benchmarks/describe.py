@@ -99,7 +99,8 @@ def main() -> None:
     print(f"{args.n} distinct summary requests, test server delay {args.delay * 1000:.0f} ms, {sent} requests sent")
     print(f"  concurrency 1 : {serial:7.2f} s  ({serial / args.n * 1000:.1f} ms/request)")
     print(f"  concurrency {args.concurrency:<2}: {parallel:7.2f} s  ({parallel / args.n * 1000:.1f} ms/request)")
-    print(f"  speed-up      : {ratio:7.1f}x  (target >= {args.target:g}x: {'met' if ratio >= args.target else 'NOT met'})")
+    verdict = "met" if ratio >= args.target else "NOT met"
+    print(f"  speed-up      : {ratio:7.1f}x  (target >= {args.target:g}x: {verdict})")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,9 @@ class OpenAITestServer:
     def start(self) -> "OpenAITestServer":
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="openai-test-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="openai-test-server", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -41,9 +41,9 @@ def test_cos_cubed_constant_column_clamped_to_zero():
 
 
 def test_wpmi_hand_computed_probabilities():
-    # top-2 clips: neuron 0 -> clips 0,1; neuron 1 -> clips 2,1
-    l0 = [math.log(0.5 * 0.9), math.log(0.5 * 0.1)]
-    l1 = [math.log(0.2 * 0.9), math.log(0.8 * 0.1)]
+    # top-2 clips: neuron 0 (acts 1,2,3) -> clips 2,1; neuron 1 (acts 3,2,1) -> clips 0,1
+    l0 = [math.log(0.2 * 0.9), math.log(0.8 * 0.1)]
+    l1 = [math.log(0.5 * 0.9), math.log(0.5 * 0.1)]
     marg = [math.log((0.45 + 0.18) / 2), math.log((0.05 + 0.08) / 2)]
     lam = 0.6
     expected = torch.tensor([[l0[c] - lam * marg[c] for c in range(2)], [l1[c] - lam * marg[c] for c in range(2)]])
@@ -57,8 +57,8 @@ def test_wpmi_faithful_applies_the_second_softmax():
         return [math.exp(2 * x) / (math.exp(2 * x) + math.exp(2 * y)), math.exp(2 * y) / (math.exp(2 * x) + math.exp(2 * y))]
 
     q = [sm(0.5, 0.5), sm(0.9, 0.1), sm(0.2, 0.8)]
-    l0 = [math.log(q[0][c] * q[1][c]) for c in range(2)]
-    l1 = [math.log(q[2][c] * q[1][c]) for c in range(2)]
+    l0 = [math.log(q[2][c] * q[1][c]) for c in range(2)]
+    l1 = [math.log(q[0][c] * q[1][c]) for c in range(2)]
     marg = [math.log((math.exp(l0[c]) + math.exp(l1[c])) / 2) for c in range(2)]
     expected = torch.tensor([[l0[c] - 0.6 * marg[c] for c in range(2)], [l1[c] - 0.6 * marg[c] for c in range(2)]])
     S = wpmi(Q, A, top_k=2, a=2.0, min_prob=0.0, p_is_prob=True, faithful=True)
@@ -69,8 +69,8 @@ def test_wpmi_faithful_applies_the_second_softmax():
 
 def test_soft_wpmi_hand_computed():
     # k=2, p_start 0.9, p_end 0.5 -> p_0 = 0.9, p_1 = 0.9 - 1/2 * 0.4 = 0.7; term = log(1 + p_r (q - 1))
-    l0 = [math.log(0.55) + math.log(0.93), math.log(0.55) + math.log(0.37)]  # clips 0 (r=0), 1 (r=1)
-    l1 = [math.log(0.28) + math.log(0.93), math.log(0.82) + math.log(0.37)]  # clips 2 (r=0), 1 (r=1)
+    l0 = [math.log(0.28) + math.log(0.93), math.log(0.82) + math.log(0.37)]  # clips 2 (r=0), 1 (r=1)
+    l1 = [math.log(0.55) + math.log(0.93), math.log(0.55) + math.log(0.37)]  # clips 0 (r=0), 1 (r=1)
     marg = [math.log((0.55 * 0.93 + 0.28 * 0.93) / 2), math.log((0.55 * 0.37 + 0.82 * 0.37) / 2)]
     expected = torch.tensor([[l0[c] - marg[c] for c in range(2)], [l1[c] - marg[c] for c in range(2)]])
     S = soft_wpmi(Q, A, top_k=2, p_start=0.9, p_end=0.5, min_prob=0.0, p_is_prob=True)

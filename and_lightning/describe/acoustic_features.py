@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from math import gcd
 
 import numpy as np
+import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import resample_poly
 
@@ -54,10 +55,12 @@ def frame_rms(x: np.ndarray, frame_length: int, hop: int) -> np.ndarray:
 
 
 def power_spectrum(frames: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Hann-windowed power spectra of frames [..., F, L] -> (power [..., F, L//2+1], bin frequencies in Hz)."""
+    """Hann-windowed power spectra of frames [..., F, L] -> (power [..., F, L//2+1], bin frequencies in Hz).
+
+    Computed in float32 (twice as fast; ample for levels and shapes)."""
     length = frames.shape[-1]
-    window = np.hanning(length + 2)[1:-1].astype(frames.dtype)
-    spec = np.fft.rfft(frames * window, axis=-1)
+    window = np.hanning(length + 2)[1:-1].astype(np.float32)
+    spec = scipy.fft.rfft(frames.astype(np.float32) * window, axis=-1)
     power = spec.real**2 + spec.imag**2
     return power, np.fft.rfftfreq(length, 1.0 / sample_rate)
 
@@ -97,13 +100,13 @@ def yin(frames: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float 
 
     The difference function integrates `integration` samples (default L - sr/fmin) and is computed with one FFT
     cross-correlation per frame. The period is the first dip of the cumulative-mean-normalised difference below
-    `threshold` (else its global minimum), refined by parabolic interpolation of the difference at the multiple of the period
+    `threshold` (else below its global minimum + 0.1), refined by parabolic interpolation of the difference at the multiple of the period
     (up to 8) that lands closest to a whole sample. Aperiodicity (the normalised difference there) is ~ noise
     power / total power for a periodic sound in white noise; 1 - it is the periodicity confidence. Periods
     shorter than sr/fmax come out as a multiple (fix with `correct_subharmonic`). Silent frames get
     f0 NaN and aperiodicity 1.
     """
-    frames = np.asarray(frames, dtype=np.float64)
+    frames = np.asarray(frames, dtype=np.float32)  # float32 FFTs: ~1e-6 error in the normalised difference
     length = frames.shape[-1]
     tau_max = int(np.ceil(sample_rate / fmin))
     tau_min = max(2, int(np.floor(sample_rate / fmax)))
@@ -113,9 +116,10 @@ def yin(frames: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float 
                          f"(need integration >= {tau_max} and integration + {tau_max + 1} <= frame length)")
     n_fft = 1 << int(np.ceil(np.log2(width + tau_max + 1)))
     span = frames[..., : width + tau_max + 1]
-    head = np.fft.rfft(frames[..., :width], n_fft, axis=-1)
-    full = np.fft.rfft(span, n_fft, axis=-1)
-    corr = np.fft.irfft(np.conj(head) * full, n_fft, axis=-1)[..., : tau_max + 2]
+    head = scipy.fft.rfft(frames[..., :width], n_fft, axis=-1)
+    full = scipy.fft.rfft(span, n_fft, axis=-1)
+    corr = scipy.fft.irfft(np.conj(head) * full, n_fft, axis=-1)[..., : tau_max + 2].astype(np.float64)
+    span = span.astype(np.float64)
     sq = np.concatenate([np.zeros(span.shape[:-1] + (1,)), np.cumsum(span * span, axis=-1)], axis=-1)
     energy_head = sq[..., width : width + 1]
     energy_lag = sq[..., width : width + tau_max + 2] - sq[..., : tau_max + 2]
@@ -126,13 +130,14 @@ def yin(frames: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float 
     cmnd[..., 1:] = diff[..., 1:] * taus[1:] / np.maximum(cum, _TINY)
 
     search = cmnd[..., tau_min : tau_max + 1]
-    below = search < threshold
-    first = np.argmax(below, axis=-1)
-    # walk from the first dip below threshold down to its local minimum
+    # the first dip below the threshold, or (no such dip) below the global minimum + 0.1: for decaying or noisy
+    # sounds the global minimum often sits at a long multiple of the period
+    limit = np.maximum(threshold, search.min(axis=-1, keepdims=True) + 0.1)
+    first = np.argmax(search < limit, axis=-1)
+    # walk from there down to the local minimum
     upturn = np.concatenate([search[..., 1:] >= search[..., :-1], np.ones(search.shape[:-1] + (1,), bool)], -1)
     idx = np.arange(search.shape[-1])
-    local = np.argmax(upturn & (idx >= first[..., None]), axis=-1)
-    best = np.where(below.any(axis=-1), local, np.argmin(search, axis=-1)) + tau_min
+    best = np.argmax(upturn & (idx >= first[..., None]), axis=-1) + tau_min
 
     tau = _parabolic_min(diff, best[..., None])[0][..., 0]
     # a period-T sound is also periodic at m*T: take the multiple whose lag lands closest to a whole sample,
@@ -151,18 +156,22 @@ def yin(frames: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float 
     return np.where(silent, np.nan, f0), np.where(silent, 1.0, aperiodicity)
 
 
-def theil_sen_slope(t: np.ndarray, y: np.ndarray, min_dt: float = 0.05, max_points: int = 400) -> float:
+def theil_sen_slope(t: np.ndarray, y: np.ndarray, min_dt: float = 0.03, groups: np.ndarray | None = None,
+                    max_points: int = 400) -> float:
     """Median of pairwise slopes (y units per t unit) over pairs at least `min_dt` apart; NaN if none.
 
-    Robust to outliers such as octave jumps of a pitch track. Uses at most `max_points` evenly spaced points.
+    Robust to outliers such as octave jumps of a pitch track. With `groups`, only pairs within the same group
+    count (e.g. one group per voiced stretch, so repeated upward chirps rise rather than average out). Uses at
+    most `max_points` evenly spaced points.
     """
     t = np.asarray(t, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    g = np.zeros(len(t), int) if groups is None else np.asarray(groups)
     if len(t) > max_points:
         keep = np.linspace(0, len(t) - 1, max_points).round().astype(int)
-        t, y = t[keep], y[keep]
+        t, y, g = t[keep], y[keep], g[keep]
     dt = t[None, :] - t[:, None]
-    mask = dt >= min_dt
+    mask = (dt >= min_dt) & (g[None, :] == g[:, None])
     if not mask.any():
         return float("nan")
     return float(np.median((y[None, :] - y[:, None])[mask] / dt[mask]))
@@ -241,17 +250,18 @@ def correct_subharmonic(f0: np.ndarray, harmonics: np.ndarray, share: float = 0.
     return f0 * factor
 
 
-def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5, max_hz: float = 25.0,
+def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5,
                          peak_ratio: float = 0.85) -> tuple[float, float]:
     """Repetition rate of an amplitude envelope [n] -> (rate Hz, strength in [-1, 1]); (NaN, 0) if none.
 
-    Uses the unbiased normalised autocorrelation over lags of at most half the envelope. Of its local maxima,
-    the shortest lag reaching `peak_ratio` of the highest one is the period (avoids picking a multiple).
+    Uses the unbiased normalised autocorrelation over lags from 2 frames to half the envelope. Of its local
+    maxima, the shortest lag reaching `peak_ratio` of the highest one is the period (avoids picking a
+    multiple). Rates above ~20 Hz are heard as roughness rather than rhythm; the caller decides.
     """
     x = np.asarray(env, dtype=np.float64)
     x = x - x.mean()
     n = len(x)
-    lag_min = max(2, int(np.floor(env_rate / max_hz)))
+    lag_min = 2
     lag_max = min(n // 2, int(np.ceil(env_rate / min_hz)))
     if lag_max <= lag_min + 1 or np.dot(x, x) <= _TINY:
         return float("nan"), 0.0
@@ -374,142 +384,163 @@ class AcousticMeasurements:
 
     duration_s: float
     rms_dbfs: float            # whole clip
-    active_rms_dbfs: float     # frames within `active_range_db` of the loudest
-    peak_dbfs: float           # loudest envelope frame
+    active_rms_dbfs: float     # envelope frames within `active_range_db` of the loudest
+    peak_dbfs: float           # loudest 10 ms envelope frame
     active_fraction: float     # share of envelope frames within active_range_db of the peak
+    # pitch (YIN on 64 ms frames every 10 ms)
     f0_hz: float               # median f0 of voiced frames
-    f0_start_hz: float         # median f0 of the first / last fifth of voiced frames
+    f0_start_hz: float         # median f0 of the first / last fifth of the voiced frames
     f0_end_hz: float
-    voiced_fraction: float     # share of active analysis frames that are periodic
+    voiced_fraction: float     # share of active frames that are periodic
     periodicity: float         # median (1 - aperiodicity) over active frames
-    pitch_slope_st_s: float    # Theil-Sen slope of the voiced pitch track, semitones per second
+    pitch_slope_st_s: float    # Theil-Sen slope of the pitch track within voiced stretches, semitones/s
     vibrato_rate_hz: float
     vibrato_extent_st: float   # peak-to-peak
     vibrato_purity: float
+    harmonic_richness: float   # share of harmonic energy above the fundamental
+    lowest_harmonic: int       # first harmonic with >= 10% of the strongest one's energy (0: unpitched)
+    harmonic_snr_db: float     # -10 log10(median aperiodicity) of voiced frames
+    # spectrum
     centroid_hz: float
     flatness: float            # mean over active frames
-    harmonic_richness: float   # share of harmonic energy above the fundamental
-    env_depth_db: float        # 95th - 5th percentile of the envelope (dB)
+    # envelope (10 ms RMS every 5 ms)
+    env_depth_db: float        # 95th - 5th percentile of the (25 ms smoothed) level while sounding
     env_rate_hz: float         # envelope repetition rate
     env_strength: float        # its autocorrelation peak
     transition_fraction: float
     onset_rate_hz: float
     n_events: int              # stretches within event_range_db of the peak
     event_median_s: float
-    attack_s: float            # loudest event: onset to peak
+    attack_s: float            # loudest event: from its start to its peak
     decay_s: float             # loudest event: peak to -20 dB (NaN if it does not get there)
-    decay_shape: float         # (time to -3 dB) / (time to -D dB) * D / 3: ~1 for exponential decay, >>1 for hold-then-stop
+    decay_shape: float         # (time to -3 dB) / (time to -D dB) * D / 3: ~1 exponential decay, >>1 hold-then-stop
+    # background and room
     noise_floor_db: float      # 10th percentile of the envelope, when quiet frames exist
-    harmonic_snr_db: float     # -10 log10(median aperiodicity) of voiced frames
     snr_db: float              # signal (95th percentile) minus the background estimate
     rt60_s: float              # 60 / median offset decay rate
     n_offsets: int
 
 
-def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000, fmin: float = 50.0,
+_NAN = float("nan")
+_PITCH_NONE = dict(f0_hz=_NAN, f0_start_hz=_NAN, f0_end_hz=_NAN, pitch_slope_st_s=_NAN, vibrato_rate_hz=_NAN,
+                   vibrato_extent_st=_NAN, vibrato_purity=_NAN, harmonic_richness=_NAN, lowest_harmonic=0,
+                   harmonic_snr_db=_NAN)
+
+
+def _pitch_measures(f0: np.ndarray, aperiodicity: np.ndarray, voiced: np.ndarray, power: np.ndarray,
+                    freqs: np.ndarray, frame_rate: float) -> dict:
+    """Pitch, pitch movement, vibrato and harmonic structure of the voiced frames (fixes f0 in place)."""
+    if not voiced.any():
+        return dict(_PITCH_NONE)
+    harmonics = harmonic_energies(power[voiced], freqs, f0[voiced])
+    fixed = correct_subharmonic(f0[voiced], harmonics)
+    if np.any(fixed != f0[voiced]):
+        f0[voiced] = fixed
+        harmonics = harmonic_energies(power[voiced], freqs, fixed)
+    vf0 = f0[voiced]
+    fifth = max(1, len(vf0) // 5)
+    run_id = np.cumsum(np.diff(np.concatenate([[False], voiced]).astype(int)) == 1)[voiced]
+    frame_t = np.flatnonzero(voiced) / frame_rate
+    runs = true_runs(voiced)
+    a, b = runs[np.argmax(runs[:, 1] - runs[:, 0])]
+    contour = 12.0 * np.log2(f0[a:b] / 440.0)
+    if len(contour) >= 5:  # median-of-5 smoothing removes isolated octave errors
+        contour = np.median(sliding_window_view(np.pad(contour, 2, mode="edge"), 5), axis=-1)
+    vib_rate, vib_extent, vib_purity = vibrato(contour, frame_rate)
+    totals = harmonics.sum(axis=0)
+    return dict(
+        f0_hz=float(np.median(vf0)), f0_start_hz=float(np.median(vf0[:fifth])),
+        f0_end_hz=float(np.median(vf0[-fifth:])),
+        pitch_slope_st_s=theil_sen_slope(frame_t, 12.0 * np.log2(vf0 / 440.0), groups=run_id),
+        vibrato_rate_hz=vib_rate, vibrato_extent_st=vib_extent, vibrato_purity=vib_purity,
+        harmonic_richness=harmonic_richness(harmonics),
+        lowest_harmonic=int(np.argmax(totals >= 0.1 * totals.max())) + 1 if totals.max() > _TINY else 0,
+        harmonic_snr_db=float(-power_to_db(max(float(np.median(aperiodicity[voiced])), 1e-6))),
+    )
+
+
+def _envelope_measures(env: np.ndarray, env_db: np.ndarray, env_rate: float, active_range_db: float,
+                       event_range_db: float) -> dict:
+    """Level range, rhythm, onsets, events and the attack/decay of the loudest event."""
+    peak_db = float(env_db.max())
+    # depth and onsets on a 25 ms smoothing: narrow-band noise flickers at 10 ms
+    smooth_db = power_to_db(np.convolve(env**2, np.ones(5) / 5.0, mode="same"))
+    sounding = env_db >= peak_db - event_range_db
+    depth = float(np.percentile(smooth_db[sounding], 95) - np.percentile(smooth_db[sounding], 5))
+    rate, strength = envelope_periodicity(env, env_rate)
+    onsets = onset_frames(smooth_db, env_rate, min_level_db=peak_db - active_range_db)
+    events = true_runs(sounding)
+    loudest = int(np.argmax([env_db[s:e].max() for s, e in events]))
+    start, stop = events[loudest]
+    peak_i = int(start + np.argmax(env_db[start:stop]))
+    reach = min(20.0, float(env_db[peak_i] - env_db[peak_i:].min()))
+    shape = _NAN
+    if reach >= 10.0:  # exponential decay: the first 3 dB take 3/reach of the time to fall `reach` dB
+        t3 = fall_time(env_db, peak_i, 3.0, env_rate)
+        shape = t3 / max(fall_time(env_db, peak_i, reach, env_rate), 1.0 / env_rate) * reach / 3.0
+    return dict(
+        env_depth_db=depth, env_rate_hz=rate, env_strength=strength, transition_fraction=transition_fraction(env),
+        onset_rate_hz=float(len(onsets) * env_rate / len(env)), n_events=int(len(events)),
+        event_median_s=float(np.median(events[:, 1] - events[:, 0]) / env_rate),
+        attack_s=float((peak_i - start) / env_rate), decay_s=fall_time(env_db, peak_i, 20.0, env_rate),
+        decay_shape=float(shape),
+    )
+
+
+def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000, fmin: float = 40.0,
                  fmax: float = 4000.0, yin_threshold: float = 0.15, voicing_min: float = 0.7,
                  active_range_db: float = 25.0, event_range_db: float = 20.0, gap_db: float = 15.0,
                  silence_dbfs: float = -75.0) -> AcousticMeasurements:
-    """Measure one mono clip. Frames: 64 ms spectra / YIN every 10 ms, RMS envelope of 10 ms every 5 ms."""
-    x = to_analysis_rate(wave, sample_rate, analysis_rate)
-    sr = float(analysis_rate)
-    x = x - x.mean() if len(x) else x
-    duration = len(x) / sr
-    hop, n_fft = int(sr * 0.010), 1024
-    env_win, env_hop = int(sr * 0.010), int(sr * 0.005)
-    env_rate = sr / env_hop
+    """Measure one mono clip at `analysis_rate`: 64 ms spectra and YIN every 10 ms, a 10 ms RMS envelope every 5 ms.
 
-    env = frame_rms(x, env_win, env_hop)
+    The background level comes from quiet envelope frames when >= 10% of them are `gap_db` below the peak,
+    else (mostly periodic sounds) from YIN's aperiodicity; otherwise it is not measurable (NaN).
+    """
+    x = to_analysis_rate(wave, sample_rate, analysis_rate)
+    x = x - x.mean()
+    sr = float(analysis_rate)
+    hop, n_fft = int(sr * 0.010), 1024
+    env_hop = int(sr * 0.005)
+    env_rate = sr / env_hop
+    env = frame_rms(x, int(sr * 0.010), env_hop)
     env_db = power_to_db(env**2)
     peak_db = float(env_db.max())
-    nan = float("nan")
     active_env = env_db >= peak_db - active_range_db
+    base = dict(duration_s=len(x) / sr, rms_dbfs=float(rms_dbfs(x)), peak_dbfs=peak_db)
     if peak_db < silence_dbfs:
-        return AcousticMeasurements(duration, float(rms_dbfs(x)), DB_FLOOR, peak_db, 0.0, nan, nan, nan, 0.0, 0.0,
-                                    nan, nan, nan, nan, nan, nan, nan, 0.0, nan, 0.0, 0.0, 0.0, 0, nan, nan, nan,
-                                    nan, nan, nan, nan, nan, 0)
+        return AcousticMeasurements(
+            **base, **_PITCH_NONE, active_rms_dbfs=DB_FLOOR, active_fraction=0.0, voiced_fraction=0.0,
+            periodicity=0.0, centroid_hz=_NAN, flatness=_NAN, env_depth_db=0.0, env_rate_hz=_NAN, env_strength=0.0,
+            transition_fraction=0.0, onset_rate_hz=0.0, n_events=0, event_median_s=_NAN, attack_s=_NAN,
+            decay_s=_NAN, decay_shape=_NAN, noise_floor_db=_NAN, snr_db=_NAN, rt60_s=_NAN, n_offsets=0)
 
-    # --- spectra and pitch on 64 ms frames every 10 ms
     frames = frame_signal(x, n_fft, hop)
     power, freqs = power_spectrum(frames, sr)
     frame_db = power_to_db(np.mean(frames * frames, axis=-1))
     active = frame_db >= frame_db.max() - active_range_db
-    f0, aperiodicity = yin(frames, sr, fmin=fmin, fmax=fmax, threshold=yin_threshold)
-    periodic = 1.0 - aperiodicity
-    voiced = active & (periodic >= voicing_min) & np.isfinite(f0)
-    frame_t = (np.arange(len(frames)) * hop + n_fft / 2) / sr
+    f0, aperiodicity = np.full(len(frames), np.nan), np.ones(len(frames))
+    f0[active], aperiodicity[active] = yin(frames[active], sr, fmin=fmin, fmax=fmax, threshold=yin_threshold)
+    voiced = active & (aperiodicity <= 1.0 - voicing_min) & np.isfinite(f0)
+    pitch = _pitch_measures(f0, aperiodicity, voiced, power, freqs, sr / hop)
+    envelope = _envelope_measures(env, env_db, env_rate, active_range_db, event_range_db)
 
-    mean_power = power[active].mean(axis=0)
-    centroid = float(spectral_centroid(mean_power, freqs))
-    usable = freqs >= fmin
-    flatness = float(np.mean(spectral_flatness(power[active][:, usable])))
-
-    if voiced.any():
-        harmonics = harmonic_energies(power[voiced], freqs, f0[voiced])
-        fixed = correct_subharmonic(f0[voiced], harmonics)
-        if np.any(fixed != f0[voiced]):
-            f0[voiced] = fixed
-            harmonics = harmonic_energies(power[voiced], freqs, fixed)
-        vf0 = f0[voiced]
-        semis = 12.0 * np.log2(vf0 / 440.0)
-        fifth = max(1, len(vf0) // 5)
-        f0_hz = float(np.median(vf0))
-        f0_start, f0_end = float(np.median(vf0[:fifth])), float(np.median(vf0[-fifth:]))
-        slope = theil_sen_slope(frame_t[voiced], semis)
-        runs = true_runs(voiced)
-        a, b = runs[np.argmax(runs[:, 1] - runs[:, 0])]
-        contour = 12.0 * np.log2(f0[a:b] / 440.0)
-        if len(contour) >= 5:  # median-of-5 smoothing removes isolated octave errors
-            contour = np.median(sliding_window_view(np.pad(contour, 2, mode="edge"), 5), axis=-1)
-        vib_rate, vib_extent, vib_purity = vibrato(contour, sr / hop)
-        richness = harmonic_richness(harmonics)
-        harmonic_snr = float(-power_to_db(max(float(np.median(aperiodicity[voiced])), 1e-6)))
-    else:
-        f0_hz = f0_start = f0_end = slope = vib_rate = vib_extent = vib_purity = richness = harmonic_snr = nan
-
-    # --- envelope: depth and onsets on a 25 ms smoothing (narrow-band noise flickers at 10 ms), rhythm, events
-    smooth_db = power_to_db(np.convolve(env**2, np.ones(5) / 5.0, mode="same"))
-    depth = float(np.percentile(smooth_db, 95) - np.percentile(smooth_db, 5))
-    rate, strength = envelope_periodicity(env, env_rate)
-    onsets = onset_frames(smooth_db, env_rate, min_level_db=peak_db - active_range_db)
-    events = true_runs(env_db >= peak_db - event_range_db)
-    event_len = (events[:, 1] - events[:, 0]) / env_rate
-    loudest = int(np.argmax([env_db[s:e].max() for s, e in events]))
-    s, e = events[loudest]
-    peak_i = s + int(np.argmax(env_db[s:e]))
-    below_start = np.flatnonzero(env_db[:peak_i + 1] < env_db[peak_i] - event_range_db)
-    attack = (peak_i - (below_start[-1] + 1 if len(below_start) else 0)) / env_rate
-    decay = fall_time(env_db, peak_i, 20.0, env_rate)
-    reach = min(20.0, float(env_db[peak_i] - env_db[peak_i:].min()))
-    decay_shape = nan
-    if reach >= 10.0:
-        decay_shape = fall_time(env_db, peak_i, 3.0, env_rate) / max(fall_time(env_db, peak_i, reach, env_rate),
-                                                                     1.0 / env_rate) * reach / 3.0
-
-    # --- background: quiet frames if there are enough, else the aperiodic part of a periodic sound
     signal_db = float(np.percentile(env_db, 95))
-    quiet_share = float(np.mean(env_db < peak_db - gap_db))
-    floor_db = float(np.percentile(env_db, 10)) if quiet_share >= 0.1 else nan
+    floor_db = float(np.percentile(env_db, 10)) if np.mean(env_db < peak_db - gap_db) >= 0.1 else _NAN
     if np.isfinite(floor_db):
         snr = signal_db - floor_db
-    elif voiced.mean() >= 0.5 * max(active.mean(), 1e-9):
-        snr = harmonic_snr
+    elif voiced.sum() >= 0.5 * active.sum():
+        snr = pitch["harmonic_snr_db"]
     else:
-        snr = nan
-
+        snr = _NAN
     rates = offset_decay_rates(env_db, env_rate, floor_db if np.isfinite(floor_db) else DB_FLOOR)
-    rt60 = float(60.0 / max(np.median(rates), 1e-3)) if len(rates) else nan
 
-    active_power = np.mean(env[active_env] ** 2)
     return AcousticMeasurements(
-        duration_s=duration, rms_dbfs=float(rms_dbfs(x)), active_rms_dbfs=float(power_to_db(active_power)),
-        peak_dbfs=peak_db, active_fraction=float(active_env.mean()), f0_hz=f0_hz, f0_start_hz=f0_start,
-        f0_end_hz=f0_end, voiced_fraction=float(voiced.sum() / max(active.sum(), 1)),
-        periodicity=float(np.median(periodic[active])), pitch_slope_st_s=slope, vibrato_rate_hz=vib_rate,
-        vibrato_extent_st=vib_extent, vibrato_purity=vib_purity, centroid_hz=centroid, flatness=flatness,
-        harmonic_richness=richness, env_depth_db=depth, env_rate_hz=rate, env_strength=strength,
-        transition_fraction=transition_fraction(env), onset_rate_hz=float(len(onsets) / max(duration, 1e-9)),
-        n_events=int(len(events)), event_median_s=float(np.median(event_len)), attack_s=float(attack),
-        decay_s=decay, decay_shape=float(decay_shape), noise_floor_db=floor_db, harmonic_snr_db=harmonic_snr,
-        snr_db=float(snr), rt60_s=rt60, n_offsets=int(len(rates)),
+        **base, **pitch, **envelope,
+        active_rms_dbfs=float(power_to_db(np.mean(env[active_env] ** 2))),
+        active_fraction=float(active_env.mean()), voiced_fraction=float(voiced.sum() / max(active.sum(), 1)),
+        periodicity=float(np.median(1.0 - aperiodicity[active])),
+        centroid_hz=float(spectral_centroid(power[active].mean(axis=0), freqs)),
+        flatness=float(np.mean(spectral_flatness(power[active][:, freqs >= fmin]))),
+        noise_floor_db=floor_db, snr_db=float(snr),
+        rt60_s=float(60.0 / max(np.median(rates), 1e-3)) if len(rates) else _NAN, n_offsets=int(len(rates)),
     )

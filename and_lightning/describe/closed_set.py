@@ -132,6 +132,7 @@ def concept_cosine(pred_names: Sequence[str], gt_names: Sequence[str], encoder: 
 
 # --- ICL (spec §5.4) ------------------------------------------------------------------------------------
 ICL_SCHEMA = {
+    "title": "icl_concept",
     "type": "object",
     "properties": {"concept": {"type": "string"}, "reason": {"type": "string"}},
     "required": ["concept", "reason"],

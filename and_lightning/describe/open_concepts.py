@@ -110,6 +110,7 @@ def extract_open_concepts(
 
 # --- acoustic filter ----------------------------------------------------------------------------------
 ACOUSTIC_FILTER_SCHEMA = {
+    "title": "acoustic_adjective",
     "type": "object",
     "properties": {
         "answer": {"type": "string", "enum": ["yes", "no"]},

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from and_lightning.data.audio_io import resample
+
 
 def _features(out) -> Tensor:
     """transformers 5 `get_*_features` return a model output whose pooler_output holds the projection;
@@ -75,7 +77,9 @@ class MiniLMEncoder(TextEncoder):
 
     @property
     def dim(self) -> int:
-        return self.model.get_sentence_embedding_dimension()
+        # renamed in sentence-transformers 6 (get_sentence_embedding_dimension before)
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return getter()
 
     def _embed(self, texts: list[str]) -> Tensor:
         return self.model.encode(texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False)
@@ -120,8 +124,8 @@ class CLIPTextEncoder(_HFTextTower):
 
 class ClapTextEncoder(_HFTextTower):
     """CLAP text tower (TAB's concept encoder). RoBERTa-based; max_length defaults to the model's
-    position budget. The original used laion_clap 630k-audioset-best; laion/clap-htsat-unfused is the
-    transformers checkpoint of the same non-fusion HTSAT-tiny + RoBERTa architecture."""
+    position budget. The original used laion_clap's 630k-audioset-best (non-fusion HTSAT-tiny + RoBERTa);
+    the closest transformers checkpoint is laion/clap-htsat-unfused (same architecture)."""
 
     @staticmethod
     def _model_class() -> type:
@@ -140,7 +144,8 @@ class ClapAudioEncoder:
     """CLAP audio embeddings for TAB: mono waveforms -> [n, d] unit-norm, via ClapFeatureExtractor and
     ClapModel.get_audio_features. Waves are resampled to the extractor's rate (48 kHz for LAION CLAP)
     and cut deterministically to their first `max_length_s` seconds (the extractor would otherwise crop
-    at a random offset); the extractor's truncation mode follows the model (fusion or not). `int16_roundtrip=True` quantises like the original's laion_clap call."""
+    at a random offset); the extractor's truncation mode follows the model (fusion or not).
+    `int16_roundtrip=True` quantises like the original's laion_clap call."""
 
     def __init__(self, model: str, batch_size: int = 16, device: str = "cpu", int16_roundtrip: bool = False):
         from transformers import ClapFeatureExtractor, ClapModel
@@ -163,11 +168,7 @@ class ClapAudioEncoder:
         if x.ndim != 1:
             raise ValueError(f"ClapAudioEncoder expects mono 1-D waveforms, got shape {tuple(x.shape)}")
         target = self.extractor.sampling_rate
-        if sample_rate != target:
-            import torchaudio.functional as AF
-
-            x = AF.resample(x, sample_rate, target)
-        x = x[: int(self.extractor.max_length_s * target)]
+        x = resample(x, sample_rate, target)[: int(self.extractor.max_length_s * target)]
         if self.int16_roundtrip:
             x = (x.clamp(-1, 1) * 32767).to(torch.int16).float() / 32767
         return x.numpy()

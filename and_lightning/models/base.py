@@ -22,6 +22,7 @@ class TargetAdapter(nn.Module):
 
     sample_rate: int = 16000
     head_path: str = ""  # module path of the classification head (trained in the `frozen` strategy)
+    trainable: bool = True  # False for fixed pretrained models that train.py must refuse (e.g. CREPE)
 
     def preprocess(self, wave: torch.Tensor, sr: int | None = None) -> torch.Tensor:
         """Waveforms [B, T] at `sr` (default: the model's rate) -> the network's input features."""

@@ -56,6 +56,8 @@ class CrepeAdapter(TargetAdapter):
     their stored statistics (CREPE's were converted with momentum 0), even when the adapter is in train mode.
     """
 
+    trainable = False
+
     def __init__(self, capacity: str = "tiny", hop_length: int = 160):
         super().__init__()
         if hop_length < 1:

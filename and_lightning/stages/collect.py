@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -118,7 +119,9 @@ def collect_activations(
     trainer = L.Trainer(**_trainer_kwargs(trainer_kwargs, writer, progress))
     loader = DataLoader(Subset(ClipDataset(records, sample_rate, clip_seconds), remaining.tolist()),
                         batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    trainer.predict(probe, dataloaders=loader, return_predictions=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks is zero")
+        trainer.predict(probe, dataloaders=loader, return_predictions=False)  # no clips left: just sync ranks
     trainer.strategy.barrier()
     if trainer.is_global_zero:
         assemble_store(store, manifest)

@@ -42,6 +42,7 @@ class AcousticThresholds:
     steady_max_depth_db: float = 6.0     # level range (95th-5th percentile while sounding) of a steady sound
     pulse_min_strength: float = 0.5      # envelope autocorrelation peak for a regular rhythm
     pulse_min_depth_db: float = 6.0      # ... and its level range (or >= 2 separate events)
+    max_pulse_hz: float = 20.0           # faster regular modulation is heard as roughness, not rhythm
     tremolo_min_transition: float = 0.25  # share of time between on and off levels: smooth modulation
     click_max_s: float = 0.025           # events this short are clicks
     hit_max_attack_s: float = 0.03       # a percussive hit rises this fast ...
@@ -60,8 +61,9 @@ class SoundTraits:
 
     loudness: str                  # silent | quiet | moderate | loud
     source: str                    # tonal | buzzy | noisy | mixed
+    chord: bool                    # pitched, but its lowest strong partial is the 4th+ harmonic: several tones
     register: str | None           # low | mid | high (pitched sounds only)
-    f0_hz: float
+    f0_hz: float                   # the pitch named (a chord's lowest strong partial)
     f0_start_hz: float
     f0_end_hz: float
     pitch_motion: str | None       # rising | falling | steady
@@ -69,8 +71,8 @@ class SoundTraits:
     sweep: bool                    # the rise/fall is large enough to name its range
     vibrato: bool
     brightness: str | None         # dark | bright
-    pattern: str                   # steady | fluctuating | pulsing | tremolo | clicks | click | hits | hit | irregular | burst
-    rate_hz: float                 # repetition rate of pulsing / tremolo / clicks / hits (NaN if irregular)
+    pattern: str                   # steady | fluctuating | pulsing | tremolo | rough | clicks | click | hits | hit | irregular | burst
+    rate_hz: float                 # repetition rate of pulsing / tremolo / rough / clicks / hits (NaN if irregular)
     duration_s: float              # length of a single burst
     ringing: bool | None           # hits: rings out (True) or dies away quickly (False)
     background: str | None         # clean | noisy
@@ -81,7 +83,7 @@ def describe(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
     """Turn measurements into categorical traits using the thresholds (pure)."""
     nan = float("nan")
     if m.peak_dbfs < th.silence_dbfs:
-        return SoundTraits("silent", "noisy", None, nan, nan, nan, None, "", False, False, None, "steady", nan,
+        return SoundTraits("silent", "noisy", False, None, nan, nan, nan, None, "", False, False, None, "steady", nan,
                            m.duration_s, None, None, None)
     loudness = "quiet" if m.active_rms_dbfs < th.quiet_dbfs else "loud" if m.active_rms_dbfs > th.loud_dbfs else "moderate"
 
@@ -92,10 +94,15 @@ def describe(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
         source = "noisy"
     else:
         source = "mixed"
+    chord = pitched and m.lowest_harmonic >= 4
+    if chord:
+        source = "tonal"  # its "richness" is the chord's own notes, not buzz
+    scale = m.lowest_harmonic if chord else 1
+    f0, f0_start, f0_end = m.f0_hz * scale, m.f0_start_hz * scale, m.f0_end_hz * scale
     show_pitch = pitched or (source == "mixed" and m.voiced_fraction >= 0.3 and math.isfinite(m.f0_hz))
     register = None
     if show_pitch:
-        register = "low" if m.f0_hz < th.low_pitch_hz else "high" if m.f0_hz > th.high_pitch_hz else "mid"
+        register = "low" if f0 < th.low_pitch_hz else "high" if f0 > th.high_pitch_hz else "mid"
 
     motion, speed, sweep = None, "", False
     if show_pitch and math.isfinite(m.pitch_slope_st_s):
@@ -104,7 +111,7 @@ def describe(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
             motion = "rising" if slope > 0 else "falling"
             speed = "quickly" if abs(slope) >= th.fast_slope_st_s else "slowly" if abs(slope) < 2 * th.pitch_slope_st_s else ""
             span = 12.0 * math.log2(m.f0_end_hz / m.f0_start_hz)
-            sweep = abs(span) >= th.sweep_min_st and (span > 0) == (slope > 0)
+            sweep = pitched and abs(span) >= th.sweep_min_st and (span > 0) == (slope > 0)
         else:
             motion = "steady"
     vibrato = bool(show_pitch and m.vibrato_extent_st >= th.vibrato_min_extent_st
@@ -121,7 +128,7 @@ def describe(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
     room = None
     if pattern not in ("click", "clicks", "hit", "hits") and m.n_offsets > 0 and math.isfinite(m.rt60_s):
         room = "dry" if m.rt60_s <= th.dry_max_rt60_s else "reverberant" if m.rt60_s >= th.reverberant_min_rt60_s else None
-    return SoundTraits(loudness, source, register, m.f0_hz, m.f0_start_hz, m.f0_end_hz, motion, speed, sweep,
+    return SoundTraits(loudness, source, chord, register, f0, f0_start, f0_end, motion, speed, sweep,
                        vibrato, brightness, pattern, rate, m.event_median_s, ringing, background, room)
 
 
@@ -135,6 +142,8 @@ def _pattern(m: AcousticMeasurements, th: AcousticThresholds) -> tuple[str, floa
                and (m.n_events >= 2 or m.env_depth_db >= th.pulse_min_depth_db))
     short = m.event_median_s <= th.click_max_s
     if regular:
+        if m.env_rate_hz > th.max_pulse_hz:
+            return "rough", m.env_rate_hz, None
         if short and m.n_events >= 2:
             return "clicks", m.env_rate_hz, None
         if m.transition_fraction >= th.tremolo_min_transition:
@@ -165,7 +174,7 @@ def _hz(f: float) -> str:
 
 
 def _rate(r: float) -> str:
-    return str(int(round(r))) if r >= 2.0 else f"{r:.1f}"
+    return str(int(round(r))) if r >= 1.95 else f"{r:.1f}"
 
 
 def _seconds(s: float) -> str:
@@ -179,14 +188,14 @@ def _article(phrase: str) -> str:
 def _noun(t: SoundTraits, rng: random.Random) -> tuple[str, bool]:
     """The head noun phrase of the first sentence and whether it is plural."""
     if t.pattern == "clicks":
-        return rng.choice(["repeated clicks", "clicking sounds", "a train of clicks"]), True
+        return rng.choice(["repeated clicks", "clicking sounds"]), True
     if t.pattern == "click":
-        return rng.choice(["single click", "short click"]), False
+        return rng.choice(["click", "short click"]), False
     if t.pattern in ("hit", "hits"):
-        kind = {"tonal": "pitched ", "buzzy": "buzzy ", "noisy": "noisy "}.get(t.source, "")
-        if t.pattern == "hits":
-            return rng.choice([f"repeated {kind}percussive hits", f"{kind}percussive hits"]), True
-        return rng.choice([f"{kind}percussive hit", f"single {kind}percussive hit"]), False
+        kind = {"tonal": "" if t.register else "pitched ", "buzzy": "buzzy ", "noisy": "noisy "}.get(t.source, "")
+        return f"{kind}percussive hit" + ("s" if t.pattern == "hits" else ""), t.pattern == "hits"
+    if t.chord:
+        return rng.choice(["chord-like tone", "chord of tones"]), False
     if t.source == "tonal":
         options = ["tone", "tonal sound"] + (["hum"] if t.register == "low" and t.pattern == "steady" else [])
         return rng.choice(options), False
@@ -198,72 +207,74 @@ def _noun(t: SoundTraits, rng: random.Random) -> tuple[str, bool]:
         if t.brightness == "bright":
             return rng.choice(["hissing noise", "hissing sound"]), False
         return rng.choice(["noise", "noisy sound"]), False
-    return rng.choice(["sound", "partly tonal sound"]) if t.register else "sound", False
+    return (rng.choice(["sound", "partly tonal sound"]) if t.register else "sound"), False
 
 
 def _adjectives(t: SoundTraits) -> list[str]:
     adj = [t.loudness] if t.loudness in ("loud", "quiet") else []
     if t.register:
         adj.append(f"{t.register}-pitched")
-    noun_says_it = t.source == "noisy" and t.pattern not in ("click", "clicks", "hit", "hits")
-    if t.brightness and not noun_says_it:  # "rumbling"/"hissing" already say dark/bright
+    # "rumbling"/"hissing" already say dark/bright; a pure tone's brightness is its pitch, already said
+    said = t.source == "tonal" or (t.source == "noisy" and t.pattern not in ("click", "clicks", "hit", "hits"))
+    if t.brightness and not said:
         adj.append(t.brightness)
     return adj
 
 
-def _pitch_phrase(t: SoundTraits, rng: random.Random) -> str:
-    """' around 440 Hz whose pitch rises quickly, wavering with vibrato' (leading space) or ''."""
+def _pitch_phrases(t: SoundTraits, rng: random.Random) -> tuple[str, str]:
+    """(where, how): ' around 440 Hz' and ' with a quickly rising pitch, wavering with vibrato' (leading
+    spaces or commas; empty when the sound has no pitch)."""
     if not t.register:
-        return ""
-    speed = f"{t.pitch_speed} " if t.pitch_speed else ""
+        return "", ""
     if t.sweep:
         verb = "sweeping up" if t.pitch_motion == "rising" else "sweeping down"
         where = f" {verb} from about {_hz(t.f0_start_hz)} to {_hz(t.f0_end_hz)} Hz"
     else:
         where = rng.choice([f" around {_hz(t.f0_hz)} Hz", f" at about {_hz(t.f0_hz)} Hz"])
-    motion = ""
+        if t.chord:
+            where = f" with its lowest note{where}"
+    how = ""
     if t.pitch_motion in ("rising", "falling"):
-        w = t.pitch_motion
-        motion = rng.choice([f" with a {speed}{w} pitch", f", {speed}{w} in pitch", f" whose pitch keeps {w}"
-                             + (f" {t.pitch_speed}" if t.pitch_speed else "")])
-    elif t.pitch_motion == "steady":
-        motion = rng.choice([" at a steady pitch", " holding a steady pitch"])
-    vib = rng.choice([", wavering with vibrato", " with a wavering vibrato"]) if t.vibrato else ""
-    return where + motion + vib
+        w, speed = t.pitch_motion, t.pitch_speed
+        how = rng.choice([f" with a {speed + ' ' if speed else ''}{w} pitch", f", {speed + ' ' if speed else ''}{w} in pitch",
+                          f" whose pitch keeps {w}{' ' + speed if speed else ''}"])
+    elif t.pitch_motion == "steady" and not t.vibrato:
+        how = rng.choice([" holding a steady pitch", ", steady in pitch"])
+    if t.vibrato:
+        how += rng.choice([", wavering with vibrato", " with a wavering vibrato"])
+    return where, how
 
 
 def _first_sentence(t: SoundTraits, rng: random.Random) -> str:
+    """'A loud, high-pitched tone around 2100 Hz with a quickly rising pitch.' and equivalent wordings."""
     noun, plural = _noun(t, rng)
     adj = _adjectives(t)
-    pitch = _pitch_phrase(t, rng)
-    if t.pattern in ("hit", "hits"):
-        ring = (" that rings out slowly" if t.ringing else " that dies away quickly") if t.ringing is not None else ""
-        if t.pattern == "hits":
-            ring = ring.replace("rings", "ring").replace("dies", "die")
-        pitch += ring
+    where, how = _pitch_phrases(t, rng)
+    if t.ringing is not None:
+        verb = ("ring out slowly" if t.ringing else "die away quickly") if plural else \
+            ("rings out slowly" if t.ringing else "dies away quickly")
+        how += f" that {verb}"
     form = rng.randrange(3) if adj else 0
-    if form == 2 and not plural and not noun.startswith(("a ", "single")):
+    if form == 2 and not plural and len(adj) >= 2:  # "A tone around 440 Hz, loud and high-pitched, with a rising pitch."
         joined = " and ".join(adj) if len(adj) <= 2 else ", ".join(adj[:-1]) + " and " + adj[-1]
-        body = f"{_article(noun)}{pitch.split(',')[0] if pitch.startswith(',') else ''}"
-        if pitch.startswith(","):  # keep a clause-first pitch phrase readable: move it after the adjectives
-            return f"{body[:1].upper()}{body[1:]}, {joined}{pitch}."
-        return f"{_article(noun)[:1].upper()}{_article(noun)[1:]}{pitch}, {joined}."
-    phrase = ", ".join(adj + [noun]) if not adj else ", ".join(adj) + " " + noun
-    if form == 1 or plural or noun.startswith("a "):
-        return f"{phrase[:1].upper()}{phrase[1:]}{pitch}."
-    art = _article(phrase)
-    return f"{art[:1].upper()}{art[1:]}{pitch}."
+        text = f"{_article(noun)}{where}, {joined}" + ("," + how if how.startswith(" ") else how)
+    else:
+        phrase = (", ".join(adj) + " " if adj else "") + noun
+        text = (phrase if form == 1 or plural else _article(phrase)) + where + how
+    return text[:1].upper() + text[1:] + "."
 
 
 def _second_sentence(t: SoundTraits, rng: random.Random) -> str:
     r = _rate(t.rate_hz) if math.isfinite(t.rate_hz) else ""
     clause = {
-        "steady": rng.choice(["It is steady and continuous", "It stays steady throughout", "The sound is steady"]),
+        "steady": rng.choice(["It is steady and continuous", "It stays steady", "The sound is steady"]),
         "fluctuating": rng.choice(["Its loudness is uneven and fluctuating", "It is continuous but fluctuating"]),
-        "pulsing": rng.choice([f"It is pulsing about {r} times per second", f"It keeps pulsing, about {r} times a second",
+        "pulsing": rng.choice([f"It is pulsing about {r} times per second", f"It keeps pulsing about {r} times a second",
                                f"It has a pulsing rhythm of about {r} per second"]),
+        "rough": rng.choice([f"Its loudness flutters rapidly, about {r} times per second, giving a rough texture",
+                             f"It has a rough, rattling texture from about {r} rapid flutters per second"]),
         "tremolo": rng.choice([f"Its loudness trembles with a tremolo about {r} times per second",
-                               f"It has a trembling tremolo at about {r} per second"]),
+                               f"It has a trembling tremolo about {r} times per second"]),
         "clicks": rng.choice([f"The clicking repeats about {r} times per second", f"It is clicking about {r} times a second"])
         if r else "The clicking comes at irregular times",
         "hits": f"The hits repeat about {r} times per second" if r else "The hits come at irregular times",
@@ -273,11 +284,11 @@ def _second_sentence(t: SoundTraits, rng: random.Random) -> str:
     back = {"clean": rng.choice(["over a clean background", "against a clean background"]),
             "noisy": rng.choice(["over a noisy background", "against a noisy background"])}.get(t.background or "", "")
     room = {"reverberant": rng.choice(["with a reverberant tail", "with a reverberant, echoing tail"]),
-            "dry": rng.choice(["and sounds dry", "with a dry, abrupt ending"])}.get(t.room or "", "")
+            "dry": rng.choice(["and sounds dry", "and sounds dry and close"])}.get(t.room or "", "")
     if clause:
         text = clause + (f" {back}" if back else "") + (f"{',' if room.startswith('with') else ''} {room}" if room else "")
     elif back:
-        text = f"It sits {back}" + (f"{',' if room.startswith('with') else ''} {room}" if room else "")
+        text = rng.choice([f"The background is {t.background}", f"It stands out {back}"])
     elif room:
         text = "It sounds dry" if t.room == "dry" else "It has a reverberant tail"
     else:
@@ -311,7 +322,7 @@ class AcousticCaptioner(Captioner):
     name = "acoustic"
     model = "acoustic-v1"
 
-    def __init__(self, thresholds: Mapping[str, Any] | None = None, analysis_rate: int = 16000, fmin: float = 50.0,
+    def __init__(self, thresholds: Mapping[str, Any] | None = None, analysis_rate: int = 16000, fmin: float = 40.0,
                  fmax: float = 4000.0) -> None:
         given = dict(thresholds or {})
         known = {f.name for f in fields(AcousticThresholds)}
@@ -327,7 +338,7 @@ class AcousticCaptioner(Captioner):
                              f"analysis_rate={analysis_rate}")
         self.analysis_rate, self.fmin, self.fmax = int(analysis_rate), float(fmin), float(fmax)
         changed = {k: v for k, v in asdict(self.thresholds).items() if v != getattr(AcousticThresholds, k)}
-        changed.update({k: v for k, v, d in (("analysis_rate", self.analysis_rate, 16000), ("fmin", self.fmin, 50.0),
+        changed.update({k: v for k, v, d in (("analysis_rate", self.analysis_rate, 16000), ("fmin", self.fmin, 40.0),
                                               ("fmax", self.fmax, 4000.0)) if v != d})
         self.prompt = f"settings:{hash_obj(changed)[:12]}" if changed else ""
 

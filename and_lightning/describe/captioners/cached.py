@@ -48,7 +48,9 @@ def caption_clips(captioner: Captioner, clips: Iterable[Clip], cache: KVCache, c
         audio = audio_sha256(clip)
         if clip.clip_id in clip_audio:
             if clip_audio[clip.clip_id] != audio:
-                raise ValueError(f"clip id {clip.clip_id!r} appears twice with different audio; clip ids must be unique")
+                raise ValueError(
+                    f"clip id {clip.clip_id!r} appears twice with different audio; clip ids must be unique"
+                )
             continue
         clip_audio[clip.clip_id] = audio
         if audio in key_of:

@@ -88,7 +88,9 @@ class HFAudioLMCaptioner(Captioner):
             for clip in batch:
                 wave = torch.as_tensor(np.asarray(clip.wave, dtype=np.float32))
                 if wave.ndim != 1 or wave.numel() == 0:
-                    raise ValueError(f"clip {clip.clip_id}: expected a non-empty mono waveform [T], got {tuple(wave.shape)}")
+                    raise ValueError(
+                        f"clip {clip.clip_id}: expected a non-empty mono waveform [T], got shape {tuple(wave.shape)}"
+                    )
                 audios.append(resample(wave, clip.sample_rate, sr).numpy())
             inputs = processor(
                 text=[text] * len(batch), audio=audios, sampling_rate=sr, return_tensors="pt", padding=True

@@ -151,8 +151,9 @@ class ChatLLM:
                 await self._complete_uncached(list(todo.items()), on_result)
             except LLMError as e:
                 done = sum(k in results for k in todo)
-                where = f"kept in the cache {self.cache.path}" if self.cache is not None else "not cached (no cache_path)"
-                e.args = (f"{e.args[0]} [{done} of the {len(todo)} uncached requests of this batch finished: {where}]",)
+                where = f"kept in the cache {self.cache.path}" if self.cache is not None else "not cached"
+                note = f"{done} of the {len(todo)} uncached requests of this batch finished: {where}"
+                e.args = (f"{e.args[0]} [{note}]",)
                 raise
         return [results[k] for k in keys]
 

@@ -32,7 +32,9 @@ class PermanentError(Exception):
         self.what, self.status = what, status
 
 
-def backoff_delay(retry: int, base: float, cap: float, jitter: float, u: float, retry_after: float | None = None) -> float:
+def backoff_delay(
+    retry: int, base: float, cap: float, jitter: float, u: float, retry_after: float | None = None
+) -> float:
     """Seconds to wait before retry number `retry` (0-based): min(cap, base*2^retry) * (1 + jitter*u), u in [0,1);
     at least the server's Retry-After (itself capped at `cap`)."""
     delay = min(cap, base * 2.0**retry) * (1.0 + jitter * u)

@@ -6,15 +6,13 @@ regenerated up to `max_retries` times, with greedy decoding (temperature 0) a re
 """
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest, LLMError, LLMReplyError
 from and_lightning.describe.llm.schema import InvalidReply, parse_reply
-
-log = logging.getLogger(__name__)
 
 
 def with_schema_instruction(messages: list[dict], schema: dict) -> list[dict]:
@@ -85,7 +83,9 @@ class HFChatLLM(ChatLLM):
         tok = self._tokenizer
         prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {"do_sample": False}
+        sampling: dict[str, Any] = {"do_sample": False}
+        if self.temperature > 0:
+            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(seed)
             out = self._model.generate(
@@ -96,16 +96,18 @@ class HFChatLLM(ChatLLM):
     async def _complete_uncached(
         self, items: list[tuple[str, ChatRequest]], on_result: Callable[[str, Any], None]
     ) -> None:
+        attempts = self.max_retries + 1 if self.temperature > 0 else 1
         for start in range(0, len(items), self.batch_size):
             pending = items[start : start + self.batch_size]
             last_error: dict[str, str] = {}
-            for attempt in range(self.max_retries + 1 if self.temperature > 0 else 1):
+            for attempt in range(attempts):
                 conversations = [
-                    r.messages if r.schema is None else with_schema_instruction(r.messages, r.schema) for _, r in pending
+                    r.messages if r.schema is None else with_schema_instruction(r.messages, r.schema)
+                    for _, r in pending
                 ]
                 self.stats.requests_sent += len(pending)
                 self.stats.retries += len(pending) if attempt else 0
-                texts = self.generate(conversations, seed=self.seed + attempt)
+                texts = await asyncio.to_thread(self.generate, conversations, self.seed + attempt)
                 failed = []
                 for (key, req), text in zip(pending, texts):
                     if req.schema is None:
@@ -120,7 +122,11 @@ class HFChatLLM(ChatLLM):
                 if not pending:
                     break
             if pending:
-                why = "greedy decoding (temperature 0) repeats the same reply, so it was not retried" if self.temperature <= 0 else f"after {self.max_retries + 1} attempts"
+                why = (
+                    f"after {attempts} attempts"
+                    if self.temperature > 0
+                    else "greedy decoding (temperature 0) would repeat the same reply, so it was not retried"
+                )
                 raise LLMReplyError(
                     f"{self.describe()}: {len(pending)} structured request(s) got no valid JSON reply ({why}); "
                     f"last error: {last_error[pending[0][0]]}",
