@@ -46,6 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     init_weights(adapter, cfg.strategy)
     config = public_config(cfg)
     module = ClassifierModule(adapter, cfg.data.num_classes, instantiate(cfg.optimizer),
+                              instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
                               freeze_backbone=cfg.strategy.freeze_backbone, config=config)
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]

@@ -324,48 +324,59 @@ def fall_time(env_db: np.ndarray, start: int, drop_db: float, env_rate: float) -
     return float(below[0] / env_rate) if len(below) else float("nan")
 
 
-def offset_decay_rates(env_db: np.ndarray, env_rate: float, floor_db: float, sustain_s: float = 0.05,
-                       sustain_db: float = 4.0, start_drop_db: float = 5.0, target_drop_db: float = 25.0,
-                       min_span_s: float = 0.05, min_drop_db: float = 10.0) -> np.ndarray:
-    """Free-decay rates (dB/s) of the envelope after each offset of a sustained sound; [n_offsets].
+def offset_decay_rates(env_db: np.ndarray, env_rate: float, floor_db: float, hold_s: float = 0.05,
+                       rise_db: float = 10.0, min_drop_db: float = 15.0, fit_db: tuple[float, float] = (5.0, 25.0),
+                       min_level_db: float = -60.0) -> np.ndarray:
+    """Free-decay rates (dB/s) of the envelope after each offset; [n_decays]. 60 / rate estimates RT60.
 
-    An offset is the end of a stretch of >= sustain_s whose level stays within sustain_db, followed by a fall.
-    The decay is timed from start_drop_db below that level down to target_drop_db below it (or 3 dB above
-    `floor_db`), stopping early at a re-onset or the clip end (then kept only if it spans >= min_span_s or
-    falls >= min_drop_db). A dry sound stops within one envelope frame; a reverberant one decays at
-    60 / RT60 dB/s. A sound that dies away by itself (a plucked note) is not a sustained stretch, so it is
-    not counted, but a sound that fades out slowly is indistinguishable from reverberation here.
+    A decay starts where the level (>= min_level_db) is the highest of the last `hold_s` and then falls (at
+    the last frame within 2 dB of that level); it ends at a re-rise of `rise_db` above its running minimum, 5 dB above `floor_db`, a new level stretch
+    (within 1 dB for hold_s: decays slower than ~20 dB/s, RT60 > 3 s, are not seen) or the clip end, and
+    counts if it falls >= min_drop_db. Its rate is fitted to the Schroeder backward integral (the energy still
+    to come, in dB) between -fit_db[0] and -fit_db[1] dB (less if the drop is smaller), which averages out
+    the fluctuations of a reverberant tail; a decay too fast to fit (a dry stop) counts its whole drop over
+    its length. A sound that dies away by itself (a plucked note, a fade-out) decays like reverberation: this
+    measures "how fast the sound stops", which bounds the room's RT60 from above.
     """
     env_db = np.asarray(env_db, dtype=np.float64)
     n = len(env_db)
-    k = max(2, int(round(sustain_s * env_rate)))
+    k = max(1, int(round(hold_s * env_rate)))
     if n < k + 3:
         return np.zeros(0)
-    win = sliding_window_view(env_db, k)
-    flat = (win.max(-1) - win.min(-1)) <= sustain_db  # flat[i]: frames i .. i+k-1 are level
-    ends = np.flatnonzero(flat[:-1] & ~flat[1:]) + k - 1  # last frame of each level stretch
-    rates = []
-    for t in ends:
-        level = float(np.median(env_db[t - k + 1 : t + 1]))
-        if level - target_drop_db < floor_db:
-            continue  # not enough room above the noise floor to see a decay
-        after = env_db[t:]  # after[0] is the stretch's last frame
-        running_min = np.minimum.accumulate(after)
-        rise = np.flatnonzero(after > running_min + 3.0)
-        horizon = rise[0] if len(rise) else len(after)
-        started = np.flatnonzero(after[:horizon] <= level - start_drop_db)
-        if len(started) == 0:
+    recent_max = sliding_window_view(np.concatenate([np.full(k, -np.inf), env_db]), k + 1).max(axis=-1)
+    starts = np.flatnonzero((env_db >= recent_max) & (np.concatenate([env_db[1:], [np.inf]]) < env_db)
+                            & (env_db >= max(min_level_db, floor_db + min_drop_db + 5.0)))
+    rates, busy_until = [], -1
+    for t in starts:
+        if t < busy_until:
             continue
-        s = int(started[0])  # >= 1: after[0] is within sustain_db of the level
-        stop_level = max(level - target_drop_db, floor_db + 3.0)
-        reached = np.flatnonzero(after[s:horizon] <= stop_level)
-        if len(reached):
-            e = s + int(reached[0])
+        falling = np.flatnonzero(env_db[t:] <= env_db[t] - 2.0)
+        if len(falling) == 0:
+            break
+        t = t + int(falling[0]) - 1  # skip a level stretch: the decay starts at its last frame
+        after = env_db[t:]
+        stops = [len(after)]
+        rise = np.flatnonzero(after > np.minimum.accumulate(after) + rise_db)
+        stops += [int(rise[0])] if len(rise) else []
+        at_floor = np.flatnonzero(after <= floor_db + 5.0)
+        stops += [int(at_floor[0]) + 1] if len(at_floor) else []
+        if len(after) > k:  # a new level stretch (within 1 dB for hold_s) is not part of the decay
+            win = sliding_window_view(after[1:], k)
+            level = np.flatnonzero(win.max(axis=-1) - win.min(axis=-1) <= 1.0)
+            stops += [int(level[0]) + 2] if len(level) else []
+        end = min(stops)
+        seg = after[: int(np.argmin(after[:end])) + 1]
+        drop = seg[0] - seg[-1]
+        if drop < min_drop_db:
+            continue
+        busy_until = t + len(seg)
+        energy = 10.0 ** ((seg - seg[0]) / 10.0)
+        edc = power_to_db(np.cumsum(energy[::-1])[::-1] / energy.sum())
+        sel = (edc <= -fit_db[0]) & (edc >= -min(fit_db[1], drop - 5.0))
+        if sel.sum() >= 3:
+            rates.append(-np.polyfit(np.flatnonzero(sel) / env_rate, edc[sel], 1)[0])
         else:
-            e = s + int(np.argmin(after[s:horizon]))
-            if (e - s + 1) / env_rate < min_span_s and level - after[e] < min_drop_db:
-                continue  # cut short by the clip end or the next sound: too little to judge
-        rates.append((after[s - 1] - after[e]) * env_rate / (e - s + 1))
+            rates.append(drop * env_rate / (len(seg) - 1))
     return np.asarray(rates, dtype=np.float64)
 
 

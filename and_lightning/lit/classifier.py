@@ -19,12 +19,14 @@ class ClassifierModule(L.LightningModule):
         model: TargetAdapter,
         num_classes: int,
         optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
         freeze_backbone: bool = False,
         config: dict | None = None,
     ):
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.freeze_backbone = freeze_backbone
         self.save_hyperparameters({"config": config or {}, "num_classes": num_classes,
                                    "freeze_backbone": freeze_backbone})
@@ -65,5 +67,8 @@ class ClassifierModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

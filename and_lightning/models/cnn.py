@@ -1,8 +1,8 @@
 """The default target model: a small log-mel CNN that trains in CPU minutes on 1 s clips at 16 kHz.
 
-Four conv blocks (conv-BN-ReLU-pool) named conv1..conv4, average pooling over time (frequency bands are kept,
-so the head knows where in the spectrum energy lies: plain global pooling makes pitch nearly invisible) and a
-linear head `fc`.
+Four conv blocks (conv-BN-ReLU-pool) named conv1..conv4, mean and max pooling over time (frequency bands are
+kept, so the head knows where in the spectrum energy lies: plain global pooling makes pitch nearly invisible;
+the max keeps brief or modulated events visible) and a linear head `fc`.
 Dissectable layers are the conv outputs (pre-BN, like the paper's pre-nonlinearity hooks) and the logits.
 """
 from __future__ import annotations
@@ -47,13 +47,13 @@ class SmallCNNNet(nn.Module):
         for _ in channels:
             bands = math.ceil(bands / 2)  # each 2x2 max-pool (ceil mode) halves the mel axis
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(widths[-1] * bands, num_classes)
+        self.fc = nn.Linear(2 * widths[-1] * bands, num_classes)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = self.norm(feats).unsqueeze(1)  # [B, 1, n_mels, frames]
         for i in range(self.num_blocks):
             x = getattr(self, f"conv{i + 1}")(x)
-        x = x.mean(dim=3).flatten(1)  # average over time, keep channels x frequency bands
+        x = torch.cat([x.mean(dim=3), x.amax(dim=3)], dim=1).flatten(1)  # mean and max over time, per band
         return self.fc(self.dropout(x))
 
 

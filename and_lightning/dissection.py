@@ -1,0 +1,122 @@
+"""`dissect(cfg)`: collect -> caption -> describe -> report for one model and probing set (stage=... runs one)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from and_lightning.analysis.last_layer import last_layer_accuracy
+from and_lightning.checkpoints import build, load_adapter
+from and_lightning.describe.llm.factory import build_llm
+from and_lightning.models.registry import resolve_layers
+from and_lightning.stages.caption import caption_stage, read_captions
+from and_lightning.stages.collect import collect_activations
+from and_lightning.stages.describe import describe_stage, read_descriptions
+from and_lightning.stages.report import report_stage
+from and_lightning.store.activations import ActivationStore
+from and_lightning.store.atomic import write_json
+from and_lightning.store.hashing import hash_obj
+from and_lightning.tracking import point_wandb_into, public_config, sweep_group
+
+log = logging.getLogger(__name__)
+STAGES = ("collect", "caption", "describe", "report")
+
+
+def load_target(cfg: DictConfig, class_names: list[str]) -> tuple[Any, list[str]]:
+    """The model to dissect (from `ckpt_path`, or as configured) and the names of its output classes."""
+    if cfg.ckpt_path:
+        adapter, ckpt = load_adapter(cfg.ckpt_path, field="ckpt_path")
+        return adapter, ckpt["class_names"] or class_names
+    return build(cfg.model), class_names
+
+
+def dissection_dir(cfg: DictConfig, store: ActivationStore) -> Path:
+    """Where this dissection's files live: keyed by the store and every setting that changes descriptions."""
+    semantic = {k: public_config(cfg[k]) if isinstance(cfg[k], DictConfig) else cfg[k]
+                for k in ("captioner", "llm", "text_encoder", "concepts", "describe")}
+    return Path(cfg.paths.cache_dir) / "dissections" / hash_obj([store.manifest["key"], semantic])[:16]
+
+
+def dissect(cfg: DictConfig) -> dict[str, Any]:
+    """Run the requested stages; returns the metrics and the paths of what was written."""
+    if cfg.stage not in ("all", *STAGES):
+        raise ValueError(f"stage={cfg.stage}: expected one of all, {', '.join(STAGES)}")
+    stages = STAGES if cfg.stage == "all" else (cfg.stage,)
+    L.seed_everything(cfg.seed, workers=True)
+    data = build(cfg.data)
+    records = data.index.folds(cfg.data.predict_folds)
+    adapter, class_names = load_target(cfg, data.class_names)
+    layers = resolve_layers(adapter, cfg.layers)
+    head = resolve_layers(adapter, "last")[0]
+    store = ActivationStore.open(collect_activations(
+        adapter, records, data.sample_rate, data.clip_seconds, layers, cfg.reduction, cfg.store_dir,
+        batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, trainer_kwargs=cfg.trainer,
+        top_k=cfg.describe.k, reuse_only="collect" not in stages))
+    out = dissection_dir(cfg, store)
+    result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out)}
+    if stages == ("collect",):
+        return _finish(cfg, result)
+
+    by_id = {r.clip_id: r for r in records}
+    captions_path = out / "captions.jsonl"
+    if "caption" in stages:
+        captions = caption_stage(store, by_id, instantiate(cfg.captioner), Path(cfg.paths.cache_dir) / "captions.sqlite",
+                                 captions_path, cfg.describe.k, all_clips=cfg.describe.closed_set.method == "db")
+    else:
+        captions = read_captions(captions_path)
+    if stages == ("caption",):
+        return _finish(cfg, result)
+
+    encoder = instantiate(cfg.text_encoder)
+    descriptions_path = out / "descriptions.jsonl"
+    if "describe" in stages:
+        llm = None if cfg.llm.name == "none" else build_llm(cfg.llm)
+        describe_stage(store, captions, list(cfg.concepts.concepts), encoder, llm, cfg.describe, out, head)
+    descriptions = read_descriptions(descriptions_path)
+    result["descriptions"] = str(descriptions_path)
+    metrics = _last_layer_metrics(descriptions, head, class_names, list(cfg.concepts.concepts), encoder)
+    result["metrics"] = metrics
+    _print_examples(descriptions, head, cfg.report.print_examples)
+    if "report" in stages and cfg.get("logger") and cfg.logger.get("wandb"):
+        wandb_cfg = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
+        point_wandb_into(wandb_cfg["save_dir"])
+        wandb_cfg["group"] = wandb_cfg.get("group") or sweep_group()
+        run_dir = report_stage(descriptions, by_id, captions, metrics, public_config(cfg), wandb_cfg,
+                               store.manifest["preprocessing"]["sample_rate"], data.clip_seconds,
+                               cfg.report.max_rows, cfg.report.audio_per_neuron)
+        result["wandb_run"] = str(run_dir)
+    return _finish(cfg, result)
+
+
+def _last_layer_metrics(descriptions: list[dict], head: str, class_names: list[str], concepts: list[str],
+                        encoder: Any) -> dict[str, float]:
+    """Table-2 accuracy of the output layer when the concept set names the model's classes."""
+    rows = [r for r in descriptions if r["layer"] == head]
+    if not rows or not set(class_names) <= set(concepts):
+        return {}
+    acc = last_layer_accuracy(rows, class_names, encoder)
+    method = rows[0]["closed_method"]
+    print(f"last layer '{head}' ({method}): top-1 {acc['top1']:.1%}  top-5 {acc['top5']:.1%}  cos {acc['cos']:.3f}"
+          f"  over {int(acc['units'])} units")
+    return {f"dissect/last_layer_{k}": v for k, v in acc.items() if k != "units"}
+
+
+def _print_examples(descriptions: list[dict], head: str, n: int) -> None:
+    """A few real output lines: some hidden units and some output units."""
+    hidden = [r for r in descriptions if r["layer"] != head][:n]
+    for r in hidden + [r for r in descriptions if r["layer"] == head][:n]:
+        concepts = ", ".join(c["concept"] for c in r["closed_concepts"][:3])
+        print(f"{r['layer']}#{r['unit']}: {r['description']} | concepts: {concepts} | adjectives: "
+              f"{', '.join(r['adjectives'])}")
+
+
+def _finish(cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
+    """Record what was written in the run directory."""
+    write_json(Path(cfg.paths.output_dir) / "dissection.json", result)
+    log.info("dissection: %s", json.dumps(result))
+    return result

@@ -1,0 +1,171 @@
+"""Stage 3: per-neuron descriptions: Module A closed-set concepts, summaries, Module B calibration, Module C.
+
+Each layer's records are written atomically to `layers/<layer>.jsonl` and skipped on a rerun; every LLM reply
+goes through the LLM's disk cache, so a run killed mid-way resumes without repeating a finished call.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from and_lightning.describe.calibration import calibrate_many
+from and_lightning.describe.closed_set import (
+    db_probs, icl_prompt, map_to_concept, scores_from_p, tab_scores_matrix, top_concepts,
+)
+from and_lightning.describe.llm.base import ChatLLM
+from and_lightning.describe.open_concepts import (
+    ACOUSTIC_FILTER_SCHEMA, acoustic_filter_messages, apply_acoustic_filter, extract_open_concepts,
+    parse_acoustic_answer, words_needing_decision,
+)
+from and_lightning.describe.lexicon import is_acoustic
+from and_lightning.describe.summaries import extractive_summary, group_by_clip_set, summary_messages
+from and_lightning.store.activations import ActivationStore
+from and_lightning.store.atomic import write_text
+
+log = logging.getLogger(__name__)
+
+
+def closed_set_scores(store: ActivationStore, layer: str, P: torch.Tensor, dcfg: DictConfig, p_is_prob: bool,
+                      head_layer: str | None) -> torch.Tensor:
+    """S [M, C] for one layer over all clips (faithful: hidden layers on their top-k clips only)."""
+    acts = torch.from_numpy(np.asarray(store.acts(layer), dtype=np.float32))
+    cs = dcfg.closed_set
+    faithful_k = cs.faithful_top_k if dcfg.faithful and layer != head_layer else None
+    return scores_from_p(acts, P, cs.similarity, p_is_prob=p_is_prob, faithful=dcfg.faithful,
+                         faithful_top_k=faithful_k, **dict(cs.similarity_params or {}))
+
+
+def summarise(clip_sets: Sequence[tuple[str, ...]], captions: Mapping[str, str], llm: ChatLLM | None,
+              min_share: float, clean: bool) -> dict[tuple[str, ...], str]:
+    """One summary per unique clip set: the LLM's commonality summary, or offline the shared descriptors."""
+    unique = list(dict.fromkeys(clip_sets))
+    texts = [[captions[c] for c in s] for s in unique]
+    if llm is None:
+        return {s: extractive_summary(t, min_share=min_share, clean=clean) for s, t in zip(unique, texts)}
+    replies = llm.complete_many([summary_messages(t, clean=clean) for t in texts])
+    return dict(zip(unique, (str(r).strip() for r in replies)))
+
+
+def acoustic_decisions(adjective_lists: Sequence[Sequence[str]], llm: ChatLLM | None, mode: str) -> Any:
+    """The acoustic-adjective filter: the offline lexicon, or one LLM yes/no per unique adjective."""
+    if mode == "lexicon" or llm is None:
+        return is_acoustic
+    words = words_needing_decision(adjective_lists)
+    replies = llm.complete_many([(acoustic_filter_messages(w), ACOUSTIC_FILTER_SCHEMA) for w in words])
+    return {w: parse_acoustic_answer(r) for w, r in zip(words, replies)}
+
+
+def describe_layer(
+    store: ActivationStore,
+    layer: str,
+    captions: Mapping[str, str],
+    concepts: Sequence[str],
+    P: torch.Tensor | None,
+    p_is_prob: bool,
+    encoder: Any,
+    llm: ChatLLM | None,
+    dcfg: DictConfig,
+    head_layer: str | None,
+) -> list[dict[str, Any]]:
+    """Describe every unit of `layer`; returns one record per unit (schema in DESIGN.md)."""
+    k = int(dcfg.k)
+    t = store.topk(layer, k)
+    units = range(store.layers[layer])
+    top_sets = [tuple(sorted(t.top_ids[u].tolist())) for u in units]
+    low_sets = [tuple(sorted(t.bottom_ids[u].tolist())) for u in units]
+    groups = group_by_clip_set({("high", u): s for u, s in zip(units, top_sets)}
+                               | {("low", u): s for u, s in zip(units, low_sets)})
+    summaries = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats)
+    calibrated = calibrate_many([(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)], encoder,
+                                threshold=dcfg.calibration.threshold, min_tokens=dcfg.calibration.min_tokens)
+    opens = [extract_open_concepts(c.high, acoustic=None, window=dcfg.open_concepts.negation_window)
+             for c in calibrated]
+    acoustic = acoustic_decisions([o.adjectives for o in opens], llm, dcfg.open_concepts.acoustic_filter)
+
+    method = dcfg.closed_set.method
+    if method == "icl":
+        replies = llm.complete_many([icl_prompt(summaries[s], concepts) for s in top_sets])
+        ranked = [[(map_to_concept(r, concepts, encoder), 1.0)] for r in replies]
+    else:
+        S = closed_set_scores(store, layer, P, dcfg, p_is_prob, head_layer)
+        ranked = top_concepts(S, concepts, k=int(dcfg.closed_set.top_n))
+
+    records = []
+    for u in units:
+        cal = calibrated[u]
+        description = " ".join(cal.high) or summaries[top_sets[u]]
+        o = opens[u]
+        records.append({
+            "layer": layer, "unit": u,
+            "top_clips": t.top_ids[u].tolist(), "top_values": [float(v) for v in t.top_values[u]],
+            "bottom_clips": t.bottom_ids[u].tolist(), "bottom_values": [float(v) for v in t.bottom_values[u]],
+            "closed_concepts": [{"concept": c, "score": float(s)} for c, s in ranked[u]],
+            "closed_method": f"{method}/{dcfg.closed_set.similarity}" if method != "icl" else "icl",
+            "summary_high": summaries[top_sets[u]], "summary_low": summaries[low_sets[u]],
+            "calibrated_summary": list(cal.high), "removed_by_calibration": list(cal.removed_high),
+            "description": description,
+            "adjectives": apply_acoustic_filter(o.adjectives, acoustic), "all_adjectives": o.adjectives,
+            "nouns": o.nouns, "verbs": o.verbs,
+            "open_concepts": list(dict.fromkeys(apply_acoustic_filter(o.adjectives, acoustic) + o.nouns)),
+            "scores": {},
+        })
+    return records
+
+
+def concept_matrix(method: str, captions: Mapping[str, str], clip_ids: Sequence[str], concepts: Sequence[str],
+                   encoder: Any, audio_embed: Any, scale: float) -> tuple[torch.Tensor | None, bool]:
+    """P [N, C] computed once per dataset: DB softmax(scale * cos(caption, concept)), TAB CLAP cosines."""
+    if method == "db":
+        cap = encoder.encode([captions[c] for c in clip_ids])
+        return db_probs(cap, encoder.encode(list(concepts)), scale=scale), True
+    if method == "tab":
+        audio_emb, text_emb = audio_embed()
+        return tab_scores_matrix(audio_emb, text_emb), False
+    return None, False
+
+
+def describe_stage(
+    store: ActivationStore,
+    captions: Mapping[str, str],
+    concepts: Sequence[str],
+    encoder: Any,
+    llm: ChatLLM | None,
+    dcfg: DictConfig,
+    out_dir: str | os.PathLike,
+    head_layer: str | None,
+    audio_embed: Any = None,
+) -> Path:
+    """Describe every layer of the store into `out_dir/descriptions.jsonl` (layers already done are reused)."""
+    out_dir = Path(out_dir)
+    method = dcfg.closed_set.method
+    if method == "icl" and llm is None:
+        raise ValueError("describe.closed_set.method=icl needs an LLM (llm=openai or llm=hf), not llm=none")
+    P, p_is_prob = None, False
+    lines: list[str] = []
+    for layer in tqdm(list(store.layers), desc="describe", unit="layer"):
+        path = out_dir / "layers" / f"{layer}.jsonl"
+        if not path.is_file():
+            if P is None and method != "icl":
+                P, p_is_prob = concept_matrix(method, captions, store.clip_ids, concepts, encoder, audio_embed,
+                                              dcfg.closed_set.scale)
+            records = describe_layer(store, layer, captions, concepts, P, p_is_prob, encoder, llm, dcfg, head_layer)
+            write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        lines.append(path.read_text(encoding="utf-8"))
+    out = out_dir / "descriptions.jsonl"
+    write_text(out, "".join(lines))
+    return out
+
+
+def read_descriptions(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no descriptions yet; run `python dissect.py stage=describe` first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
