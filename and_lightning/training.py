@@ -56,9 +56,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             lg.log_hyperparams(config)
         trainer.fit(module, datamodule=datamodule)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if cfg.get("test", True):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        if cfg.get("test", True):  # the final weights: the ones exported below
+            trainer.test(module, datamodule=datamodule)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         ckpt = save_checkpoint(Path(cfg.export_ckpt), module.model, config, datamodule.class_names)
         log.info("checkpoint: %s | test/acc=%.4f", ckpt, metrics.get("test/acc", float("nan")))

@@ -34,7 +34,7 @@ def tied_matrix(n: int, m: int, seed: int, infinite: bool = True) -> np.ndarray:
 def feed(acc: RunningTopK, mat: np.ndarray, rows: np.ndarray, splits: list[int]) -> None:
     for chunk in np.split(np.arange(len(rows)), splits):
         if len(chunk):
-            acc.update(torch.from_numpy(mat[rows[chunk]]), torch.from_numpy(rows[chunk]))
+            acc.update(mat[rows[chunk]], rows[chunk])
 
 
 def test_codes_preserve_float16_order_and_round_trip():
@@ -86,7 +86,7 @@ def test_topk_k_larger_than_rows_and_empty():
     with pytest.raises(ValueError, match="zero rows"):
         acc.result()
     mat = np.array([[1.0], [3.0], [2.0]], np.float16)
-    acc.update(torch.from_numpy(mat), torch.arange(3))
+    acc.update(mat, np.arange(3))
     assert acc.result()["top_rows"].tolist() == [[1, 2, 0]]
     assert acc.result()["bottom_values"].tolist() == [[1.0, 2.0, 3.0]]
     with pytest.raises(ValueError, match="k >= 1"):
@@ -129,8 +129,9 @@ def make_shards(store, mat_by_layer, k, row_groups):
         accs = {}
         for layer, mat in mat_by_layer.items():
             accs[layer] = RunningTopK(k)
-            accs[layer].update(torch.from_numpy(mat[rows]), torch.from_numpy(rows))
-        write_shard(shard_dir, rows, {layer: mat[rows] for layer, mat in mat_by_layer.items()}, accs)
+            accs[layer].update(mat[rows], rows)
+        keys = {layer: (acc.top_keys, acc.bottom_keys) for layer, acc in accs.items()}
+        write_shard(shard_dir, rows, {layer: mat[rows] for layer, mat in mat_by_layer.items()}, keys)
     return shard_dir
 
 

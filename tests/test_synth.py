@@ -105,9 +105,9 @@ def source_offsets(meta: dict) -> list[float]:
 
 
 def tail_excess_db(x: np.ndarray, meta: dict) -> float:
-    """Energy in the 30 ms after each offset of the source, over the floor of the clip's last 150 ms (dB)."""
+    """Energy 10-40 ms after each offset of the source (gate edges take 10 ms), over the floor of the clip's last 150 ms (dB)."""
     floor = np.mean(x[-int(0.15 * SR):] ** 2) + 1e-20
-    early = [np.mean(x[int((o + 0.005) * SR): int((o + 0.035) * SR)] ** 2) for o in source_offsets(meta)]
+    early = [np.mean(x[int((o + 0.01) * SR): int((o + 0.04) * SR)] ** 2) for o in source_offsets(meta)]
     return 10 * math.log10((float(np.mean(early)) + 1e-20) / floor)
 
 
@@ -265,7 +265,8 @@ def test_pitch_of_tonal_and_noise_like_sources_is_in_the_recorded_band(probe):
         if m["source"] in TONAL:
             _, f0 = f0_track(x, m["active_seconds"])
             measured = float(np.median(f0))
-            tolerance = 0.1 if m["source"] == "vibrato_tone" else 0.03  # vibrato swings up to +-9 %
+            # vibrato swings up to +-9 %; tremolo's sidebands (+-18 Hz) blur the peak of a low tone
+            tolerance = {"vibrato_tone": 0.1, "tremolo_tone": 0.06}.get(m["source"], 0.03)
             assert measured == pytest.approx(m["pitch_hz"], rel=tolerance), m
         elif m["source"] in NOISE_LIKE:
             measured = octave_peak_hz(x, m["active_seconds"])
@@ -292,7 +293,7 @@ def test_pulsed_clips_are_gated_at_the_recorded_rate_and_steady_ones_are_not(pro
         if m["rhythm"] == "pulsed":
             pulsed.append(gate_contrast_db(t, env, m["pulse_rate_hz"], m["pulse_phase"]))
         elif m["source"] != "percussive_hits":  # isolated hits are intrinsically unsteady
-            gates = [(r, ph) for r in np.arange(3.0, 5.01, 0.1) for ph in np.arange(0.0, 1.0, 0.05)]
+            gates = [(r, ph) for r in np.arange(2.5, 4.01, 0.1) for ph in np.arange(0.0, 1.0, 0.05)]
             steady.append(max(gate_contrast_db(t, env, r, ph) for r, ph in gates))  # the best-fitting gate
     assert len(pulsed) > 40 and len(steady) > 40
     assert min(pulsed) > 4.5 > max(steady), (sorted(pulsed)[:3], sorted(steady)[-3:])

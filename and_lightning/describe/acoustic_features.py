@@ -12,6 +12,7 @@ from math import gcd
 import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import uniform_filter1d
 from scipy.signal import resample_poly
 
 DB_FLOOR = -120.0  # every level is floored here, so digital silence is finite
@@ -100,11 +101,11 @@ def yin(frames: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float 
 
     The difference function integrates `integration` samples (default L - sr/fmin) and is computed with one FFT
     cross-correlation per frame. The period is the first dip of the cumulative-mean-normalised difference below
-    `threshold` (else below its global minimum + 0.1), refined by parabolic interpolation of the difference at the multiple of the period
-    (up to 8) that lands closest to a whole sample. Aperiodicity (the normalised difference there) is ~ noise
-    power / total power for a periodic sound in white noise; 1 - it is the periodicity confidence. Periods
-    shorter than sr/fmax come out as a multiple (fix with `correct_subharmonic`). Silent frames get
-    f0 NaN and aperiodicity 1.
+    `threshold` (else below its global minimum + 0.1), refined by parabolic interpolation of the difference at
+    the multiple of the period (up to 8) that lands closest to a whole sample. Aperiodicity (the normalised
+    difference there) is ~ noise power / total power for a periodic sound in white noise; 1 - it is the
+    periodicity confidence. Periods shorter than sr/fmax come out as a multiple (fix with
+    `correct_subharmonic`). Silent frames get f0 NaN and aperiodicity 1.
     """
     frames = np.asarray(frames, dtype=np.float32)  # float32 FFTs: ~1e-6 error in the normalised difference
     length = frames.shape[-1]
@@ -177,7 +178,8 @@ def theil_sen_slope(t: np.ndarray, y: np.ndarray, min_dt: float = 0.03, groups: 
     return float(np.median((y[None, :] - y[:, None])[mask] / dt[mask]))
 
 
-def vibrato(semitones: np.ndarray, frame_rate: float, fmin: float = 3.0, fmax: float = 12.0) -> tuple[float, float, float]:
+def vibrato(semitones: np.ndarray, frame_rate: float, fmin: float = 3.0,
+            fmax: float = 12.0) -> tuple[float, float, float]:
     """Periodic modulation of a contiguous pitch contour (semitones) -> (rate Hz, peak-to-peak extent, purity).
 
     The contour is detrended with a quadratic fit; the rate is the strongest spectral peak of the residual in
@@ -250,13 +252,15 @@ def correct_subharmonic(f0: np.ndarray, harmonics: np.ndarray, share: float = 0.
     return f0 * factor
 
 
-def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5,
-                         peak_ratio: float = 0.85) -> tuple[float, float]:
+def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5, peak_ratio: float = 0.85,
+                         min_prominence: float = 0.25) -> tuple[float, float]:
     """Repetition rate of an amplitude envelope [n] -> (rate Hz, strength in [-1, 1]); (NaN, 0) if none.
 
-    Uses the unbiased normalised autocorrelation over lags from 2 frames to half the envelope. Of its local
-    maxima, the shortest lag reaching `peak_ratio` of the highest one is the period (avoids picking a
-    multiple). Rates above ~20 Hz are heard as roughness rather than rhythm; the caller decides.
+    Uses the unbiased normalised autocorrelation over lags from 2 frames to half the envelope. A local
+    maximum counts only if the autocorrelation dipped at least `min_prominence` below it at a shorter lag
+    (a slow swell keeps it near 1 at short lags, where tiny ripples would otherwise look like a rhythm). Of
+    those, the shortest lag reaching `peak_ratio` of the highest is the period (not a multiple of it). Rates
+    above ~20 Hz are heard as roughness rather than rhythm; the caller decides.
     """
     x = np.asarray(env, dtype=np.float64)
     x = x - x.mean()
@@ -274,6 +278,8 @@ def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5,
     left = acf[lag_min - 1 : lag_max]
     right = acf[lag_min + 1 : lag_max + 2]
     peaks = np.flatnonzero((mid > left) & (mid >= right) & (mid > 0)) + lag_min
+    lowest_before = np.minimum.accumulate(acf)[peaks - 1]
+    peaks = peaks[acf[peaks] - lowest_before >= min_prominence]
     if len(peaks) == 0:
         return float("nan"), 0.0
     values = acf[peaks]
@@ -330,13 +336,14 @@ def offset_decay_rates(env_db: np.ndarray, env_rate: float, floor_db: float, hol
     """Free-decay rates (dB/s) of the envelope after each offset; [n_decays]. 60 / rate estimates RT60.
 
     A decay starts where the level (>= min_level_db) is the highest of the last `hold_s` and then falls (at
-    the last frame within 2 dB of that level); it ends at a re-rise of `rise_db` above its running minimum, 5 dB above `floor_db`, a new level stretch
-    (within 1 dB for hold_s: decays slower than ~20 dB/s, RT60 > 3 s, are not seen) or the clip end, and
-    counts if it falls >= min_drop_db. Its rate is fitted to the Schroeder backward integral (the energy still
-    to come, in dB) between -fit_db[0] and -fit_db[1] dB (less if the drop is smaller), which averages out
-    the fluctuations of a reverberant tail; a decay too fast to fit (a dry stop) counts its whole drop over
-    its length. A sound that dies away by itself (a plucked note, a fade-out) decays like reverberation: this
-    measures "how fast the sound stops", which bounds the room's RT60 from above.
+    the last frame within 2 dB of that level). It ends at a re-rise of `rise_db` above its running minimum,
+    5 dB above `floor_db`, a new level stretch (within 1 dB for hold_s, so decays slower than ~20 dB/s, i.e.
+    RT60 > 3 s, are not seen) or the clip end, and counts if it falls >= min_drop_db. Its rate is fitted to
+    the Schroeder backward integral (the energy still to come, in dB) between -fit_db[0] and -fit_db[1] dB
+    (less if the drop is smaller), which averages out the fluctuations of a reverberant tail; a decay too
+    fast to fit (a dry stop) counts its whole drop over its length. A sound that dies away by itself (a
+    plucked note, a fade-out) decays like reverberation: this measures "how fast the sound stops", which
+    bounds the room's RT60 from above.
     """
     env_db = np.asarray(env_db, dtype=np.float64)
     n = len(env_db)
@@ -424,7 +431,7 @@ class AcousticMeasurements:
     event_median_s: float
     attack_s: float            # loudest event: from its start to its peak
     decay_s: float             # loudest event: peak to -20 dB (NaN if it does not get there)
-    decay_shape: float         # (time to -3 dB) / (time to -D dB) * D / 3: ~1 exponential decay, >>1 hold-then-stop
+    decay_shape: float         # (time to -6 dB) / (time to -D dB) * D / 6: ~1 exponential decay, >>1 hold-then-stop
     # background and room
     noise_floor_db: float      # 10th percentile of the envelope, when quiet frames exist
     snr_db: float              # signal (95th percentile) minus the background estimate
@@ -475,7 +482,7 @@ def _envelope_measures(env: np.ndarray, env_db: np.ndarray, env_rate: float, act
     """Level range, rhythm, onsets, events and the attack/decay of the loudest event."""
     peak_db = float(env_db.max())
     # depth and onsets on a 25 ms smoothing: narrow-band noise flickers at 10 ms
-    smooth_db = power_to_db(np.convolve(env**2, np.ones(5) / 5.0, mode="same"))
+    smooth_db = power_to_db(uniform_filter1d(env**2, 5, mode="nearest"))
     sounding = env_db >= peak_db - event_range_db
     depth = float(np.percentile(smooth_db[sounding], 95) - np.percentile(smooth_db[sounding], 5))
     rate, strength = envelope_periodicity(env, env_rate)
@@ -486,9 +493,9 @@ def _envelope_measures(env: np.ndarray, env_db: np.ndarray, env_rate: float, act
     peak_i = int(start + np.argmax(env_db[start:stop]))
     reach = min(20.0, float(env_db[peak_i] - env_db[peak_i:].min()))
     shape = _NAN
-    if reach >= 10.0:  # exponential decay: the first 3 dB take 3/reach of the time to fall `reach` dB
-        t3 = fall_time(env_db, peak_i, 3.0, env_rate)
-        shape = t3 / max(fall_time(env_db, peak_i, reach, env_rate), 1.0 / env_rate) * reach / 3.0
+    if reach >= 12.0:  # exponential decay: the first 6 dB take 6/reach of the time to fall `reach` dB
+        t6 = fall_time(env_db, peak_i, 6.0, env_rate)
+        shape = t6 / max(fall_time(env_db, peak_i, reach, env_rate), 1.0 / env_rate) * reach / 6.0
     return dict(
         env_depth_db=depth, env_rate_hz=rate, env_strength=strength, transition_fraction=transition_fraction(env),
         onset_rate_hz=float(len(onsets) * env_rate / len(env)), n_events=int(len(events)),

@@ -1,7 +1,8 @@
 """Prediction writer that streams ProbeModule outputs into activation-store shards (batch by batch, no epoch list).
 
-Each rank fills a fixed-size float16 buffer per layer and a running top/bottom-K per layer; when `shard_rows`
-rows are buffered (and at the end of the predict loop) they are committed as one shard file. Rows are found
+Each rank fills a fixed-size float16 row buffer and keeps a running top/bottom-K; when `shard_rows` rows are
+buffered (and at the end of the predict loop) they are committed as one shard file, together with the running
+top-K state so far (cumulative over the rank's run: assembly takes the union, each row counted once). Rows are found
 from the batch's `clip_id`s, never from Lightning's inferred batch indices. Use with
 `trainer.predict(..., return_predictions=False)` so Lightning keeps no predictions in memory.
 """
@@ -18,14 +19,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from and_lightning.store.activations import F16_MAX, RunningTopK, write_shard
 
 
-def to_float16(layer: str, acts: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def to_float16(acts: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """float32 [B, M] -> (float16 [B, M], saturated?): values beyond the float16 range are clipped to +-65504.
 
-    NaN raises: a model that outputs NaN would poison every statistic downstream.
+    NaN raises ValueError: a model that outputs NaN would poison every statistic downstream.
     """
     peak = acts.abs().amax() if acts.numel() else acts.new_zeros(())
     if torch.isnan(peak):
-        raise ValueError(f"layer '{layer}' produced NaN activations")
+        raise ValueError("NaN activations")
     saturated = bool(peak > F16_MAX)
     if saturated:
         acts = acts.clamp(-F16_MAX, F16_MAX)
@@ -33,7 +34,11 @@ def to_float16(layer: str, acts: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 class ActivationWriter(BasePredictionWriter):
-    """Writes {"clip_id", "acts"} predictions into shard files under `shard_dir` (see module docstring)."""
+    """Writes {"clip_id", "acts"} predictions into shard files under `shard_dir` (see module docstring).
+
+    All layers share one float16 row buffer [shard_rows, sum of widths] and one running top-K over all their
+    units, so each batch costs one concatenation, one cast and one top-K merge whatever the number of layers.
+    """
 
     def __init__(self, shard_dir: str | Path, clip_rows: Mapping[str, int], widths: Mapping[str, int],
                  top_k: int, shard_rows: int):
@@ -46,46 +51,58 @@ class ActivationWriter(BasePredictionWriter):
         self.top_k = int(top_k)
         self.shard_rows = int(shard_rows)
         self.shards_written = 0
+        self._columns = dict(zip(self.widths, np.cumsum([0, *self.widths.values()])))  # layer -> first column
+        self._units = sum(self.widths.values())
         self._saturated: set[str] = set()
         self._n = 0
         self._allocate(capacity=0)
-        self._topk = {layer: RunningTopK(self.top_k) for layer in self.widths}
+        self._topk = RunningTopK(self.top_k)  # over all units of all layers, kept across shards
 
     def _allocate(self, capacity: int) -> None:
         self._capacity = capacity
         self._rows = np.empty(capacity, np.int64)
-        self._buffers = {layer: np.empty((capacity, m), np.float16) for layer, m in self.widths.items()}
+        self._buffer = np.empty((capacity, self._units), np.float16)
 
     def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: dict[str, Any], batch_indices: Any,
                            batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         ids = prediction["clip_id"]
         try:
-            rows = torch.tensor([self.clip_rows[c] for c in ids], dtype=torch.int64)
+            rows = np.array([self.clip_rows[c] for c in ids], np.int64)
         except KeyError as e:
             raise KeyError(f"clip_id {e.args[0]!r} is not in the collection's clip list") from None
         b = len(ids)
-        halves = {}
+        parts = []
         for layer, width in self.widths.items():
             acts = prediction["acts"][layer]
             if tuple(acts.shape) != (b, width):
                 raise ValueError(f"layer '{layer}': got activations of shape {tuple(acts.shape)}, "
                                  f"expected ({b}, {width})")
-            halves[layer], saturated = to_float16(layer, acts)
-            if saturated and layer not in self._saturated:
-                self._saturated.add(layer)
-                warnings.warn(f"layer '{layer}': activations beyond +-{F16_MAX:g} clipped to the float16 range")
+            parts.append(acts)
+        try:
+            half, saturated = to_float16(torch.cat(parts, dim=1))
+        except ValueError:
+            bad = [layer for layer, acts in zip(self.widths, parts) if torch.isnan(acts).any()]
+            raise ValueError(f"layer(s) {bad} produced NaN activations for clips {list(ids)}") from None
+        if saturated:
+            self._warn_saturated(parts)
         if self._n + b > self._capacity:
             self._flush()
             if self._capacity < b:
                 self._allocate(capacity=max(self.shard_rows, b))
         n = self._n
-        self._rows[n:n + b] = rows.numpy()
-        for layer, half in halves.items():
-            self._buffers[layer][n:n + b] = half.numpy()
-            self._topk[layer].update(half, rows)
+        half = half.numpy()
+        self._rows[n:n + b] = rows
+        self._buffer[n:n + b] = half
+        self._topk.update(half, rows)
         self._n = n + b
         if self._n >= self.shard_rows:
             self._flush()
+
+    def _warn_saturated(self, parts: list[torch.Tensor]) -> None:
+        for layer, acts in zip(self.widths, parts):
+            if layer not in self._saturated and bool(acts.abs().amax() > F16_MAX):
+                self._saturated.add(layer)
+                warnings.warn(f"layer '{layer}': activations beyond +-{F16_MAX:g} clipped to the float16 range")
 
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         self._flush()
@@ -95,7 +112,11 @@ class ActivationWriter(BasePredictionWriter):
         if self._n == 0:
             return
         n = self._n
-        write_shard(self.shard_dir, self._rows[:n], {k: v[:n] for k, v in self._buffers.items()}, self._topk)
+        acts, keys = {}, {}
+        for layer, width in self.widths.items():
+            cols = slice(int(self._columns[layer]), int(self._columns[layer]) + width)
+            acts[layer] = self._buffer[:n, cols]
+            keys[layer] = (self._topk.top_keys[cols], self._topk.bottom_keys[cols])
+        write_shard(self.shard_dir, self._rows[:n], acts, keys)
         self.shards_written += 1
         self._n = 0
-        self._topk = {layer: RunningTopK(self.top_k) for layer in self.widths}

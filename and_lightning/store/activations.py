@@ -58,58 +58,100 @@ def partial_dir(store: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- exact top-K
 
 
-def ordered_codes(values: torch.Tensor) -> torch.Tensor:
-    """float16 tensor -> int64 codes in [0, 65535] ordered like the values (-0 counts as +0, NaN not allowed)."""
-    bits = (values + 0.0).view(torch.int16).to(torch.int64) & CODE_MAX
-    return torch.where(bits >= 0x8000, CODE_MAX - bits, bits | 0x8000)
+def ordered_codes(values: np.ndarray) -> np.ndarray:
+    """float16 array -> int64 codes in [0, 65535] ordered like the values (-0 counts as +0; no NaN)."""
+    bits = np.asarray(values, np.float16).view(np.int16).astype(np.int64)
+    bits[bits == -0x8000] = 0  # -0.0 -> +0.0
+    return (bits ^ ((bits >> 15) & 0x7FFF)) + 0x8000  # negative floats: flip the magnitude bits
 
 
-def decode_codes(codes: torch.Tensor) -> torch.Tensor:
-    """Inverse of `ordered_codes`: int64 codes -> float16 values."""
-    bits = torch.where(codes >= 0x8000, codes & 0x7FFF, CODE_MAX - codes)
-    return torch.where(bits >= 0x8000, bits - 0x10000, bits).to(torch.int16).view(torch.float16)
+def decode_codes(codes: np.ndarray) -> np.ndarray:
+    """Inverse of `ordered_codes`: int codes -> float16 values."""
+    signed = np.asarray(codes, np.int64) - 0x8000
+    return (signed ^ ((signed >> 15) & 0x7FFF)).astype(np.int16).view(np.float16)
+
+
+def keys_of(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float16 [B, M] at row indices [B] -> (top keys, bottom keys), int64 [M, B]; a larger key ranks higher.
+
+    key = (order code of the value, or its complement for bottom-K) << 32 | (2**32 - 1 - row).
+    """
+    codes = np.ascontiguousarray(ordered_codes(values).T)
+    tail = ROW_MASK - np.asarray(rows, np.int64)
+    return (codes << 32) | tail, ((CODE_MAX - codes) << 32) | tail
+
+
+def best_keys(candidates: np.ndarray, k: int) -> np.ndarray:
+    """Per row of int64 keys `candidates` [M, C] (all >= 0), the k largest distinct ones, largest first.
+
+    Repeated keys (the same row offered by two cumulative shard states) count once.
+    """
+    s = np.sort(candidates, axis=1)[:, ::-1]
+    dup = s[:, 1:] == s[:, :-1]
+    if dup.any():
+        s[:, 1:][dup] = -1
+        s = -np.sort(-s, axis=1)
+        k = min(k, int((s >= 0).sum(axis=1).min()))
+    return np.ascontiguousarray(s[:, :k])
 
 
 class RunningTopK:
     """Exact running top-K and bottom-K per unit over float16 rows; equal values rank the lower row first.
 
-    State: two int64 key matrices [M, <=K] (largest key first). `update` folds in a batch of rows,
-    `merge` folds in another accumulator's keys (shards, ranks); both are torch.topk over [M, K + B].
+    State: two int64 key matrices [M, <=K], best first (see `keys_of`). `update` folds in a batch of rows:
+    once K rows are held, only the units where a new value reaches the K-th kept value (one min/max pass)
+    are merged. `merge` folds in another accumulator's keys (shards, ranks); repeated keys count once.
     """
 
     def __init__(self, k: int):
         if k < 1:
             raise ValueError(f"top-K needs k >= 1, got {k}")
         self.k = int(k)
-        self.top_keys: torch.Tensor | None = None
-        self.bottom_keys: torch.Tensor | None = None
+        self.top_keys: np.ndarray | None = None
+        self.bottom_keys: np.ndarray | None = None
+        self._floor = self._ceil = np.empty(0, np.float32)  # K-th highest / lowest value kept, per unit
 
-    def update(self, values: torch.Tensor, rows: torch.Tensor) -> None:
+    def update(self, values: np.ndarray, rows: np.ndarray) -> None:
         """values: float16 [B, M] (rows of the activation matrix); rows: int64 [B], their row indices."""
-        codes = ordered_codes(values.T.contiguous())  # [M, B]
-        tail = (ROW_MASK - rows.to(torch.int64)).unsqueeze(0)
-        self.merge((codes << 32) | tail, ((CODE_MAX - codes) << 32) | tail)
+        values, rows = np.asarray(values, np.float16), np.asarray(rows, np.int64)
+        if self.top_keys is None or self.top_keys.shape[1] < self.k:
+            self.merge(*keys_of(values, rows))
+            return
+        low, high = (t.numpy() for t in torch.aminmax(torch.from_numpy(values).float(), dim=0))
+        for side, units in (("top", np.flatnonzero(high >= self._floor)),
+                            ("bottom", np.flatnonzero(low <= self._ceil))):
+            if units.size:
+                state = getattr(self, f"{side}_keys")
+                new = keys_of(values[:, units], rows)[side == "bottom"]
+                state[units] = best_keys(np.concatenate([state[units], new], axis=1), self.k)
+                self._refresh_bounds(units)
 
-    def merge(self, top_keys: torch.Tensor, bottom_keys: torch.Tensor) -> None:
-        self.top_keys = self._keep(self.top_keys, top_keys)
-        self.bottom_keys = self._keep(self.bottom_keys, bottom_keys)
+    def merge(self, top_keys: np.ndarray, bottom_keys: np.ndarray) -> None:
+        for side, new in (("top", top_keys), ("bottom", bottom_keys)):
+            state = getattr(self, f"{side}_keys")
+            cand = new if state is None else np.concatenate([state, new], axis=1)
+            setattr(self, f"{side}_keys", best_keys(cand, self.k))
+        self._refresh_bounds(slice(None))
 
-    def _keep(self, state: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-        cand = new if state is None else torch.cat([state, new], dim=1)
-        return torch.topk(cand, min(self.k, cand.shape[1]), dim=1, sorted=True).values
+    def _refresh_bounds(self, units: np.ndarray | slice) -> None:
+        if self.top_keys.shape[1] < self.k:
+            return
+        if self._floor.shape[0] != self.top_keys.shape[0]:
+            self._floor = np.empty(self.top_keys.shape[0], np.float32)
+            self._ceil = np.empty(self.top_keys.shape[0], np.float32)
+        self._floor[units] = decode_codes(self.top_keys[units, -1] >> 32)
+        self._ceil[units] = decode_codes(CODE_MAX - (self.bottom_keys[units, -1] >> 32))
 
     def result(self) -> dict[str, np.ndarray]:
         """{"top_rows", "top_values", "bottom_rows", "bottom_values"}: [M, K], best first (values float32)."""
         if self.top_keys is None or self.bottom_keys is None:
             raise ValueError("top-K of zero rows: no values were added")
-        out = {}
-        for side, keys, code_of in (
-            ("top", self.top_keys, lambda hi: hi),
-            ("bottom", self.bottom_keys, lambda hi: CODE_MAX - hi),
-        ):
-            out[f"{side}_rows"] = (ROW_MASK - (keys & ROW_MASK)).numpy()
-            out[f"{side}_values"] = decode_codes(code_of(keys >> 32)).float().numpy()
-        return out
+        return {
+            "top_rows": ROW_MASK - (self.top_keys & ROW_MASK),
+            "top_values": decode_codes(self.top_keys >> 32).astype(np.float32),
+            "bottom_rows": ROW_MASK - (self.bottom_keys & ROW_MASK),
+            "bottom_values": decode_codes(CODE_MAX - (self.bottom_keys >> 32)).astype(np.float32),
+        }
 
 
 class RunningMoments:
@@ -191,17 +233,15 @@ def iter_row_chunks(path: Path, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator
 
 
 def write_shard(shard_dir: Path, rows: np.ndarray, acts: Mapping[str, np.ndarray],
-                topk: Mapping[str, RunningTopK]) -> Path:
-    """Commit one shard: its row indices, float16 rows per layer and shard-local top/bottom-K keys per layer.
-
-    The name is derived from the rows, so the same rows always give the same file.
+                keys: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Commit one shard: its row indices, float16 rows per layer and, per layer, the shard-local
+    (top_keys, bottom_keys) of a RunningTopK over those rows. The name derives from the rows (same rows, same file).
     """
     rows = np.asarray(rows, dtype=np.int64)
     arrays: dict[str, np.ndarray] = {"rows": rows}
     for layer, data in acts.items():
         arrays[f"acts/{layer}"] = data
-        arrays[f"top/{layer}"] = topk[layer].top_keys.numpy()
-        arrays[f"bottom/{layer}"] = topk[layer].bottom_keys.numpy()
+        arrays[f"top/{layer}"], arrays[f"bottom/{layer}"] = keys[layer]
     path = Path(shard_dir) / f"rows-{int(rows.min()):09d}-{hash_bytes(rows.tobytes())[:12]}.npz"
     write_npz_stable(path, arrays)
     return path
@@ -280,7 +320,7 @@ def assemble_store(store: Path, manifest: Mapping[str, Any]) -> Path:
                         if data.shape[1] != units:
                             raise ValueError(f"{path}: layer '{layer}' has {data.shape[1]} units, expected {units}")
                         _write_rows(f.fileno(), offset, z["rows"], data)
-                        acc.merge(torch.from_numpy(z[f"top/{layer}"]), torch.from_numpy(z[f"bottom/{layer}"]))
+                        acc.merge(z[f"top/{layer}"], z[f"bottom/{layer}"])
             moments = RunningMoments(units)
             for _, chunk in iter_row_chunks(tmp):
                 moments.update(chunk)
@@ -378,6 +418,6 @@ class ActivationStore:
         acc = RunningTopK(k)
         moments = RunningMoments(self.layers[layer])
         for start, chunk in iter_row_chunks(self._layer(layer) / ACTS):
-            acc.update(torch.from_numpy(chunk), torch.arange(start, start + len(chunk)))
+            acc.update(chunk, np.arange(start, start + len(chunk)))
             moments.update(chunk)
         write_npz_stable(path, _topk_arrays(acc, np.asarray(self.clip_ids), moments))

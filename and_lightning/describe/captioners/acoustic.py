@@ -6,7 +6,6 @@ but is deterministic: the wording is drawn with a random generator seeded by the
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from dataclasses import asdict, dataclass, fields
@@ -16,7 +15,10 @@ import numpy as np
 
 from and_lightning.describe.acoustic_features import AcousticMeasurements, measure_clip
 from and_lightning.describe.captioners.base import Captioner, Clip
+from and_lightning.describe.captioners.cached import audio_sha256
 from and_lightning.store.hashing import hash_obj
+
+_DEFAULT_SETTINGS = {"analysis_rate": 16000, "fmin": 40.0, "fmax": 4000.0}  # measurement settings
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ class AcousticThresholds:
     pulse_min_depth_db: float = 6.0      # ... and its level range (or >= 2 separate events)
     max_pulse_hz: float = 20.0           # faster regular modulation is heard as roughness, not rhythm
     tremolo_min_transition: float = 0.25  # share of time between on and off levels: smooth modulation
+    min_tremolo_hz: float = 2.0          # slower smooth modulation swells and fades rather than trembles
     click_max_s: float = 0.025           # events this short are clicks
     hit_max_attack_s: float = 0.03       # a percussive hit rises this fast ...
-    hit_max_decay_shape: float = 2.5     # ... and decays like an exponential (1 = exactly; hold-then-stop >> 1)
+    hit_max_decay_shape: float = 1.6     # ... and decays like an exponential (1 = exactly; hold-then-stop >> 1)
     long_decay_s: float = 0.5            # a hit taking longer than this to fall 20 dB rings out
     continuous_min_share: float = 0.7    # one event covering this share of the clip is continuous
     clean_snr_db: float = 20.0           # signal minus background at least this: clean background
@@ -71,7 +74,8 @@ class SoundTraits:
     sweep: bool                    # the rise/fall is large enough to name its range
     vibrato: bool
     brightness: str | None         # dark | bright
-    pattern: str                   # steady | fluctuating | pulsing | tremolo | rough | clicks | click | hits | hit | irregular | burst
+    pattern: str                   # steady | fluctuating | pulsing | tremolo | swelling | rough | clicks | click
+    #                                hits | hit | irregular | burst
     rate_hz: float                 # repetition rate of pulsing / tremolo / rough / clicks / hits (NaN if irregular)
     duration_s: float              # length of a single burst
     ringing: bool | None           # hits: rings out (True) or dies away quickly (False)
@@ -79,13 +83,14 @@ class SoundTraits:
     room: str | None               # dry | reverberant
 
 
-def describe(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
+def to_traits(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
     """Turn measurements into categorical traits using the thresholds (pure)."""
     nan = float("nan")
     if m.peak_dbfs < th.silence_dbfs:
         return SoundTraits("silent", "noisy", False, None, nan, nan, nan, None, "", False, False, None, "steady", nan,
                            m.duration_s, None, None, None)
-    loudness = "quiet" if m.active_rms_dbfs < th.quiet_dbfs else "loud" if m.active_rms_dbfs > th.loud_dbfs else "moderate"
+    level = m.active_rms_dbfs
+    loudness = "quiet" if level < th.quiet_dbfs else "loud" if level > th.loud_dbfs else "moderate"
 
     pitched = m.periodicity >= th.tonal_min_periodicity and m.voiced_fraction >= 0.5 and math.isfinite(m.f0_hz)
     if pitched:
@@ -109,7 +114,8 @@ def describe(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
         slope = m.pitch_slope_st_s
         if abs(slope) >= th.pitch_slope_st_s:
             motion = "rising" if slope > 0 else "falling"
-            speed = "quickly" if abs(slope) >= th.fast_slope_st_s else "slowly" if abs(slope) < 2 * th.pitch_slope_st_s else ""
+            speed = ("quickly" if abs(slope) >= th.fast_slope_st_s
+                     else "slowly" if abs(slope) < 2 * th.pitch_slope_st_s else "")
             span = 12.0 * math.log2(m.f0_end_hz / m.f0_start_hz)
             sweep = pitched and abs(span) >= th.sweep_min_st and (span > 0) == (slope > 0)
         else:
@@ -127,7 +133,8 @@ def describe(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
         background = "clean" if m.snr_db >= th.clean_snr_db else "noisy" if m.snr_db < th.noisy_snr_db else None
     room = None
     if pattern not in ("click", "clicks", "hit", "hits") and m.n_offsets > 0 and math.isfinite(m.rt60_s):
-        room = "dry" if m.rt60_s <= th.dry_max_rt60_s else "reverberant" if m.rt60_s >= th.reverberant_min_rt60_s else None
+        room = ("dry" if m.rt60_s <= th.dry_max_rt60_s
+                else "reverberant" if m.rt60_s >= th.reverberant_min_rt60_s else None)
     return SoundTraits(loudness, source, chord, register, f0, f0_start, f0_end, motion, speed, sweep,
                        vibrato, brightness, pattern, rate, m.event_median_s, ringing, background, room)
 
@@ -147,7 +154,7 @@ def _pattern(m: AcousticMeasurements, th: AcousticThresholds) -> tuple[str, floa
         if short and m.n_events >= 2:
             return "clicks", m.env_rate_hz, None
         if m.transition_fraction >= th.tremolo_min_transition:
-            return "tremolo", m.env_rate_hz, None
+            return ("tremolo" if m.env_rate_hz >= th.min_tremolo_hz else "swelling"), m.env_rate_hz, None
         if percussive and m.n_events >= 2:
             return "hits", m.env_rate_hz, ringing
         return "pulsing", m.env_rate_hz, None
@@ -235,9 +242,9 @@ def _pitch_phrases(t: SoundTraits, rng: random.Random) -> tuple[str, str]:
             where = f" with its lowest note{where}"
     how = ""
     if t.pitch_motion in ("rising", "falling"):
-        w, speed = t.pitch_motion, t.pitch_speed
-        how = rng.choice([f" with a {speed + ' ' if speed else ''}{w} pitch", f", {speed + ' ' if speed else ''}{w} in pitch",
-                          f" whose pitch keeps {w}{' ' + speed if speed else ''}"])
+        w, before, after = t.pitch_motion, f"{t.pitch_speed} " if t.pitch_speed else "", \
+            f" {t.pitch_speed}" if t.pitch_speed else ""
+        how = rng.choice([f" with a {before}{w} pitch", f", {before}{w} in pitch", f" whose pitch keeps {w}{after}"])
     elif t.pitch_motion == "steady" and not t.vibrato:
         how = rng.choice([" holding a steady pitch", ", steady in pitch"])
     if t.vibrato:
@@ -255,7 +262,7 @@ def _first_sentence(t: SoundTraits, rng: random.Random) -> str:
             ("rings out slowly" if t.ringing else "dies away quickly")
         how += f" that {verb}"
     form = rng.randrange(3) if adj else 0
-    if form == 2 and not plural and len(adj) >= 2:  # "A tone around 440 Hz, loud and high-pitched, with a rising pitch."
+    if form == 2 and not plural and len(adj) >= 2:  # "A tone around 440 Hz, loud and high-pitched, rising in pitch."
         joined = " and ".join(adj) if len(adj) <= 2 else ", ".join(adj[:-1]) + " and " + adj[-1]
         text = f"{_article(noun)}{where}, {joined}" + ("," + how if how.startswith(" ") else how)
     else:
@@ -269,24 +276,31 @@ def _second_sentence(t: SoundTraits, rng: random.Random) -> str:
     clause = {
         "steady": rng.choice(["It is steady and continuous", "It stays steady", "The sound is steady"]),
         "fluctuating": rng.choice(["Its loudness is uneven and fluctuating", "It is continuous but fluctuating"]),
-        "pulsing": rng.choice([f"It is pulsing about {r} times per second", f"It keeps pulsing about {r} times a second",
+        "pulsing": rng.choice([f"It is pulsing about {r} times per second",
+                               f"It keeps pulsing about {r} times a second",
                                f"It has a pulsing rhythm of about {r} per second"]),
         "rough": rng.choice([f"Its loudness flutters rapidly, about {r} times per second, giving a rough texture",
                              f"It has a rough, rattling texture from about {r} rapid flutters per second"]),
+        "swelling": rng.choice([f"Its loudness slowly swells and fades, about once every {_seconds(1 / t.rate_hz)} s",
+                                f"It keeps swelling and fading, once every {_seconds(1 / t.rate_hz)} s or so"])
+        if r else "",
         "tremolo": rng.choice([f"Its loudness trembles with a tremolo about {r} times per second",
                                f"It has a trembling tremolo about {r} times per second"]),
-        "clicks": rng.choice([f"The clicking repeats about {r} times per second", f"It is clicking about {r} times a second"])
-        if r else "The clicking comes at irregular times",
+        "clicks": rng.choice([f"The clicking repeats about {r} times per second",
+                              f"It is clicking about {r} times a second"]) if r
+        else "The clicking comes at irregular times",
         "hits": f"The hits repeat about {r} times per second" if r else "The hits come at irregular times",
         "irregular": rng.choice(["It comes in irregular bursts", "It starts and stops at irregular times"]),
-        "burst": rng.choice([f"It lasts about {_seconds(t.duration_s)} s", f"It is short, lasting about {_seconds(t.duration_s)} s"]),
+        "burst": (rng.choice(["It is short, lasting", "It is brief, lasting"]) if t.duration_s < 0.3 else "It lasts")
+        + f" about {_seconds(t.duration_s)} s",
     }.get(t.pattern, "")
     back = {"clean": rng.choice(["over a clean background", "against a clean background"]),
             "noisy": rng.choice(["over a noisy background", "against a noisy background"])}.get(t.background or "", "")
     room = {"reverberant": rng.choice(["with a reverberant tail", "with a reverberant, echoing tail"]),
             "dry": rng.choice(["and sounds dry", "and sounds dry and close"])}.get(t.room or "", "")
     if clause:
-        text = clause + (f" {back}" if back else "") + (f"{',' if room.startswith('with') else ''} {room}" if room else "")
+        text = clause + (f" {back}" if back else "")
+        text += ("," if room.startswith("with") else "") + f" {room}" if room else ""
     elif back:
         text = rng.choice([f"The background is {t.background}", f"It stands out {back}"])
     elif room:
@@ -305,10 +319,9 @@ def write_caption(t: SoundTraits, rng: random.Random) -> str:
     return f"{first} {second}" if second else first
 
 
-def content_seed(wave: np.ndarray, sample_rate: int) -> int:
-    """A 64-bit seed from the audio content (float32 samples + sample rate), for deterministic wording."""
-    data = np.ascontiguousarray(np.asarray(wave, dtype=np.float32)).tobytes() + f"|{int(sample_rate)}".encode()
-    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+def content_seed(clip: Clip) -> int:
+    """A 64-bit seed from the audio content (the caption cache's audio hash), for deterministic wording."""
+    return int(audio_sha256(clip)[:16], 16)
 
 
 class AcousticCaptioner(Captioner):
@@ -322,8 +335,8 @@ class AcousticCaptioner(Captioner):
     name = "acoustic"
     model = "acoustic-v1"
 
-    def __init__(self, thresholds: Mapping[str, Any] | None = None, analysis_rate: int = 16000, fmin: float = 40.0,
-                 fmax: float = 4000.0) -> None:
+    def __init__(self, thresholds: Mapping[str, Any] | None = None, analysis_rate: int = 16000,
+                 fmin: float = 40.0, fmax: float = 4000.0) -> None:
         given = dict(thresholds or {})
         known = {f.name for f in fields(AcousticThresholds)}
         unknown = sorted(set(given) - known)
@@ -338,8 +351,8 @@ class AcousticCaptioner(Captioner):
                              f"analysis_rate={analysis_rate}")
         self.analysis_rate, self.fmin, self.fmax = int(analysis_rate), float(fmin), float(fmax)
         changed = {k: v for k, v in asdict(self.thresholds).items() if v != getattr(AcousticThresholds, k)}
-        changed.update({k: v for k, v, d in (("analysis_rate", self.analysis_rate, 16000), ("fmin", self.fmin, 40.0),
-                                              ("fmax", self.fmax, 4000.0)) if v != d})
+        settings = {"analysis_rate": self.analysis_rate, "fmin": self.fmin, "fmax": self.fmax}
+        changed.update({k: v for k, v in settings.items() if v != _DEFAULT_SETTINGS[k]})
         self.prompt = f"settings:{hash_obj(changed)[:12]}" if changed else ""
 
     def measure(self, clip: Clip) -> AcousticMeasurements:
@@ -352,12 +365,12 @@ class AcousticCaptioner(Captioner):
         if clip.sample_rate <= 0:
             raise ValueError(f"clip {clip.clip_id!r}: sample_rate must be positive, got {clip.sample_rate}")
         return measure_clip(wave, int(clip.sample_rate), analysis_rate=self.analysis_rate, fmin=self.fmin,
-                            fmax=self.fmax, silence_dbfs=self.thresholds.silence_dbfs - 5.0)
+                            fmax=self.fmax, silence_dbfs=self.thresholds.silence_dbfs)
 
     def traits(self, clip: Clip) -> SoundTraits:
         """The categorical description of one clip."""
-        return describe(self.measure(clip), self.thresholds)
+        return to_traits(self.measure(clip), self.thresholds)
 
     def caption(self, clips: list[Clip]) -> list[str]:
         """One caption per clip, in order."""
-        return [write_caption(self.traits(c), random.Random(content_seed(c.wave, c.sample_rate))) for c in clips]
+        return [write_caption(self.traits(c), random.Random(content_seed(c))) for c in clips]
