@@ -5,11 +5,11 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 from and_lightning.store.activations import (
-    ACTS, MANIFEST, SHARDS, TOPK, ActivationStore, RunningMoments, RunningTopK, assemble_store, decode_codes,
-    finished_rows, iter_row_chunks, layer_dir, ordered_codes, partial_dir, write_npz_stable, write_shard,
+    ACTS, MANIFEST, SHARDS, TOPK, ActivationStore, RunningMoments, RunningTopK, assemble_store, best_keys,
+    decode_codes, finished_rows, iter_row_chunks, keys_of, layer_dir, ordered_codes, partial_dir, write_npz_stable,
+    write_shard,
 )
 
 
@@ -41,13 +41,12 @@ def test_codes_preserve_float16_order_and_round_trip():
     bits = np.arange(1 << 16, dtype=np.uint16)
     values = bits.view(np.float16)
     values = values[~np.isnan(values) & ~((values == 0) & np.signbit(values))]  # no NaN, no -0 (maps to +0)
-    codes = ordered_codes(torch.from_numpy(values.copy())).numpy()
+    codes = ordered_codes(values)
     order = np.argsort(values, kind="stable")
     assert np.all(np.diff(codes[order]) > 0)  # strictly increasing along increasing values
-    back = decode_codes(torch.from_numpy(codes)).numpy()
+    back = decode_codes(codes)
     assert np.array_equal(back.view(np.uint16), values.view(np.uint16))
-    neg_zero = torch.tensor([-0.0], dtype=torch.float16)
-    assert ordered_codes(neg_zero).item() == ordered_codes(torch.zeros(1, dtype=torch.float16)).item()
+    assert ordered_codes(np.array([-0.0], np.float16))[0] == ordered_codes(np.array([0.0], np.float16))[0] == 0x8000
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -79,6 +78,30 @@ def test_topk_is_independent_of_row_order_and_sharding():
     top, bottom = numpy_topk(mat, k)
     assert np.array_equal(a.result()["top_rows"], top)
     assert np.array_equal(a.result()["bottom_rows"], bottom)
+
+
+def test_best_keys_counts_repeated_keys_once():
+    cand = np.array([[5, 9, 9, 1, 7], [3, 3, 3, 2, 8]], np.int64)
+    assert best_keys(cand, 3).tolist() == [[9, 7, 5], [8, 3, 2]]
+    assert best_keys(cand[:, :3], 3).tolist() == [[9], [3]]  # only as many as every row has distinct keys
+    top, bottom = keys_of(np.array([[1.0], [1.0]], np.float16), np.array([4, 2]))
+    assert top[0, 1] > top[0, 0] and bottom[0, 1] > bottom[0, 0]  # equal values: the lower row ranks first
+
+
+def test_cumulative_states_overlapping_are_merged_exactly():
+    """A rank's shards carry its running state so far; their union (with repeats) gives the exact answer."""
+    n, k = 30, 4
+    mat = tied_matrix(n, 5, 11)
+    states, acc = [], RunningTopK(k)
+    for rows in np.array_split(np.arange(n), 5):
+        acc.update(mat[rows], rows)
+        states.append((acc.top_keys.copy(), acc.bottom_keys.copy()))
+    merged = RunningTopK(k)
+    for top, bottom in states:
+        merged.merge(top, bottom)
+    top, bottom = numpy_topk(mat, k)
+    assert np.array_equal(merged.result()["top_rows"], top)
+    assert np.array_equal(merged.result()["bottom_rows"], bottom)
 
 
 def test_topk_k_larger_than_rows_and_empty():

@@ -13,16 +13,37 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def user_supplied(option: str) -> list[str]:
+    """Values a user must give for some options (`???` in the config)."""
+    return ["data.num_classes=3", "data.index.root=/data/mine", "concepts=synth"] if option == "folder" else []
+
+
 GROUPS = ["data", "model", "strategy", "trainer", "callbacks", "logger", "paths", "debug", "experiment"]
 CASES = [(g, o) for g in GROUPS for o in group_options(g)]
 
 
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_every_train_option_composes(tmp_path, group, option):
-    cfg = compose_cfg("train", tmp_path, [f"{group}={option}"])
-    # resolve everything except values a user must supply (???)
+    cfg = compose_cfg("train", tmp_path, [f"{group}={option}", *user_supplied(option)[:2]])
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert container["data"]["name"] and container["model"]["name"]
+
+
+DISSECT_GROUPS = ["captioner", "llm", "text_encoder", "concepts", "describe", "data", "model"]
+DISSECT_CASES = [(g, o) for g in DISSECT_GROUPS for o in group_options(g)]
+
+
+@pytest.mark.parametrize("group,option", DISSECT_CASES, ids=[f"{g}={o}" for g, o in DISSECT_CASES])
+def test_every_dissect_option_composes(tmp_path, group, option):
+    cfg = compose_cfg("dissect", tmp_path, [f"{group}={option}", *user_supplied(option)])
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert container["stage"] == "all" and "_target_" in container["captioner"]
+
+
+def test_concepts_follow_the_dataset(tmp_path):
+    for data in ("synth", "esc50", "urbansound8k", "gtzan"):
+        cfg = compose_cfg("dissect", tmp_path, [f"data={data}"])
+        assert cfg.concepts.name == data and len(cfg.concepts.concepts) == cfg.data.num_classes
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_slurm", "submitit_local", "basic"])

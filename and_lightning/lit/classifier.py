@@ -37,13 +37,12 @@ class ClassifierModule(L.LightningModule):
         self.acc = torch.nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro")
                                         for s in ("train_", "val_", "test_")})
 
-    def train(self, mode: bool = True) -> "ClassifierModule":
-        """A frozen backbone stays in eval mode (BatchNorm statistics and dropout frozen too)."""
-        super().train(mode)
-        if self.freeze_backbone and mode:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """A frozen backbone stays in eval mode (BatchNorm statistics and dropout frozen too); Lightning
+        switches submodules back to train mode around validation, so this is re-applied every batch."""
+        if self.freeze_backbone:
             self.model.eval()
             self.model.head().train()
-        return self
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return self.model(audio)
