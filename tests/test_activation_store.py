@@ -144,17 +144,16 @@ def test_stable_npz_has_fixed_timestamps_and_loads(tmp_path):
 
 
 def make_shards(store, mat_by_layer, k, row_groups):
-    """Write one shard per row group (as the writer would) and return the shard folder."""
+    """Write one shard per row group (as the writer would, its top-K state covering the group) -> shard folder."""
     shard_dir = partial_dir(store) / SHARDS
     shard_dir.mkdir(parents=True, exist_ok=True)
+    layers = {layer: mat.shape[1] for layer, mat in mat_by_layer.items()}
+    full = np.concatenate(list(mat_by_layer.values()), axis=1)
     for rows in row_groups:
         rows = np.ascontiguousarray(rows, np.int64)
-        accs = {}
-        for layer, mat in mat_by_layer.items():
-            accs[layer] = RunningTopK(k)
-            accs[layer].update(mat[rows], rows)
-        keys = {layer: (acc.top_keys, acc.bottom_keys) for layer, acc in accs.items()}
-        write_shard(shard_dir, rows, {layer: mat[rows] for layer, mat in mat_by_layer.items()}, keys)
+        acc = RunningTopK(k)
+        acc.update(full[rows], rows)
+        write_shard(shard_dir, layers, rows, full[rows], acc.top_keys, acc.bottom_keys)
     return shard_dir
 
 

@@ -51,7 +51,6 @@ class ActivationWriter(BasePredictionWriter):
         self.top_k = int(top_k)
         self.shard_rows = int(shard_rows)
         self.shards_written = 0
-        self._columns = dict(zip(self.widths, np.cumsum([0, *self.widths.values()])))  # layer -> first column
         self._units = sum(self.widths.values())
         self._saturated: set[str] = set()
         self._n = 0
@@ -112,11 +111,7 @@ class ActivationWriter(BasePredictionWriter):
         if self._n == 0:
             return
         n = self._n
-        acts, keys = {}, {}
-        for layer, width in self.widths.items():
-            cols = slice(int(self._columns[layer]), int(self._columns[layer]) + width)
-            acts[layer] = self._buffer[:n, cols]
-            keys[layer] = (self._topk.top_keys[cols], self._topk.bottom_keys[cols])
-        write_shard(self.shard_dir, self._rows[:n], acts, keys)
+        write_shard(self.shard_dir, self.widths, self._rows[:n], self._buffer[:n],
+                    self._topk.top_keys, self._topk.bottom_keys)
         self.shards_written += 1
         self._n = 0

@@ -6,10 +6,11 @@ Layout of one store (a directory named by its content key, see `and_lightning.st
     <key>/layer=<name>/acts.f16.npy  float16 [N, M], row i = clip_ids[i] (open read-only with mmap)
     <key>/layer=<name>/topk.npz      top_/bottom_ rows, ids, values [M, K]; mean, std [M] (over the float16 values)
 
-Collection writes *shards* first (`<key>.partial/shards/rows-*.npz`: a set of rows, their float16 activations
-and their shard-local top/bottom-K keys), each committed atomically. `assemble_store` then builds the store in
-a private folder from the shards (streaming, one shard and one layer at a time) and renames that folder onto
-`<key>`: a store is complete or absent, and a killed collection resumes from its finished shards.
+Collection writes *shards* first (`<key>.partial/shards/rows-*.npz`: a set of row indices, their float16
+activations for all layers [n, U] and a running top/bottom-K state covering them), each committed atomically.
+`assemble_store` then builds the store in a private folder from the shards (streaming: one shard in memory at
+a time, rows written with pwrite, statistics from plain chunked reads) and renames that folder onto `<key>`: a
+store is complete or absent, and a killed collection resumes from its finished shards.
 
 Top-K is exact and independent of how rows were split into batches, shards or ranks: each (value, row) pair is
 packed into one int64 key (order-preserving float16 code << 32 | inverted row), so ties go to the lower row, as
@@ -22,6 +23,7 @@ import os
 import shutil
 import uuid
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -232,16 +234,15 @@ def iter_row_chunks(path: Path, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator
 # ------------------------------------------------------------------------------------------------ shards
 
 
-def write_shard(shard_dir: Path, rows: np.ndarray, acts: Mapping[str, np.ndarray],
-                keys: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """Commit one shard: its row indices, float16 rows per layer and, per layer, the shard-local
-    (top_keys, bottom_keys) of a RunningTopK over those rows. The name derives from the rows (same rows, same file).
+def write_shard(shard_dir: Path, layers: Mapping[str, int], rows: np.ndarray, acts: np.ndarray,
+                top_keys: np.ndarray, bottom_keys: np.ndarray) -> Path:
+    """Commit one shard: row indices [n], float16 rows [n, U] of all `layers` (name -> units, columns in that
+    order, U = their sum) and a RunningTopK state over (at least) those rows, keys [U, <=K].
+    The name derives from the rows (same rows, same file).
     """
     rows = np.asarray(rows, dtype=np.int64)
-    arrays: dict[str, np.ndarray] = {"rows": rows}
-    for layer, data in acts.items():
-        arrays[f"acts/{layer}"] = data
-        arrays[f"top/{layer}"], arrays[f"bottom/{layer}"] = keys[layer]
+    arrays = {"layers": np.array(list(layers)), "units": np.array(list(layers.values()), np.int64), "rows": rows,
+              "acts": acts, "top": top_keys, "bottom": bottom_keys}
     path = Path(shard_dir) / f"rows-{int(rows.min()):09d}-{hash_bytes(rows.tobytes())[:12]}.npz"
     write_npz_stable(path, arrays)
     return path
@@ -302,29 +303,38 @@ def assemble_store(store: Path, manifest: Mapping[str, Any]) -> Path:
     partial = partial_dir(store)
     clip_ids = list(manifest["clip_ids"])
     n = len(clip_ids)
+    layers = {spec["name"]: int(spec["units"]) for spec in manifest["layers"]}
+    columns = np.cumsum([0, *layers.values()])
     shards = _usable_shards(partial / SHARDS, n)
     work = partial / f"assemble-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
-    ids = np.asarray(clip_ids)
-    for spec in manifest["layers"]:
-        layer, units = spec["name"], int(spec["units"])
-        out = layer_dir(work, layer)
-        out.mkdir()
-        acc = RunningTopK(int(manifest["top_k"]))
-        with atomic_path(out / ACTS) as tmp:
-            offset = _npy_header_offset(tmp, (n, units))
-            with open(tmp, "r+b") as f:
-                for path in shards:
-                    with np.load(path) as z:
-                        data = z[f"acts/{layer}"]
-                        if data.shape[1] != units:
-                            raise ValueError(f"{path}: layer '{layer}' has {data.shape[1]} units, expected {units}")
-                        _write_rows(f.fileno(), offset, z["rows"], data)
-                        acc.merge(z[f"top/{layer}"], z[f"bottom/{layer}"])
+    acc = RunningTopK(int(manifest["top_k"]))  # over all units of all layers
+    with ExitStack() as stack:
+        tmps, files, offsets = [], [], []
+        for layer, units in layers.items():
+            layer_dir(work, layer).mkdir()
+            tmps.append(stack.enter_context(atomic_path(layer_dir(work, layer) / ACTS)))
+            offsets.append(_npy_header_offset(tmps[-1], (n, units)))
+            files.append(stack.enter_context(open(tmps[-1], "r+b")))
+        for path in shards:
+            with np.load(path) as z:
+                if z["layers"].tolist() != list(layers) or z["units"].tolist() != list(layers.values()):
+                    raise ValueError(f"{path}: holds layers {dict(zip(z['layers'].tolist(), z['units'].tolist()))}"
+                                     f", expected {layers}")
+                rows, acts = z["rows"], z["acts"]
+                for i, f in enumerate(files):
+                    _write_rows(f.fileno(), offsets[i], rows, acts[:, columns[i]:columns[i + 1]])
+                acc.merge(z["top"], z["bottom"])
+        for f in files:
+            f.flush()
+        best = acc.result()
+        ids = np.asarray(clip_ids)
+        for i, (layer, units) in enumerate(layers.items()):
             moments = RunningMoments(units)
-            for _, chunk in iter_row_chunks(tmp):
+            for _, chunk in iter_row_chunks(tmps[i]):
                 moments.update(chunk)
-        write_npz_stable(out / TOPK, _topk_arrays(acc, ids, moments))
+            part = {key: value[columns[i]:columns[i + 1]] for key, value in best.items()}
+            write_npz_stable(layer_dir(work, layer) / TOPK, _topk_arrays(part, ids, moments))
     write_json(work / MANIFEST, dict(manifest))
     try:
         os.rename(work, store)
@@ -336,12 +346,12 @@ def assemble_store(store: Path, manifest: Mapping[str, Any]) -> Path:
     return store
 
 
-def _topk_arrays(acc: RunningTopK, ids: np.ndarray, moments: RunningMoments) -> dict[str, np.ndarray]:
-    res = acc.result()
+def _topk_arrays(best: Mapping[str, np.ndarray], ids: np.ndarray, moments: RunningMoments) -> dict[str, np.ndarray]:
+    """topk.npz contents from a RunningTopK result (one layer's units), the clip ids and the unit moments."""
     return {
-        "top_rows": res["top_rows"], "top_ids": ids[res["top_rows"]], "top_values": res["top_values"],
-        "bottom_rows": res["bottom_rows"], "bottom_ids": ids[res["bottom_rows"]],
-        "bottom_values": res["bottom_values"],
+        "top_rows": best["top_rows"], "top_ids": ids[best["top_rows"]], "top_values": best["top_values"],
+        "bottom_rows": best["bottom_rows"], "bottom_ids": ids[best["bottom_rows"]],
+        "bottom_values": best["bottom_values"],
         "mean": moments.mean.astype(np.float32), "std": moments.std().astype(np.float32),
     }
 
@@ -420,4 +430,4 @@ class ActivationStore:
         for start, chunk in iter_row_chunks(self._layer(layer) / ACTS):
             acc.update(chunk, np.arange(start, start + len(chunk)))
             moments.update(chunk)
-        write_npz_stable(path, _topk_arrays(acc, np.asarray(self.clip_ids), moments))
+        write_npz_stable(path, _topk_arrays(acc.result(), np.asarray(self.clip_ids), moments))
