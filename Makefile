@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(PY) train.py
-	test ! -f dissect.py || $(PY) dissect.py
+	$(PY) dissect.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
