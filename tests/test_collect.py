@@ -201,7 +201,8 @@ def test_reuse_runs_no_forward_pass_and_keys_follow_the_content(clips, tmp_path)
         collect(adapter, clips[::-1], tmp_path),  # same clips, other order (rows differ)
     }
     assert first not in others and len(others) == 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name] + [p.name for p in others])
+    stores = sorted(p.name for p in tmp_path.iterdir() if p.name != ".locks")
+    assert stores == sorted([first.name] + [p.name for p in others])
 
 
 def test_changed_audio_bytes_give_a_new_store(clips, tmp_path):
@@ -254,6 +255,34 @@ def test_probe_removes_its_hooks(clips):
     assert not adapter.conv._forward_hooks and not adapter.tokens._forward_hooks
 
 
+def test_writer_shards_nan_and_saturation(tmp_path):
+    """The writer on its own: shards every `shard_rows` rows, NaN refused (naming the layer), huge values clipped."""
+    widths = {"a": 2, "b": 3}
+    writer = ActivationWriter(tmp_path, {f"c{i}": i for i in range(10)}, widths, 2, shard_rows=4)
+
+    def batch(ids, a, b):
+        return {"clip_id": ids, "acts": {"a": torch.tensor(a, dtype=torch.float32),
+                                         "b": torch.tensor(b, dtype=torch.float32)}}
+
+    writer.write_on_batch_end(None, None, batch(["c0", "c1", "c2"], [[1, 2]] * 3, [[0, 0, 0]] * 3), None, None, 0)
+    assert writer.shards_written == 0
+    with pytest.warns(UserWarning, match="layer 'b': activations beyond"):
+        writer.write_on_batch_end(None, None, batch(["c3", "c4"], [[1, 2]] * 2, [[1e6, 0, 0]] * 2), None, None, 1)
+    assert writer.shards_written == 1  # 3 + 2 rows do not fit in 4: the first 3 became a shard
+    with pytest.raises(ValueError, match=r"layer\(s\) \['a'\] produced NaN activations for clips \['c5'\]"):
+        writer.write_on_batch_end(None, None, batch(["c5"], [[float("nan"), 0]], [[0, 0, 0]]), None, None, 2)
+    with pytest.raises(KeyError, match="'zz' is not in the collection's clip list"):
+        writer.write_on_batch_end(None, None, batch(["zz"], [[0, 0]], [[0, 0, 0]]), None, None, 3)
+    with pytest.raises(ValueError, match=r"layer 'a': got activations of shape \(1, 3\), expected \(1, 2\)"):
+        writer.write_on_batch_end(None, None, batch(["c6"], [[0, 0, 0]], [[0, 0, 0]]), None, None, 4)
+    writer.on_predict_end(None, None)
+    shards = shard_files(tmp_path)
+    assert writer.shards_written == 2 and len(shards) == 2
+    with np.load(shards[1]) as z:  # the shard that starts at row 3
+        assert z["rows"].tolist() == [3, 4] and z["layers"].tolist() == ["a", "b"]
+        assert z["acts"][:, 2].tolist() == [65504.0, 65504.0]  # clipped to the float16 maximum
+
+
 def test_resume_when_every_shard_is_done_assembles_without_forward(clips, tmp_path):
     """Shards written by the writer through a real predict loop, store never assembled (as after a crash)."""
     clean = collect(make_fake(), clips, tmp_path / "clean", shard_rows=8)
@@ -269,6 +298,25 @@ def test_resume_when_every_shard_is_done_assembles_without_forward(clips, tmp_pa
     assert collect(again, clips, tmp_path / "crashed", shard_rows=8) == store
     assert again.rows_seen == 0
     assert store_bytes(store) == store_bytes(clean) and not partial_dir(store).exists()
+
+
+def test_concurrent_collections_of_one_store_compute_it_once(clips, tmp_path):
+    """A second job asking for the same store while the first computes it waits, then reuses it."""
+    import threading
+
+    root = tmp_path / "store"
+    first, second = make_fake(delay=0.1), make_fake()
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("a", collect(first, clips, root, batch_size=4,
+                                                                          shard_rows=4)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not list(root.glob(f"*.partial/{SHARDS}/rows-*.npz")):  # the first job is collecting
+        assert worker.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    path = collect(second, clips, root, batch_size=4, shard_rows=4)
+    worker.join()
+    assert path == result["a"] and first.rows_seen == N_CLIPS and second.rows_seen == 0
 
 
 RUN_KILLABLE = """
@@ -301,14 +349,14 @@ def test_sigkill_mid_collection_then_rerun_recomputes_only_unfinished_shards(cli
     done = [np.load(p)["rows"] for p in shard_files(partial / SHARDS)]  # every committed shard is readable
     finished = sum(len(rows) for rows in done)
     assert 8 <= finished < N_CLIPS and finished % 8 == 0
-    assert not [p for p in root.iterdir() if not p.name.endswith(".partial")]  # no store, not even a half one
+    assert [p.name for p in root.iterdir() if p.name != ".locks"] == [partial.name]  # no store, not even half
 
     adapter = make_fake()
     path = collect(adapter, clips, root, batch_size=4, shard_rows=8)
     assert adapter.rows_seen == N_CLIPS - finished  # finished shards were not recomputed
     clean = collect(make_fake(), clips, tmp_path / "clean", batch_size=4, shard_rows=8)
     assert path.name == clean.name and store_bytes(path) == store_bytes(clean)
-    assert sorted(p.name for p in root.iterdir()) == [path.name]
+    assert sorted(p.name for p in root.iterdir() if p.name != ".locks") == [path.name]
 
 
 @pytest.mark.slow

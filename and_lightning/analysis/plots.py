@@ -1,0 +1,107 @@
+"""PNG plots of the evaluation (matplotlib's object API, Agg canvas: no display, no global pyplot state).
+
+Each function writes one PNG and returns its path; the lead logs them to W&B as wandb.Image.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from and_lightning.store.atomic import atomic_path
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> str:
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return str(path)
+
+
+def adjective_bar_chart(counts: Mapping[str, int], top_n: int, path: str | os.PathLike, title: str = "") -> str:
+    """Top-`top_n` adjectives by number of neurons (spec §9.3, Fig. 3/9)."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+    fig = Figure(figsize=(max(4.0, 0.6 * len(items) + 1.5), 3.6))
+    ax = fig.add_subplot()
+    ax.bar([k for k, _ in items], [v for _, v in items], color="#4477aa")
+    ax.set_ylabel("neurons")
+    ax.set_title(title or f"top {top_n} adjectives")
+    ax.tick_params(axis="x", labelrotation=45)
+    if not items:
+        ax.text(0.5, 0.5, "no adjectives", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def adjectives_per_layer_plot(stats: Mapping[str, Any], path: str | os.PathLike) -> str:
+    """Mean adjectives per neuron per layer with the per-neuron linear fit and its p-value (Fig. 5)."""
+    layers = list(stats["means"])
+    x = np.arange(len(layers))
+    fig = Figure(figsize=(max(4.0, 0.7 * len(layers) + 2), 3.6))
+    ax = fig.add_subplot()
+    ax.plot(x, [stats["means"][k] for k in layers], "o-", label="mean per neuron")
+    if math.isfinite(stats.get("slope", math.nan)):
+        ax.plot(x, stats["intercept"] + stats["slope"] * x, "--",
+                label=f"fit: slope {stats['slope']:.3f}, p = {stats['p_value']:.2g}")
+    ax.set_xticks(x, layers, rotation=45)
+    ax.set_ylabel("adjectives per neuron")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def uninterpretable_plot(fractions: Mapping[str, Mapping[int, float]], path: str | os.PathLike) -> str:
+    """Share of uninterpretable neurons per layer, one line per K' (Fig. 6)."""
+    layers = list(fractions)
+    x = np.arange(len(layers))
+    fig = Figure(figsize=(max(4.0, 0.7 * len(layers) + 2), 3.6))
+    ax = fig.add_subplot()
+    k_primes = sorted({kp for v in fractions.values() for kp in v})
+    for kp in k_primes:
+        ax.plot(x, [100 * fractions[layer].get(kp, math.nan) for layer in layers], "o-", label=f"K' = {kp}")
+    ax.set_xticks(x, layers, rotation=45)
+    ax.set_ylabel("uninterpretable neurons (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def real_vs_shuffled_plot(rows: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike,
+                          ylabel: str, label_key: str = "layer") -> str:
+    """Grouped bars per layer: `metric` of the real descriptions next to `<metric>_shuffled`."""
+    labels = [str(r[label_key]) for r in rows]
+    x = np.arange(len(labels))
+    fig = Figure(figsize=(max(4.0, 0.8 * len(labels) + 2), 3.6))
+    ax = fig.add_subplot()
+    ax.bar(x - 0.2, [r[metric] for r in rows], 0.4, label="descriptions", color="#4477aa")
+    ax.bar(x + 0.2, [r[f"{metric}_shuffled"] for r in rows], 0.4, label="shuffled baseline", color="#bbbbbb")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(x, labels, rotation=45)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | os.PathLike, n_fft: int = 512) -> str:
+    """A small log-power spectrogram image of one clip (for the HTML report)."""
+    x = np.asarray(wave, np.float64)
+    hop = n_fft // 4
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    db = 10 * np.log10(power.T + 1e-10)
+    fig = Figure(figsize=(2.4, 1.2))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
+              extent=(0, len(x) / sample_rate, 0, sample_rate / 2))
+    ax.set_axis_off()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        FigureCanvasAgg(fig)
+        fig.savefig(tmp, format="png", dpi=80)
+    return str(path)

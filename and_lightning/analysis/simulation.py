@@ -1,0 +1,234 @@
+"""Simulation score: predict a neuron's activation on held-out clips from its description alone, then
+correlate the prediction with the real activation (Pearson and Spearman), per layer, against the same
+descriptions shuffled among the layer's neurons.
+
+Held out: the probing clips are split once into an explain half and a score half (`make_split`, saved to
+disk by `load_or_make_split`); a neuron is scored on the score clips that were NOT among the top-k / bottom-k
+clips its description was written from. Predictors:
+- offline (`text_predictions`): cosine of the text embeddings of the description and each clip's caption;
+- LLM (`llm_predictions`): a 0-10 rating of each clip's caption given the description, as a JSON reply.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch.nn.functional as F
+from scipy.stats import rankdata
+
+from and_lightning.store.atomic import write_json
+from and_lightning.store.hashing import hash_obj
+
+RATING_SCHEMA = {
+    "title": "simulated_activations",
+    "type": "object",
+    "properties": {
+        "ratings": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"clip": {"type": "integer"}, "rating": {"type": "integer", "minimum": 0, "maximum": 10}},
+                "required": ["clip", "rating"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["ratings"],
+    "additionalProperties": False,
+}
+
+
+# ------------------------------------------------------------------------------------------------ the split
+def make_split(clip_ids: Sequence[str], score_fraction: float, seed: int) -> dict[str, Any]:
+    """A fixed random split of the clips into "explain" and "score" (round(score_fraction * N) clips),
+    both kept in the clips' given order; the same ids, fraction and seed always give the same split."""
+    if not 0.0 < score_fraction < 1.0:
+        raise ValueError(f"score_fraction must be in (0, 1), got {score_fraction}")
+    ids = list(clip_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("clip ids must be unique")
+    n_score = int(round(score_fraction * len(ids)))
+    chosen = set(np.random.default_rng(seed).permutation(len(ids))[:n_score].tolist())
+    return {"seed": int(seed), "score_fraction": float(score_fraction), "clips_hash": hash_obj(ids),
+            "explain": [c for i, c in enumerate(ids) if i not in chosen],
+            "score": [c for i, c in enumerate(ids) if i in chosen]}
+
+
+def load_or_make_split(folder: str | os.PathLike, clip_ids: Sequence[str], score_fraction: float,
+                       seed: int) -> tuple[dict[str, Any], Path]:
+    """The split saved in `folder` for these clips, fraction and seed (made and saved on first use)."""
+    ids = list(clip_ids)
+    path = Path(folder) / f"split-s{seed}-f{score_fraction:g}-{hash_obj(ids)[:12]}.json"
+    if path.is_file():
+        split = json.loads(path.read_text(encoding="utf-8"))
+        if split.get("clips_hash") != hash_obj(ids) or sorted(split["explain"] + split["score"]) != sorted(ids):
+            raise ValueError(f"{path}: saved split does not cover this store's clips; delete it to make a new one")
+        return split, path
+    split = make_split(ids, score_fraction, seed)
+    write_json(path, split)
+    return split, path
+
+
+# ---------------------------------------------------------------------------------------------- correlation
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r; NaN when either side is constant or has fewer than 2 values."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"pearson needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
+    if len(x) < 2:
+        return math.nan
+    dx, dy = x - x.mean(), y - y.mean()
+    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy) / den if den > 0 else math.nan
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rho = Pearson r of the average ranks (ties share their mean rank)."""
+    return pearson(rankdata(x), rankdata(y))
+
+
+def score_mask(record: Mapping[str, Any], score_ids: Sequence[str], exclude_described: bool) -> np.ndarray:
+    """bool over `score_ids`: the clips this neuron is scored on (not its own top / bottom clips)."""
+    if not exclude_described:
+        return np.ones(len(score_ids), bool)
+    seen = set(record.get("top_clips", [])) | set(record.get("bottom_clips", []))
+    return np.array([c not in seen for c in score_ids], bool)
+
+
+def neuron_correlations(predicted: np.ndarray, actual: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """[M, 2] (pearson, spearman) of predicted [M, n] vs actual [n, M] over each neuron's mask [M, n]."""
+    out = np.full((predicted.shape[0], 2), np.nan)
+    for m in range(predicted.shape[0]):
+        keep = masks[m]
+        out[m] = pearson(predicted[m, keep], actual[keep, m]), spearman(predicted[m, keep], actual[keep, m])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ predictors
+def text_predictions(descriptions: Sequence[str], captions: Sequence[str], encoder: Any) -> np.ndarray:
+    """[M, n] cosine of each description's and each caption's text embedding (the offline simulator)."""
+    d = F.normalize(encoder.encode([t or " " for t in descriptions]).float(), dim=-1)
+    c = F.normalize(encoder.encode([t or " " for t in captions]).float(), dim=-1)
+    return (d @ c.T).numpy()
+
+
+def rating_messages(description: str, captions: Sequence[str]) -> list[dict]:
+    """Chat messages asking for a 0-10 activation rating of every numbered caption given a description."""
+    listing = "\n".join(f"{i + 1}. {c}" for i, c in enumerate(captions))
+    return [
+        {"role": "system", "content":
+            "You simulate one neuron of an audio classifier. Given an explanation of what the neuron responds "
+            "to and numbered captions of audio clips, predict how strongly the neuron activates on each clip, "
+            "from 0 (not at all) to 10 (as strongly as it ever does). Reply with a JSON object "
+            '{"ratings": [{"clip": <number>, "rating": <0-10>}, ...]} with one entry per clip.'},
+        {"role": "user", "content": f"Neuron explanation: {description}\n\nClips:\n{listing}"},
+    ]
+
+
+def parse_ratings(reply: Any, n: int) -> np.ndarray:
+    """Ratings [n] from a structured reply; clips the reply leaves out (or numbers out of range) are NaN."""
+    if isinstance(reply, str):
+        reply = json.loads(reply)
+    out = np.full(n, np.nan)
+    for item in reply.get("ratings", []):
+        i = int(item["clip"]) - 1
+        if 0 <= i < n:
+            out[i] = float(item["rating"])
+    return out
+
+
+def llm_clip_choice(actual: np.ndarray, allowed: np.ndarray, n_clips: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the clips one neuron is rated on: its n_clips // 2 most-activating allowed clips plus
+    random other allowed clips (as automated-interpretability's top-and-random scoring), shuffled."""
+    pool = np.flatnonzero(allowed)
+    n = min(n_clips, len(pool))
+    top = pool[np.argsort(-actual[pool], kind="stable")[: n // 2]]
+    rest = np.setdiff1d(pool, top)
+    chosen = np.concatenate([top, rng.choice(rest, size=n - len(top), replace=False)])
+    return rng.permutation(chosen)
+
+
+def llm_predictions(llm: Any, descriptions: Sequence[str], captions: Sequence[str],
+                    choices: Sequence[np.ndarray], chunk: int = 20) -> list[np.ndarray]:
+    """Per neuron, the LLM's ratings of the captions at its chosen indices (one request per `chunk` clips)."""
+    requests, where = [], []
+    for m, (desc, idx) in enumerate(zip(descriptions, choices)):
+        for start in range(0, len(idx), chunk):
+            part = idx[start:start + chunk]
+            requests.append((rating_messages(desc, [captions[i] for i in part]), RATING_SCHEMA))
+            where.append((m, start, len(part)))
+    replies = llm.complete_many(requests) if requests else []
+    out = [np.full(len(idx), np.nan) for idx in choices]
+    for (m, start, n), reply in zip(where, replies):
+        out[m][start:start + n] = parse_ratings(reply, n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the report
+def nanmean(x: Any) -> float:
+    """Mean of the finite values; NaN when there are none."""
+    x = np.asarray(x, np.float64)
+    finite = x[np.isfinite(x)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def simulation_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mapping[str, np.ndarray],
+                      clip_ids: Sequence[str], captions: Mapping[str, str], split: Mapping[str, Any], encoder: Any,
+                      *, field: str = "description", shuffles: int = 5, seed: int = 0,
+                      exclude_described: bool = True, llm: Any = None, llm_clips: int = 20, llm_chunk: int = 20,
+                      max_neurons_per_layer: int | None = None,
+                      ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, float]]]:
+    """(rows, per_neuron). Rows, per layer: mean over neurons of Pearson / Spearman (prediction vs activation
+    on held-out score clips), and the same with descriptions shuffled among the layer's neurons (mean over
+    `shuffles` permutations; with an LLM, one permutation). per_neuron[(layer, unit)] = {"sim_pearson",
+    "sim_spearman"}. `acts_by_layer[layer]` is [N, M] in `clip_ids` order; `max_neurons_per_layer` keeps the
+    first units of each layer (a cost cap for LLM scoring)."""
+    row_of = {c: i for i, c in enumerate(clip_ids)}
+    score_ids = [c for c in split["score"] if c in captions]
+    if len(score_ids) < 3:
+        raise ValueError(f"simulation needs captions of >= 3 score clips, found {len(score_ids)} "
+                         "(caption every clip: describe.closed_set.method=db captions all of them)")
+    rows_idx = np.array([row_of[c] for c in score_ids])
+    cap_texts = [captions[c] for c in score_ids]
+    rows, per_neuron = [], {}
+    for li, (layer, acts) in enumerate(acts_by_layer.items()):
+        recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])[:max_neurons_per_layer]
+        if not recs:
+            continue
+        units = [r["unit"] for r in recs]
+        actual = np.asarray(acts, np.float64)[rows_idx][:, units]  # [n, M]
+        masks = np.stack([score_mask(r, score_ids, exclude_described) for r in recs])
+        descs = [str(r.get(field) or "") for r in recs]
+        rng = np.random.default_rng([seed, li])
+        perms = [rng.permutation(len(recs)) for _ in range(1 if llm is not None else shuffles)]
+        if llm is None:
+            pred = text_predictions(descs, cap_texts, encoder)
+            real = neuron_correlations(pred, actual, masks)
+            shuffled = [neuron_correlations(pred[p], actual, masks) for p in perms]
+        else:
+            choices = [llm_clip_choice(actual[:, m], masks[m], llm_clips, rng) for m in range(len(recs))]
+            real = _llm_correlations(llm, descs, cap_texts, choices, actual, llm_chunk)
+            shuffled = [_llm_correlations(llm, [descs[i] for i in p], cap_texts, choices, actual, llm_chunk)
+                        for p in perms]
+        rows.append({"layer": layer, "predictor": "llm" if llm is not None else "text",
+                     "pearson": nanmean(real[:, 0]), "spearman": nanmean(real[:, 1]),
+                     "pearson_shuffled": nanmean([nanmean(c[:, 0]) for c in shuffled]),
+                     "spearman_shuffled": nanmean([nanmean(c[:, 1]) for c in shuffled]),
+                     "neurons": float(len(recs)), "score_clips": float(masks.sum(axis=1).mean())})
+        per_neuron.update({(layer, u): {"sim_pearson": float(c[0]), "sim_spearman": float(c[1])}
+                           for u, c in zip(units, real)})
+    return rows, per_neuron
+
+
+def _llm_correlations(llm: Any, descs: Sequence[str], captions: Sequence[str], choices: Sequence[np.ndarray],
+                      actual: np.ndarray, chunk: int) -> np.ndarray:
+    ratings = llm_predictions(llm, descs, captions, choices, chunk)
+    out = np.full((len(descs), 2), np.nan)
+    for m, (idx, r) in enumerate(zip(choices, ratings)):
+        ok = np.isfinite(r)
+        out[m] = pearson(r[ok], actual[idx[ok], m]), spearman(r[ok], actual[idx[ok], m])
+    return out
