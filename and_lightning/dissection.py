@@ -56,7 +56,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     store = ActivationStore.open(collect_activations(
         adapter, records, data.sample_rate, data.clip_seconds, layers, cfg.reduction, cfg.store_dir,
         batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, trainer_kwargs=cfg.trainer,
-        top_k=cfg.describe.k))
+        top_k=cfg.describe.k, reuse_only="collect" not in stages))
     out = dissection_dir(cfg, store)
     result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out)}
     if stages == ("collect",):

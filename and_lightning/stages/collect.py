@@ -60,6 +60,7 @@ def collect_activations(
     *,
     checkpoint: str | os.PathLike | None = None,
     shard_rows: int | None = None,
+    reuse_only: bool = False,
 ) -> Path:
     """Collect activations of `layers` over every clip of `dataset` (in its order); return the store's path.
 
@@ -76,6 +77,7 @@ def collect_activations(
       state_dict holds the adapter under some prefix, e.g. `model.`).
     - `shard_rows`: rows per shard (default: up to 16 MiB of float16 rows, at most 4096, a multiple of
       `batch_size`); a killed run restarts from its committed shards.
+    - `reuse_only`: return an existing store, never collect (FileNotFoundError when there is none).
     Raises, before writing anything: UnknownLayerError (with the available names), ValueError for no clips or
     bad arguments, FileNotFoundError for a missing checkpoint or clip file.
     """
@@ -102,6 +104,9 @@ def collect_activations(
         log.info("activation store %s exists: reusing it (no forward pass)", store)
         _ensure_topk(store, top_k)
         return store
+    if reuse_only:
+        raise FileNotFoundError(f"{store}: no activation store for this model, data, layers and reduction yet; "
+                                "run `python dissect.py stage=collect` first")
     k = min(top_k, len(records))
     manifest = {
         "format": FORMAT_VERSION, "key": key, "model": f"{type(adapter).__module__}.{type(adapter).__qualname__}",
