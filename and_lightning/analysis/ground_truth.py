@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 # word or phrase -> "attribute=value" (None: the phrase means nothing here and blocks its words, e.g.
-# "steady pitch" is not a steady rhythm, "high quality" is not a high pitch). Matched longest phrase first.
+# "steady pitch" is not a steady rhythm). Matched longest phrase first; "high"/"low" alone name nothing.
 ATTRIBUTE_VOCABULARY: dict[str, str | None] = {
     # pitch
     **dict.fromkeys("high-pitched high-pitch shrill squeaky squeaking piercing treble high-frequency".split(), "pitch=high"),
@@ -69,12 +69,26 @@ ATTRIBUTE_VOCABULARY: dict[str, str | None] = {
     **dict.fromkeys(["percussive hits"], "source=percussive_hits"),
 }
 NEGATORS = frozenset(["no", "not", "n't", "never", "without", "nor", "lacks", "lacking", "absent"])
-_TOKEN_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|n't")
+# A negation does not reach past these: "not loud, but quiet" names quiet.
+SCOPE_BREAKS = frozenset([",", ".", ";", ":", "!", "?", "but", "though", "although", "yet", "while", "whereas"])
+_TOKEN_RE = re.compile(r"n't|[a-z0-9]+(?:-[a-z0-9]+)*|[,.;:!?]")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens, hyphenated compounds kept, underscores as spaces ("noise_hiss" -> noise, hiss)."""
-    return _TOKEN_RE.findall(text.lower().replace("_", " ").replace("\u2019", "'"))
+    """Lower-case word tokens (hyphenated compounds kept, "isn't" -> "is", "n't", underscores as spaces:
+    "noise_hiss" -> "noise", "hiss") and the punctuation that ends a negation's scope."""
+    text = text.lower().replace("_", " ").replace("\u2019", "'")
+    return _TOKEN_RE.findall(re.sub(r"n't\b", " n't", text))
+
+
+def _negated(tokens: list[str], i: int, window: int) -> bool:
+    """A negator among the `window` tokens before position i, with no scope break between it and i."""
+    for t in reversed(tokens[max(0, i - window):i]):
+        if t in SCOPE_BREAKS:
+            return False
+        if t in NEGATORS:
+            return True
+    return False
 
 
 def named_attributes(text: str, vocabulary: Mapping[str, str | None] = ATTRIBUTE_VOCABULARY,
@@ -92,8 +106,7 @@ def named_attributes(text: str, vocabulary: Mapping[str, str | None] = ATTRIBUTE
             key = tuple(tokens[i:i + n])
             if key in vocab:
                 value = vocab[key]
-                negated = any(t in NEGATORS for t in tokens[max(0, i - negation_window):i])
-                if value is not None and not negated:
+                if value is not None and not _negated(tokens, i, negation_window):
                     found.add(value)
                 i += n
                 break

@@ -50,8 +50,10 @@ def unit_ground_truth(num_units: int, class_names: Sequence[str], concepts: Sequ
 
 
 def accuracy_from_ranked(ranked: Sequence[Sequence[str]], unit_gt: Sequence[str | None], encoder: TextEncoderLike,
-                         extra: Callable[[list[str], list[str]], Mapping[str, float]] | None = None) -> dict[str, float]:
-    """top1 / top5 (percent; top5 NaN when units have fewer than 5 ranked concepts) and cos over units with a gt."""
+                         extra: Callable[[list[str], list[str]], Mapping[str, float]] | None = None,
+                         n_concepts: int | None = None) -> dict[str, float]:
+    """top1 / top5 (percent) and cos over the units with a gt. top5 is NaN when a unit has fewer than
+    min(5, n_concepts) ranked concepts (ICL's single answer); with fewer than 5 concepts it is over all."""
     rows = [(r, g) for r, g in zip(ranked, unit_gt) if g is not None]
     if not rows:
         raise ValueError("no unit has a ground-truth concept: are the class names in the concept set?")
@@ -59,8 +61,8 @@ def accuracy_from_ranked(ranked: Sequence[Sequence[str]], unit_gt: Sequence[str 
     gts = [g for _, g in rows]
     out = {
         "top1": 100.0 * sum(p == g for p, g in zip(top1, gts)) / len(rows),
-        "top5": 100.0 * sum(g in r[:5] for r, g in rows) / len(rows) if all(len(r) >= 5 for r, _ in rows)
-        else math.nan,
+        "top5": 100.0 * sum(g in r[:5] for r, g in rows) / len(rows)
+        if all(len(r) >= min(5, n_concepts or 5) for r, _ in rows) else math.nan,
         "cos": concept_cosine(top1, gts, encoder),
         "units": float(len(rows)),
     }
@@ -91,7 +93,7 @@ def similarity_rows(acts: Tensor, unit_gt: Sequence[str | None], concepts: Seque
                     continue
                 S = scores_from_p(acts, cs.P, sim, p_is_prob=cs.p_is_prob, faithful=flag, **dict((params or {}).get(sim, {})))
                 ranked = [[c for c, _ in r] for r in top_concepts(S, concepts, k=5)]
-                acc = accuracy_from_ranked(ranked, unit_gt, encoder, extra)
+                acc = accuracy_from_ranked(ranked, unit_gt, encoder, extra, n_concepts=len(concepts))
                 rows.append({"method": method, "similarity": sim, "faithful": bool(flag), **acc, "note": ""})
     return rows
 

@@ -1,0 +1,248 @@
+"""The static HTML report: escaping of untrusted text, assets, and the page in a real headless Chromium.
+
+Chromium is driven through chromedriver's W3C WebDriver HTTP API with a few urllib calls (no extra package).
+Install: apt-get install -y chromium chromium-driver. Set AND_SKIP_BROWSER_TESTS=1 to skip the browser test
+on a machine without them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from and_lightning.analysis.html_report import FILTER_SCRIPT, asset_name, build_html_report, script_hash
+from and_lightning.data.clips import ClipRecord
+from and_lightning.stages.evaluate import html_report_stage
+
+EVIL_CAPTION = '"><script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+EVIL_DESCRIPTION = "</p><script>window.pwned = 3</script> A loud hiss & <b>bold</b>"
+
+
+def write_clips(folder: Path, n: int = 4, sr: int = 16000) -> dict[str, ClipRecord]:
+    """n short sine clips; the last id is hostile (path characters and markup)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = {}
+    for i in range(n):
+        cid = f"clip-{i}" if i < n - 1 else '../"<evil>'
+        path = folder / f"c{i}.wav"
+        t = np.arange(sr // 2) / sr
+        sf.write(path, (0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t)).astype(np.float32), sr)
+        clips[cid] = ClipRecord(cid, str(path), 0, 1, {})
+    return clips
+
+
+def make_records(ids: list[str]) -> list[dict]:
+    return [
+        {"layer": "conv1", "unit": 0, "top_clips": ids[:2], "top_values": [0.9, 0.5], "description": EVIL_DESCRIPTION,
+         "closed_concepts": [{"concept": "noise_hiss", "score": 0.4}, {"concept": "<i>x</i>", "score": 0.1}],
+         "adjectives": ["loud"], "nouns": ["hiss"], "scores": {}},
+        {"layer": "conv1", "unit": 1, "top_clips": ids[1:3], "top_values": [0.7, 0.6], "description": "a quiet tone",
+         "closed_concepts": [{"concept": "pure_tone", "score": 0.3}], "adjectives": ["quiet"], "nouns": [], "scores": {}},
+        {"layer": "head", "unit": 0, "top_clips": ids[2:], "top_values": [1.5, 1.2], "description": "buzzy chord",
+         "closed_concepts": [{"concept": "harmonic_tone", "score": 0.8}], "adjectives": [], "nouns": ["chord"],
+         "scores": {"hit": 1.0}},
+    ]
+
+
+class ScriptCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.scripts, self.tags, self._in_script = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts.append(data)
+
+
+@pytest.fixture
+def report(tmp_path):
+    clips = write_clips(tmp_path / "src")
+    ids = list(clips)
+    captions = {ids[0]: EVIL_CAPTION, ids[1]: "a tone & more", ids[2]: "buzz"}
+    page = html_report_stage({"audio_per_neuron": 2, "max_neurons": None}, tmp_path / "report", make_records(ids),
+                             clips, captions, 16000, 0.5, metrics={"eval/<gt>/f1": 0.5},
+                             neuron_scores={("conv1", 0): {"sim_pearson": 0.25, "gt_true": ["pitch=high"]}})
+    return page, ids
+
+
+def test_every_untrusted_string_is_escaped_and_only_our_script_exists(report):
+    page, ids = report
+    text = page.read_text(encoding="utf-8")
+    parser = ScriptCollector()
+    parser.feed(text)
+    assert parser.scripts == [FILTER_SCRIPT]  # no injected script element anywhere
+    assert not any(tag == "img" and "onerror" in attrs for tag, attrs in parser.tags)
+    assert "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in text and "&lt;b&gt;bold&lt;/b&gt;" in text
+    assert "&lt;i&gt;x&lt;/i&gt;" in text and "eval/&lt;gt&gt;/f1" in text and "sim_pearson = 0.25" in text
+    csp = next(a["content"] for t, a in parser.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
+    assert script_hash(FILTER_SCRIPT) in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+
+
+def test_assets_are_beside_the_page_under_hashed_names(report):
+    page, ids = report
+    for cid in ids:  # every clip is some neuron's top clip
+        stem = asset_name(cid)
+        wav, png = page.parent / "audio" / f"{stem}.wav", page.parent / "spec" / f"{stem}.png"
+        info = sf.info(str(wav))
+        assert info.samplerate == 16000 and info.frames == 8000 and info.subtype == "PCM_16"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((page.parent / "audio").iterdir())) == len(ids)  # the hostile id wrote no file elsewhere
+    assert not (page.parent.parent / "evil").exists()
+
+
+def test_max_neurons_limits_the_page(tmp_path):
+    clips = write_clips(tmp_path / "src")
+    page = build_html_report(make_records(list(clips)), {c: r.path for c, r in clips.items()}, {}, tmp_path / "r",
+                             16000, 0.5, max_neurons=1, audio_per_neuron=1)
+    assert page.read_text().count('class="neuron"') == 1
+    assert len(list((tmp_path / "r" / "audio").iterdir())) == 1
+
+
+# --------------------------------------------------------------------------------------- real Chromium
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+def find_browser() -> tuple[str, str] | None:
+    binary = next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+                   if p and os.path.exists(p)), None)
+    driver = shutil.which("chromedriver")
+    return (binary, driver) if binary and driver else None
+
+
+class WebDriver:
+    """The few W3C WebDriver calls the test needs, over HTTP to a chromedriver child process."""
+
+    def __init__(self, binary: str, driver: str, profile: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen([driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{port}"
+        self.sid = None
+        deadline = time.time() + 20
+        while True:
+            try:
+                if self.call("GET", "/status").get("ready"):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    self.close()
+                    raise
+                time.sleep(0.1)
+        caps = {"capabilities": {"alwaysMatch": {
+            "browserName": "chrome", "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:chromeOptions": {"binary": binary, "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]}}}}
+        self.sid = self.call("POST", "/session", caps)["sessionId"]
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"WebDriver {method} {path}: {e.read().decode()[:1000]}") from None
+
+    def session(self, method: str, path: str, body: dict | None = None):
+        return self.call(method, f"/session/{self.sid}{path}", body)
+
+    def js(self, script: str):
+        return self.session("POST", "/execute/sync", {"script": script, "args": []})
+
+    def wait_for(self, script: str, timeout: float = 15.0):
+        deadline = time.time() + timeout
+        while True:
+            value = self.js(script)
+            if value or time.time() > deadline:
+                return value
+            time.sleep(0.1)
+
+    def type_into(self, css: str, text: str) -> None:
+        element = self.session("POST", "/element", {"using": "css selector", "value": css})
+        eid = next(iter(element.values()))
+        self.session("POST", f"/element/{eid}/clear", {})
+        if text:
+            self.session("POST", f"/element/{eid}/value", {"text": text})
+
+    def console(self) -> list[dict]:
+        return self.session("POST", "/se/log", {"type": "browser"})
+
+    def close(self) -> None:
+        try:
+            if self.sid:
+                self.session("DELETE", "")
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    found = find_browser()
+    if found is None:
+        if os.environ.get("AND_SKIP_BROWSER_TESTS") == "1":
+            pytest.skip("no chromium/chromedriver and AND_SKIP_BROWSER_TESTS=1")
+        pytest.fail("chromium and chromedriver are needed: apt-get install -y chromium chromium-driver")
+    wd = WebDriver(*found, tmp_path / "profile")
+    yield wd
+    wd.close()
+
+
+def visible_neurons(wd: WebDriver) -> list[str]:
+    return wd.js("return Array.from(document.querySelectorAll('.neuron')).filter(n => !n.hidden)"
+                 ".map(n => n.querySelector('h2').textContent)")
+
+
+def test_page_in_chromium_loads_clean_filters_and_plays(browser, report, tmp_path):
+    page, ids = report
+    broken = tmp_path / "broken.html"
+    broken.write_text("<!DOCTYPE html><script>throw new Error('deliberate')</script>")
+    browser.session("POST", "/url", {"url": broken.as_uri()})
+    assert any("deliberate" in e["message"] for e in browser.console()), "console errors must be observable"
+
+    browser.session("POST", "/url", {"url": page.as_uri()})
+    assert browser.wait_for("return document.readyState === 'complete'")
+    ready = browser.wait_for("const a = Array.from(document.querySelectorAll('audio'));"
+                             "return a.length > 0 && a.every(x => x.readyState >= 1 && x.duration > 0) ? a.length : 0")
+    assert ready == 6, browser.js("return Array.from(document.querySelectorAll('audio'))"
+                                  ".map(x => [x.currentSrc, x.readyState, x.error && x.error.code])")
+    assert browser.js("return document.querySelector('audio').duration") == pytest.approx(0.5, abs=0.01)
+    assert browser.wait_for("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    assert browser.js("return window.pwned === undefined")
+    assert browser.js("return document.querySelector('.caption').textContent") == EVIL_CAPTION
+    assert EVIL_DESCRIPTION in browser.js("return document.querySelector('.description').textContent")
+
+    assert visible_neurons(browser) == ["conv1 #0", "conv1 #1", "head #0"]
+    browser.type_into("#search", "quiet")
+    assert visible_neurons(browser) == ["conv1 #1"]
+    browser.type_into("#search", "HEAD#0")
+    assert visible_neurons(browser) == ["head #0"]
+    browser.type_into("#search", "noise_hiss loud")
+    assert visible_neurons(browser) == ["conv1 #0"]
+    assert browser.js("return document.getElementById('count').textContent") == "1 of 3 neurons"
+    browser.type_into("#search", "")
+    browser.js("const s = document.getElementById('layer'); s.value = 'head'; s.dispatchEvent(new Event('change'))")
+    assert visible_neurons(browser) == ["head #0"]
+
+    errors = [e for e in browser.console() if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
