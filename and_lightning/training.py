@@ -36,6 +36,10 @@ def init_weights(adapter: Any, strategy: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one model; returns the final metrics (also logged), plus the checkpoint path."""
+    if cfg.get("prune") and cfg.prune.name != "none":
+        from and_lightning.prune.unlearn import unlearn
+
+        return unlearn(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
     datamodule.prepare_data()

@@ -290,6 +290,97 @@ def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5, 
     return float(env_rate / (lag + shift)), float(min(y1, 1.0))
 
 
+def masked_autocorrelation(x: np.ndarray, mask: np.ndarray, max_lag: int, min_pairs: int = 20) -> np.ndarray:
+    """Pearson correlation of x[t] with x[t+lag] over the pairs where both frames are in `mask`, for lags
+    0..max_lag -> [max_lag + 1] (NaN where fewer than `min_pairs` pairs remain).
+
+    Used on the loudness envelope while the sound is on: a gated (pulsed) sound's on/off steps fall outside the
+    mask, so a faster modulation inside the on-windows (tremolo, a click train) still shows as a peak.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mask = np.asarray(mask, bool)
+    out = np.full(max_lag + 1, np.nan)
+    out[0] = 1.0
+    for lag in range(1, min(max_lag, len(x) - 1) + 1):
+        both = mask[:-lag] & mask[lag:]
+        if both.sum() < min_pairs:
+            break
+        a, b = x[:-lag][both], x[lag:][both]
+        a, b = a - a.mean(), b - b.mean()
+        norm = np.sqrt(np.dot(a, a) * np.dot(b, b))
+        out[lag] = np.dot(a, b) / norm if norm > _TINY else 0.0
+    return out
+
+
+def autocorrelation_peak(acf: np.ndarray, lag_min: int, lag_max: int,
+                         min_prominence: float = 0.2) -> tuple[float, int]:
+    """The highest local maximum of `acf` with lag in [lag_min, lag_max] that rises at least `min_prominence`
+    above the lowest value at a shorter lag -> (value, lag); (0.0, 0) if there is none."""
+    best, best_lag = 0.0, 0
+    lowest = np.minimum.accumulate(np.nan_to_num(acf, nan=np.inf))
+    for lag in range(max(lag_min, 2), min(lag_max, len(acf) - 2) + 1):
+        y0, y1, y2 = acf[lag - 1], acf[lag], acf[lag + 1]
+        if not np.isfinite(y2):
+            break
+        if y1 > y0 and y1 >= y2 and y1 - lowest[lag - 1] >= min_prominence and y1 > best:
+            best, best_lag = float(y1), lag
+    return best, best_lag
+
+
+def hit_peaks(env_db: np.ndarray, env_rate: float, rise_db: float = 9.0, rise_s: float = 0.02,
+              drop_db: float = 5.0, drop_s: float = 0.04, within_db: float = 8.0, spacing_s: float = 0.025) -> np.ndarray:
+    """Frames where a struck (percussive) event peaks: the loudest frame within +-spacing_s, within `within_db`
+    of the clip's peak, reached by a rise of >= rise_db within rise_s, and already `drop_db` lower drop_s later
+    (a held or gated sound stays up; a hit dies away at once)."""
+    env_db = np.asarray(env_db, dtype=np.float64)
+    n = len(env_db)
+    k_sp, k_rise, k_drop = (max(1, int(round(s * env_rate))) for s in (spacing_s, rise_s, drop_s))
+    padded = np.concatenate([np.full(k_sp, -np.inf), env_db, np.full(k_sp, -np.inf)])
+    local_max = sliding_window_view(padded, 2 * k_sp + 1).max(axis=-1)
+    before = sliding_window_view(np.concatenate([np.full(k_rise, np.inf), env_db]), k_rise).min(axis=-1)[:n]
+    later = np.concatenate([env_db[k_drop:], np.full(k_drop, np.inf)])
+    ok = ((env_db >= local_max) & (env_db >= env_db.max() - within_db) & (env_db - before >= rise_db)
+          & (env_db - later >= drop_db))
+    peaks = np.flatnonzero(ok)
+    if len(peaks) == 0:
+        return peaks
+    keep = np.concatenate([[True], np.diff(peaks) > k_sp])
+    return peaks[keep]
+
+
+def internal_gaps(level_db: np.ndarray, env_rate: float, depth_db: float = 10.0, min_gap_s: float = 0.03,
+                  range_db: float = 20.0) -> int:
+    """Silences inside a sound: stretches >= min_gap_s at least `depth_db` below the sound's typical level
+    (90th percentile) with sound on both sides (the sound = frames within `range_db` of the peak)."""
+    level_db = np.asarray(level_db, dtype=np.float64)
+    on = np.flatnonzero(level_db >= level_db.max() - range_db)
+    seg = level_db[on[0]:on[-1] + 1]
+    low = seg < np.percentile(seg, 90) - depth_db
+    runs = true_runs(low)
+    inside = (runs[:, 0] > 0) & (runs[:, 1] < len(seg))
+    return int(np.sum(inside & ((runs[:, 1] - runs[:, 0]) >= min_gap_s * env_rate)))
+
+
+def pitch_wobble(f0: np.ndarray, voiced: np.ndarray, min_frames: int = 8) -> float:
+    """RMS deviation (semitones) of the pitch from a straight line within each voiced stretch of >= min_frames
+    frames (median-of-5 smoothed, stretch-length weighted); NaN if there is no such stretch.
+
+    ~0 for steady pitches and for exponential sweeps (straight in semitones), ~0.5-0.9 for a vibrato of 2-3
+    semitones peak to peak even when each stretch holds only part of a cycle.
+    """
+    total, weight = 0.0, 0
+    for a, b in true_runs(voiced):
+        if b - a < min_frames:
+            continue
+        st = 12.0 * np.log2(f0[a:b] / 440.0)
+        st = np.median(sliding_window_view(np.pad(st, 2, mode="edge"), 5), axis=-1)
+        t = np.arange(len(st), dtype=np.float64)
+        resid = st - np.polyval(np.polyfit(t, st, 1), t)
+        total += float(np.sum(resid**2))
+        weight += len(st)
+    return float(np.sqrt(total / weight)) if weight else float("nan")
+
+
 def true_runs(mask: np.ndarray) -> np.ndarray:
     """[start, stop) index pairs of the runs of True in a 1-D boolean mask, shape [n_runs, 2]."""
     m = np.concatenate([[False], np.asarray(mask, bool), [False]])
@@ -418,9 +509,12 @@ class AcousticMeasurements:
     harmonic_richness: float   # share of harmonic energy above the fundamental
     lowest_harmonic: int       # first harmonic with >= 10% of the strongest one's energy (0: unpitched)
     harmonic_snr_db: float     # -10 log10(median aperiodicity) of voiced frames
+    pitch_wobble_st: float     # RMS wavering of the pitch around a straight line within voiced stretches
     # spectrum
     centroid_hz: float
     flatness: float            # mean over active frames
+    low_share: float           # share of the power below 150 Hz (active frames)
+    loud_periodicity: float    # median (1 - aperiodicity) over frames within 10 dB of the loudest
     # envelope (10 ms RMS every 5 ms)
     env_depth_db: float        # 95th - 5th percentile of the (25 ms smoothed) level while sounding
     env_rate_hz: float         # envelope repetition rate
@@ -432,6 +526,12 @@ class AcousticMeasurements:
     attack_s: float            # loudest event: from its start to its peak
     decay_s: float             # loudest event: peak to -20 dB (NaN if it does not get there)
     decay_shape: float         # (time to -6 dB) / (time to -D dB) * D / 6: ~1 exponential decay, >>1 hold-then-stop
+    flutter_rate_hz: float     # loudness modulation at 8-20 Hz while the sound is on (masked autocorrelation)
+    flutter_strength: float    # ... its autocorrelation peak (0: none)
+    click_rate_hz: float       # ... and at 18-60 Hz (a click train)
+    click_strength: float
+    n_hits: int                # struck events: sharp rise, then at once dying away (hit_peaks)
+    n_gaps: int                # silences inside the sound (internal_gaps): a gated, pulsing sound has several
     # background and room
     noise_floor_db: float      # 10th percentile of the envelope, when quiet frames exist
     snr_db: float              # signal (95th percentile) minus the background estimate
@@ -442,7 +542,7 @@ class AcousticMeasurements:
 _NAN = float("nan")
 _PITCH_NONE = dict(f0_hz=_NAN, f0_start_hz=_NAN, f0_end_hz=_NAN, pitch_slope_st_s=_NAN, vibrato_rate_hz=_NAN,
                    vibrato_extent_st=_NAN, vibrato_purity=_NAN, harmonic_richness=_NAN, lowest_harmonic=0,
-                   harmonic_snr_db=_NAN)
+                   harmonic_snr_db=_NAN, pitch_wobble_st=_NAN)
 
 
 def _pitch_measures(f0: np.ndarray, aperiodicity: np.ndarray, voiced: np.ndarray, power: np.ndarray,
@@ -474,6 +574,7 @@ def _pitch_measures(f0: np.ndarray, aperiodicity: np.ndarray, voiced: np.ndarray
         harmonic_richness=harmonic_richness(harmonics),
         lowest_harmonic=int(np.argmax(totals >= 0.1 * totals.max())) + 1 if totals.max() > _TINY else 0,
         harmonic_snr_db=float(-power_to_db(max(float(np.median(aperiodicity[voiced])), 1e-6))),
+        pitch_wobble_st=pitch_wobble(f0, voiced),
     )
 
 
@@ -496,7 +597,15 @@ def _envelope_measures(env: np.ndarray, env_db: np.ndarray, env_rate: float, act
     if reach >= 12.0:  # exponential decay: the first 6 dB take 6/reach of the time to fall `reach` dB
         t6 = fall_time(env_db, peak_i, 6.0, env_rate)
         shape = t6 / max(fall_time(env_db, peak_i, reach, env_rate), 1.0 / env_rate) * reach / 6.0
+    # modulation while the sound is on (40 ms smoothed level within 15 dB of its peak): gates fall outside
+    slow_db = power_to_db(uniform_filter1d(env**2, 8, mode="nearest"))
+    acf = masked_autocorrelation(env, slow_db >= slow_db.max() - 15.0, int(np.ceil(env_rate / 8.0)) + 2)
+    flutter, flutter_lag = autocorrelation_peak(acf, int(env_rate / 20.0), int(np.ceil(env_rate / 8.0)))
+    click, click_lag = autocorrelation_peak(acf, int(env_rate / 60.0), int(np.ceil(env_rate / 18.0)))
     return dict(
+        flutter_rate_hz=env_rate / flutter_lag if flutter_lag else _NAN, flutter_strength=flutter,
+        click_rate_hz=env_rate / click_lag if click_lag else _NAN, click_strength=click,
+        n_hits=int(len(hit_peaks(env_db, env_rate))), n_gaps=internal_gaps(smooth_db, env_rate),
         env_depth_db=depth, env_rate_hz=rate, env_strength=strength, transition_fraction=transition_fraction(env),
         onset_rate_hz=float(len(onsets) * env_rate / len(env)), n_events=int(len(events)),
         event_median_s=float(np.median(events[:, 1] - events[:, 0]) / env_rate),
@@ -530,12 +639,15 @@ def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000,
             **base, **_PITCH_NONE, active_rms_dbfs=DB_FLOOR, active_fraction=0.0, voiced_fraction=0.0,
             periodicity=0.0, centroid_hz=_NAN, flatness=_NAN, env_depth_db=0.0, env_rate_hz=_NAN, env_strength=0.0,
             transition_fraction=0.0, onset_rate_hz=0.0, n_events=0, event_median_s=_NAN, attack_s=_NAN,
-            decay_s=_NAN, decay_shape=_NAN, noise_floor_db=_NAN, snr_db=_NAN, rt60_s=_NAN, n_offsets=0)
+            decay_s=_NAN, decay_shape=_NAN, noise_floor_db=_NAN, snr_db=_NAN, rt60_s=_NAN, n_offsets=0,
+            low_share=_NAN, loud_periodicity=0.0, flutter_rate_hz=_NAN, flutter_strength=0.0, click_rate_hz=_NAN,
+            click_strength=0.0, n_hits=0, n_gaps=0)
 
     frames = frame_signal(x, n_fft, hop)
     power, freqs = power_spectrum(frames, sr)
     frame_db = power_to_db(np.mean(frames * frames, axis=-1))
     active = frame_db >= frame_db.max() - active_range_db
+    loud = frame_db >= frame_db.max() - 10.0
     f0, aperiodicity = np.full(len(frames), np.nan), np.ones(len(frames))
     f0[active], aperiodicity[active] = yin(frames[active], sr, fmin=fmin, fmax=fmax, threshold=yin_threshold)
     voiced = active & (aperiodicity <= 1.0 - voicing_min) & np.isfinite(f0)
@@ -551,14 +663,17 @@ def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000,
     else:
         snr = _NAN
     rates = offset_decay_rates(env_db, env_rate, floor_db if np.isfinite(floor_db) else DB_FLOOR)
+    mean_power = power[active].mean(axis=0)
 
     return AcousticMeasurements(
         **base, **pitch, **envelope,
         active_rms_dbfs=float(power_to_db(np.mean(env[active_env] ** 2))),
         active_fraction=float(active_env.mean()), voiced_fraction=float(voiced.sum() / max(active.sum(), 1)),
         periodicity=float(np.median(1.0 - aperiodicity[active])),
-        centroid_hz=float(spectral_centroid(power[active].mean(axis=0), freqs)),
+        centroid_hz=float(spectral_centroid(mean_power, freqs)),
         flatness=float(np.mean(spectral_flatness(power[active][:, freqs >= fmin]))),
+        low_share=float(mean_power[freqs < 150.0].sum() / max(mean_power.sum(), _TINY)),
+        loud_periodicity=float(np.median(1.0 - aperiodicity[loud])),
         noise_floor_db=floor_db, snr_db=float(snr),
         rt60_s=float(60.0 / max(np.median(rates), 1e-3)) if len(rates) else _NAN, n_offsets=int(len(rates)),
     )
