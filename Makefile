@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: run test test-fast install clean
+.PHONY: run test test-fast install clean browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,7 +22,11 @@ run: $(VENV)/.installed
 	$(PY) train.py
 	$(PY) dissect.py
 
-test: $(VENV)/.installed
+browser:  # the HTML-report test drives a real headless Chromium (Debian package)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed

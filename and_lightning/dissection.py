@@ -17,6 +17,7 @@ from and_lightning.models.registry import resolve_layers
 from and_lightning.stages.caption import caption_stage, read_captions
 from and_lightning.stages.collect import collect_activations
 from and_lightning.stages.describe import describe_stage, read_descriptions
+from and_lightning.stages.evaluate import evaluate_stage, html_report_stage, needs_dissection
 from and_lightning.stages.report import report_stage
 from and_lightning.store.activations import ActivationStore
 from and_lightning.store.atomic import write_json
@@ -24,7 +25,7 @@ from and_lightning.store.hashing import hash_obj
 from and_lightning.tracking import point_wandb_into, public_config, sweep_group
 
 log = logging.getLogger(__name__)
-STAGES = ("collect", "caption", "describe", "report")
+STAGES = ("collect", "caption", "describe", "evaluate", "report")
 
 
 def load_target(cfg: DictConfig, class_names: list[str]) -> tuple[Any, list[str]]:
@@ -48,6 +49,10 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"stage={cfg.stage}: expected one of all, {', '.join(STAGES)}")
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
     L.seed_everything(cfg.seed, workers=True)
+    if stages == ("evaluate",) and not needs_dissection(cfg.evaluate):  # e.g. CREPE on generated tones
+        ev = evaluate_stage(cfg.evaluate, Path(cfg.paths.output_dir) / "evaluate",
+                            encoder=instantiate(cfg.text_encoder), model_name=cfg.model.name, seed=cfg.seed)
+        return _finish(cfg, {"metrics": ev.metrics, "evaluate": {"files": ev.files, "images": ev.images}})
     data = build(cfg.data)
     records = data.index.folds(cfg.data.predict_folds)
     adapter, class_names = load_target(cfg, data.class_names)
@@ -74,22 +79,35 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
 
     encoder = instantiate(cfg.text_encoder)
     descriptions_path = out / "descriptions.jsonl"
+    llm = None if cfg.llm.name == "none" else build_llm(cfg.llm)
     if "describe" in stages:
-        llm = None if cfg.llm.name == "none" else build_llm(cfg.llm)
         describe_stage(store, captions, list(cfg.concepts.concepts), encoder, llm, cfg.describe, out, head)
     descriptions = read_descriptions(descriptions_path)
     result["descriptions"] = str(descriptions_path)
     metrics = _last_layer_metrics(descriptions, head, class_names, list(cfg.concepts.concepts), encoder)
-    result["metrics"] = metrics
     _print_examples(descriptions, head, cfg.report.print_examples)
-    if "report" in stages and cfg.get("logger") and cfg.logger.get("wandb"):
-        wandb_cfg = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
-        point_wandb_into(wandb_cfg["save_dir"])
-        wandb_cfg["group"] = wandb_cfg.get("group") or sweep_group()
-        run_dir = report_stage(descriptions, by_id, captions, metrics, public_config(cfg), wandb_cfg,
-                               store.manifest["preprocessing"]["sample_rate"], data.clip_seconds,
-                               cfg.report.max_rows, cfg.report.audio_per_neuron)
-        result["wandb_run"] = str(run_dir)
+    ev = None
+    if "evaluate" in stages:
+        ev = evaluate_stage(cfg.evaluate, Path(cfg.paths.output_dir) / "evaluate", store=store, records=descriptions,
+                            captions=captions, clips=by_id, class_names=class_names,
+                            concepts=list(cfg.concepts.concepts), head_layer=head, encoder=encoder, llm=llm,
+                            split_dir=out, model_name=cfg.model.name, seed=cfg.seed)
+        metrics.update(ev.metrics)
+        result["evaluate"] = {"files": ev.files, "images": ev.images}
+    result["metrics"] = metrics
+    if "report" in stages:
+        sample_rate = store.manifest["preprocessing"]["sample_rate"]
+        result["html_report"] = str(html_report_stage(
+            cfg.evaluate.html, Path(cfg.paths.output_dir) / "report", descriptions, by_id, captions, sample_rate,
+            data.clip_seconds, metrics=metrics, neuron_scores=ev.neuron_scores if ev else None, title=cfg.run_name))
+        if cfg.get("logger") and cfg.logger.get("wandb"):
+            wandb_cfg = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
+            point_wandb_into(wandb_cfg["save_dir"])
+            wandb_cfg["group"] = wandb_cfg.get("group") or sweep_group()
+            run_dir = report_stage(descriptions, by_id, captions, metrics, public_config(cfg), wandb_cfg,
+                                   sample_rate, data.clip_seconds, cfg.report.max_rows, cfg.report.audio_per_neuron,
+                                   images=ev.images if ev else {})
+            result["wandb_run"] = str(run_dir)
     return _finish(cfg, result)
 
 
@@ -118,5 +136,5 @@ def _print_examples(descriptions: list[dict], head: str, n: int) -> None:
 def _finish(cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
     """Record what was written in the run directory."""
     write_json(Path(cfg.paths.output_dir) / "dissection.json", result)
-    log.info("dissection: %s", json.dumps(result))
+    log.info("dissection written: %s", json.dumps({k: v for k, v in result.items() if k in ("store", "dissection_dir", "descriptions", "html_report", "wandb_run")}))
     return result

@@ -80,7 +80,7 @@ def test_uninterpretable_rule_by_hand():
 
 
 def test_caption_clustering_groups_similar_sentences(tmp_path):
-    captions = {f"dog{i}": f"A dog barks loudly. Sure, here are more details." for i in range(4)}
+    captions = {f"dog{i}": "A dog barks loudly. Sure, here are more details." for i in range(4)}
     captions.update({f"car{i}": "An engine hums in a car." for i in range(4)})
     owners, sentences = caption_sentences(captions)
     assert "Sure, here are more details." not in sentences and len(sentences) == 8

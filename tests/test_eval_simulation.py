@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from and_lightning.analysis.simulation import (
-    RATING_SCHEMA, llm_clip_choice, load_or_make_split, make_split, parse_ratings, pearson, score_mask,
-    simulation_report, spearman, text_predictions,
+    RATING_SCHEMA, llm_clip_choice, load_or_make_split, make_split, neuron_correlations, parse_ratings, pearson,
+    score_mask, simulation_report, spearman, text_predictions,
 )
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
 from openai_server import OpenAITestServer, last_user_text
@@ -54,6 +54,22 @@ def test_correlations_hand_computed():
     # ties share ranks: x ranks [1.5, 1.5, 3], y ranks [3, 2, 1] -> r = -sqrt(3)/2
     assert spearman(np.array([1.0, 1.0, 2.0]), np.array([3.0, 2.0, 1.0])) == pytest.approx(-math.sqrt(3) / 2)
     assert math.isnan(pearson(np.ones(4), np.arange(4.0))) and math.isnan(pearson(np.ones(1), np.ones(1)))
+
+
+def test_vectorised_neuron_correlations_equal_the_scalar_ones():
+    rng = np.random.default_rng(0)
+    pred = np.round(rng.normal(size=(7, 30)), 1)  # rounding makes ties
+    actual = np.round(rng.normal(size=(30, 7)), 1)
+    masks = rng.random((7, 30)) < 0.7
+    masks[5, 2:] = False  # 2 clips left: Pearson of 2 points is +-1
+    masks[6, :] = False  # nothing to score
+    pred[4] = 1.0  # constant prediction
+    got = neuron_correlations(pred, actual, masks)
+    for m in range(7):
+        k = masks[m]
+        want = (pearson(pred[m, k], actual[k, m]), spearman(pred[m, k], actual[k, m]))
+        np.testing.assert_allclose(got[m], want, rtol=1e-10, atol=1e-12, err_msg=f"neuron {m}")
+    assert np.isnan(got[4]).all() and np.isnan(got[6]).all() and abs(got[5, 0]) == pytest.approx(1.0)
 
 
 def test_score_mask_and_llm_clip_choice():

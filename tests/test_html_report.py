@@ -48,7 +48,8 @@ def make_records(ids: list[str]) -> list[dict]:
          "closed_concepts": [{"concept": "noise_hiss", "score": 0.4}, {"concept": "<i>x</i>", "score": 0.1}],
          "adjectives": ["loud"], "nouns": ["hiss"], "scores": {}},
         {"layer": "conv1", "unit": 1, "top_clips": ids[1:3], "top_values": [0.7, 0.6], "description": "a quiet tone",
-         "closed_concepts": [{"concept": "pure_tone", "score": 0.3}], "adjectives": ["quiet"], "nouns": [], "scores": {}},
+         "closed_concepts": [{"concept": "pure_tone", "score": 0.3}], "adjectives": ["quiet"], "nouns": [],
+         "scores": {}},
         {"layer": "head", "unit": 0, "top_clips": ids[2:], "top_values": [1.5, 1.2], "description": "buzzy chord",
          "closed_concepts": [{"concept": "harmonic_tone", "score": 0.8}], "adjectives": [], "nouns": ["chord"],
          "scores": {"hit": 1.0}},
@@ -114,6 +115,9 @@ def test_max_neurons_limits_the_page(tmp_path):
                              16000, 0.5, max_neurons=1, audio_per_neuron=1)
     assert page.read_text().count('class="neuron"') == 1
     assert len(list((tmp_path / "r" / "audio").iterdir())) == 1
+    page = build_html_report(make_records(list(clips)), {c: r.path for c, r in clips.items()}, {}, tmp_path / "s",
+                             16000, 0.5, max_per_layer=1, audio_per_neuron=1)
+    assert [h.split("</h2>")[0] for h in page.read_text().split("<h2>")[1:]] == ["conv1 #0", "head #0"]
 
 
 # --------------------------------------------------------------------------------------- real Chromium

@@ -21,7 +21,8 @@ from scipy.stats import rankdata
 # "steady pitch" is not a steady rhythm). Matched longest phrase first; "high"/"low" alone name nothing.
 ATTRIBUTE_VOCABULARY: dict[str, str | None] = {
     # pitch
-    **dict.fromkeys("high-pitched high-pitch shrill squeaky squeaking piercing treble high-frequency".split(), "pitch=high"),
+    **dict.fromkeys("high-pitched high-pitch shrill squeaky squeaking piercing treble high-frequency".split(),
+                    "pitch=high"),
     **dict.fromkeys(["high pitched", "high pitch", "high frequency", "high notes", "high register"], "pitch=high"),
     **dict.fromkeys("low-pitched low-pitch deep bass bassy low-frequency".split(), "pitch=low"),
     **dict.fromkeys(["low pitched", "low pitch", "low frequency", "low notes", "low register"], "pitch=low"),
@@ -219,7 +220,7 @@ def layer_scores(named: Sequence[set[str]], true: Sequence[set[str]], rng: np.ra
         "precision": prf.precision, "recall": prf.recall, "f1": prf.f1,
         "f1_shuffled": float(np.nanmean(shuffled)) if shuffled and not np.all(np.isnan(shuffled)) else float("nan"),
         "no_separable": float(np.mean([not g for g in true])) if true else float("nan"),
-        "neurons": float(len(true)), "named_per_neuron": float(np.mean([len(p) for p in named])) if named else 0.0,
+        "neurons": len(true), "named_per_neuron": float(np.mean([len(p) for p in named])) if named else 0.0,
     }
 
 

@@ -140,14 +140,22 @@ def write_assets(clip_ids: Sequence[str], clip_paths: Mapping[str, str], out_dir
 def build_html_report(records: Sequence[Mapping[str, Any]], clip_paths: Mapping[str, str],
                       captions: Mapping[str, str], out_dir: str | os.PathLike, sample_rate: int,
                       clip_seconds: float, *, title: str = "AND dissection", audio_per_neuron: int = 3,
-                      max_neurons: int | None = None, metrics: Mapping[str, Any] | None = None,
+                      max_neurons: int | None = None, max_per_layer: int | None = None,
+                      metrics: Mapping[str, Any] | None = None,
                       neuron_scores: Mapping[tuple[str, int], Mapping[str, Any]] | None = None) -> Path:
-    """Write `out_dir/index.html` (+ audio/, spec/) for the first `max_neurons` records; returns the page path.
+    """Write `out_dir/index.html` (+ audio/, spec/); returns the page path. The page shows the first
+    `max_per_layer` records of each layer, at most `max_neurons` in all (None: no limit).
 
     `clip_paths` maps clip id -> audio file; `neuron_scores[(layer, unit)]` adds evaluation scores to a neuron.
     """
     out_dir = Path(out_dir)
-    shown = list(records if max_neurons is None else records[:max_neurons])
+    per_layer: dict[str, int] = {}
+    shown = []
+    for r in records:
+        per_layer[r["layer"]] = per_layer.get(r["layer"], 0) + 1
+        if max_per_layer is None or per_layer[r["layer"]] <= max_per_layer:
+            shown.append(r)
+    shown = shown if max_neurons is None else shown[:max_neurons]
     needed = [c for r in shown for c in r.get("top_clips", [])[:audio_per_neuron]]
     assets = write_assets(needed, clip_paths, out_dir, sample_rate, clip_seconds)
     layers = list(dict.fromkeys(str(r["layer"]) for r in shown))

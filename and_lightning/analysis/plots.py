@@ -87,21 +87,20 @@ def real_vs_shuffled_plot(rows: Sequence[Mapping[str, Any]], metric: str, path: 
 
 
 def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | os.PathLike, n_fft: int = 512) -> str:
-    """A small log-power spectrogram image of one clip (for the HTML report)."""
+    """A small (192 x 96 px) log-power spectrogram image of one clip, 80 dB range, for the HTML report."""
     x = np.asarray(wave, np.float64)
     hop = n_fft // 4
     if len(x) < n_fft:
         x = np.pad(x, (0, n_fft - len(x)))
     frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    db = 10 * np.log10(power.T + 1e-10)
+    db = 10 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T ** 2 + 1e-10)
     fig = Figure(figsize=(2.4, 1.2))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
               extent=(0, len(x) / sample_rate, 0, sample_rate / 2))
     ax.set_axis_off()
+    FigureCanvasAgg(fig)
     path = Path(path)
     with atomic_path(path) as tmp:
-        FigureCanvasAgg(fig)
         fig.savefig(tmp, format="png", dpi=80)
     return str(path)

@@ -99,13 +99,27 @@ def score_mask(record: Mapping[str, Any], score_ids: Sequence[str], exclude_desc
     return np.array([c not in seen for c in score_ids], bool)
 
 
+def _masked_pearson_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of x, y [M, n] over the entries where w [M, n] is True (NaN if degenerate)."""
+    n = w.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = np.where(w, x - np.where(w, x, 0).sum(axis=1, keepdims=True) / n, 0.0)
+        dy = np.where(w, y - np.where(w, y, 0).sum(axis=1, keepdims=True) / n, 0.0)
+        den = np.sqrt((dx * dx).sum(axis=1) * (dy * dy).sum(axis=1))
+        r = (dx * dy).sum(axis=1) / den
+    r[(den <= 0) | (n[:, 0] < 2)] = np.nan
+    return r
+
+
 def neuron_correlations(predicted: np.ndarray, actual: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """[M, 2] (pearson, spearman) of predicted [M, n] vs actual [n, M] over each neuron's mask [M, n]."""
-    out = np.full((predicted.shape[0], 2), np.nan)
-    for m in range(predicted.shape[0]):
-        keep = masks[m]
-        out[m] = pearson(predicted[m, keep], actual[keep, m]), spearman(predicted[m, keep], actual[keep, m])
-    return out
+    """[M, 2] (pearson, spearman) of predicted [M, n] vs actual [n, M] over each neuron's mask [M, n],
+    vectorised over neurons (masked entries are ranked last, so they never shift the kept entries' ranks)."""
+    x = np.asarray(predicted, np.float64)
+    y = np.asarray(actual, np.float64).T
+    w = np.asarray(masks, bool)
+    rx = rankdata(np.where(w, x, np.inf), axis=1)
+    ry = rankdata(np.where(w, y, np.inf), axis=1)
+    return np.stack([_masked_pearson_rows(x, y, w), _masked_pearson_rows(rx, ry, w)], axis=1)
 
 
 # ------------------------------------------------------------------------------------------------ predictors
@@ -218,7 +232,7 @@ def simulation_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappi
                      "pearson": nanmean(real[:, 0]), "spearman": nanmean(real[:, 1]),
                      "pearson_shuffled": nanmean([nanmean(c[:, 0]) for c in shuffled]),
                      "spearman_shuffled": nanmean([nanmean(c[:, 1]) for c in shuffled]),
-                     "neurons": float(len(recs)), "score_clips": float(masks.sum(axis=1).mean())})
+                     "neurons": len(recs), "score_clips": float(masks.sum(axis=1).mean())})
         per_neuron.update({(layer, u): {"sim_pearson": float(c[0]), "sim_spearman": float(c[1])}
                            for u, c in zip(units, real)})
     return rows, per_neuron

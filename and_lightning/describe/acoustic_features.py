@@ -516,7 +516,7 @@ class AcousticMeasurements:
     low_share: float           # share of the power below 150 Hz (active frames)
     loud_periodicity: float    # median (1 - aperiodicity) over frames within 10 dB of the loudest
     # envelope (10 ms RMS every 5 ms)
-    env_depth_db: float        # 95th - 5th percentile of the (25 ms smoothed) level while sounding
+    env_depth_db: float        # interquartile range of the (25 ms smoothed) level while on (ignores on/off ends)
     env_rate_hz: float         # envelope repetition rate
     env_strength: float        # its autocorrelation peak
     transition_fraction: float
@@ -526,10 +526,11 @@ class AcousticMeasurements:
     attack_s: float            # loudest event: from its start to its peak
     decay_s: float             # loudest event: peak to -20 dB (NaN if it does not get there)
     decay_shape: float         # (time to -6 dB) / (time to -D dB) * D / 6: ~1 exponential decay, >>1 hold-then-stop
-    flutter_rate_hz: float     # loudness modulation at 8-20 Hz while the sound is on (masked autocorrelation)
+    flutter_rate_hz: float     # loudness modulation at 8-18 Hz while the sound is on (masked autocorrelation)
     flutter_strength: float    # ... its autocorrelation peak (0: none)
     click_rate_hz: float       # ... and at 18-60 Hz (a click train)
     click_strength: float
+    ripple: float              # std / mean of the envelope relative to its 80 ms mean while sounding (fast modulation depth)
     n_hits: int                # struck events: sharp rise, then at once dying away (hit_peaks)
     n_gaps: int                # silences inside the sound (internal_gaps): a gated, pulsing sound has several
     # background and room
@@ -585,7 +586,6 @@ def _envelope_measures(env: np.ndarray, env_db: np.ndarray, env_rate: float, act
     # depth and onsets on a 25 ms smoothing: narrow-band noise flickers at 10 ms
     smooth_db = power_to_db(uniform_filter1d(env**2, 5, mode="nearest"))
     sounding = env_db >= peak_db - event_range_db
-    depth = float(np.percentile(smooth_db[sounding], 95) - np.percentile(smooth_db[sounding], 5))
     rate, strength = envelope_periodicity(env, env_rate)
     onsets = onset_frames(smooth_db, env_rate, min_level_db=peak_db - active_range_db)
     events = true_runs(sounding)
@@ -598,13 +598,19 @@ def _envelope_measures(env: np.ndarray, env_db: np.ndarray, env_rate: float, act
         t6 = fall_time(env_db, peak_i, 6.0, env_rate)
         shape = t6 / max(fall_time(env_db, peak_i, reach, env_rate), 1.0 / env_rate) * reach / 6.0
     # modulation while the sound is on (40 ms smoothed level within 15 dB of its peak): gates fall outside
+    # flutter: the envelope relative to its 80 ms running mean, so a gate's slow on/off shape is divided out
     slow_db = power_to_db(uniform_filter1d(env**2, 8, mode="nearest"))
-    acf = masked_autocorrelation(env, slow_db >= slow_db.max() - 15.0, int(np.ceil(env_rate / 8.0)) + 2)
-    flutter, flutter_lag = autocorrelation_peak(acf, int(env_rate / 20.0), int(np.ceil(env_rate / 8.0)))
-    click, click_lag = autocorrelation_peak(acf, int(env_rate / 60.0), int(np.ceil(env_rate / 18.0)))
+    on = slow_db >= slow_db.max() - 15.0
+    depth = float(np.percentile(smooth_db[on], 75) - np.percentile(smooth_db[on], 25))
+    relative = env / np.maximum(uniform_filter1d(env, 16, mode="nearest"), _TINY)
+    acf = masked_autocorrelation(relative, on, int(np.ceil(env_rate / 8.0)) + 2)
+    flutter, flutter_lag = autocorrelation_peak(acf, int(np.ceil(env_rate / 18.0)), int(np.ceil(env_rate / 8.0)))
+    acf = masked_autocorrelation(env, on, int(env_rate / 18.0) + 2)
+    click, click_lag = autocorrelation_peak(acf, int(env_rate / 60.0), int(env_rate / 18.0))
     return dict(
         flutter_rate_hz=env_rate / flutter_lag if flutter_lag else _NAN, flutter_strength=flutter,
         click_rate_hz=env_rate / click_lag if click_lag else _NAN, click_strength=click,
+        ripple=float(np.std(relative[on])),
         n_hits=int(len(hit_peaks(env_db, env_rate))), n_gaps=internal_gaps(smooth_db, env_rate),
         env_depth_db=depth, env_rate_hz=rate, env_strength=strength, transition_fraction=transition_fraction(env),
         onset_rate_hz=float(len(onsets) * env_rate / len(env)), n_events=int(len(events)),
@@ -641,7 +647,7 @@ def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000,
             transition_fraction=0.0, onset_rate_hz=0.0, n_events=0, event_median_s=_NAN, attack_s=_NAN,
             decay_s=_NAN, decay_shape=_NAN, noise_floor_db=_NAN, snr_db=_NAN, rt60_s=_NAN, n_offsets=0,
             low_share=_NAN, loud_periodicity=0.0, flutter_rate_hz=_NAN, flutter_strength=0.0, click_rate_hz=_NAN,
-            click_strength=0.0, n_hits=0, n_gaps=0)
+            click_strength=0.0, ripple=0.0, n_hits=0, n_gaps=0)
 
     frames = frame_signal(x, n_fft, hop)
     power, freqs = power_spectrum(frames, sr)

@@ -2,8 +2,16 @@
 
 Both summaries are split into sentences (junk and short sentences dropped), embedded, and every high
 sentence AND every low sentence that takes part in a cross pair with cosine > threshold is removed:
-what also describes the least-activating clips does not explain the neuron. Threshold default 0.5: the
-value the original actually ran (its `args.py` default 0.6 was never passed, its figure shows 0.9).
+what also describes the least-activating clips does not explain the neuron.
+
+Threshold: DEFAULT_THRESHOLD = 0.9 (the value the paper's Module-B figure shows). Measured on the offline
+default (synthetic set, acoustic captions, extractive summaries, MiniLM; 900 high-summary sentences of 250
+neurons, a sentence counted "shared" when its content words all occur in one low-summary sentence): at 0.9, 95 %
+of the removed sentences are shared descriptors and 90 % of the shared ones are removed, 2 % of the neurons are
+left with an empty calibrated summary. ORIGINAL_THRESHOLD = 0.5 is what the original code ran (its `args.py`
+default 0.6 was never passed): with templated summaries it removes 535 sentences of which only 50 % are shared
+and empties 12 % of the neurons (sentences like "Most of them are X." share their template). Use it for a
+faithful reproduction.
 """
 from __future__ import annotations
 
@@ -15,7 +23,8 @@ from torch import Tensor
 
 from and_lightning.describe.sentences import JUNK_PHRASES, summary_sentences
 
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.9
+ORIGINAL_THRESHOLD = 0.5  # the original code's value (faithful reproduction)
 
 
 class SentenceEncoder(Protocol):

@@ -332,7 +332,7 @@ def select_units(records: Sequence[dict], node: Mapping[str, Any], head: str, so
 
 def _random_like(pool: list[dict], node: Mapping[str, Any], head: str, source: str, seed: int) -> list[Candidate]:
     """Random units, as many as the `like` strategy picks (in each layer when `per_layer`, default)."""
-    like = {**node, "name": node["like"], "like": None, "allow_empty": True}
+    like = {**node, "name": node["like"], "like": None, "label": None, "allow_empty": True}
     reference = select_units(pool, like, head, source)
     shuffled = rank([(r, 0.0, f"random (count of {reference.strategy})") for r in pool], seed)
     if not node.get("per_layer", True):

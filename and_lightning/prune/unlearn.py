@@ -7,6 +7,7 @@ prune.descriptions=<dissection>/descriptions.jsonl`.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -122,7 +123,7 @@ def bake_and_verify(adapter: TargetAdapter, masks: UnitMasks, audio: torch.Tenso
 
 def _named_loggers(cfg: DictConfig, label: str, target: str | None) -> list:
     """The configured loggers; the W&B run is named for the strategy and target, job type `unlearn`."""
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     if cfg.get("logger") and cfg.logger.get("wandb"):
         with open_dict(cfg):
             cfg.logger.wandb.name = f"{cfg.run_name}-unlearn-{label}-{target or 'all'}"

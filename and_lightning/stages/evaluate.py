@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from and_lightning.analysis.ground_truth import ground_truth_report
@@ -102,8 +103,6 @@ def last_layer_task(lcfg: Mapping[str, Any], out: Path, store: Any, captions: Ma
     if not any(unit_gt):
         log.warning("last_layer: no output class of the model is in the concept set; Table 2 is skipped")
         return
-    import torch
-
     scores: dict[str, ConceptScores] = {}
     rows: list[dict[str, Any]] = []
     for method in lcfg["methods"]:
@@ -135,8 +134,9 @@ def last_layer_task(lcfg: Mapping[str, Any], out: Path, store: Any, captions: Ma
                                [bool(f) for f in lcfg["faithful"]])
     rows = with_paper_columns([{"model": model_name, **r} for r in rows])
     columns = TABLE_COLUMNS + ["paper_ast_top1", "paper_ast_top5", "paper_ast_cos"]
-    result.files.update({f"last_layer_{k}": v for k, v in write_table(
-        rows, columns, out / "last_layer", f"Last-layer dissection accuracy ({model_name}, layer {head_layer})").items()})
+    title = f"Last-layer dissection accuracy ({model_name}, layer {head_layer})"
+    written = write_table(rows, columns, out / "last_layer", title)
+    result.files.update({f"last_layer_{k}": v for k, v in written.items()})
     print(f"last layer '{head_layer}': method / similarity: top-1 %, top-5 %, cos (paper AST)")
     for r in rows:
         if r["note"].startswith("skipped"):
@@ -164,9 +164,9 @@ def ground_truth_task(gcfg: Mapping[str, Any], out: Path, acts: LayerActs, recor
         fields=list(gcfg["fields"]), shuffles=int(gcfg["shuffles"]), seed=seed)
     columns = ["layer", "field", "precision", "recall", "f1", "f1_shuffled", "no_separable", "neurons",
                "named_per_neuron"]
-    result.files.update({f"ground_truth_{k}": v for k, v in write_table(
-        rows, columns, out / "ground_truth",
-        f"Ground-truth attribute accuracy (AUROC >= {gcfg['auroc_threshold']}, direction {gcfg['direction']})").items()})
+    title = f"Ground-truth attribute accuracy (AUROC >= {gcfg['auroc_threshold']}, direction {gcfg['direction']})"
+    result.files.update({f"ground_truth_{k}": v for k, v in write_table(rows, columns, out / "ground_truth",
+                                                                          title).items()})
     main = [r for r in rows if r["field"] == gcfg["fields"][0]]
     result.images["ground_truth_f1"] = real_vs_shuffled_plot(main, "f1", out / "ground_truth_f1.png",
                                                              f"F1 of '{gcfg['fields'][0]}'")
@@ -350,4 +350,5 @@ def html_report_stage(hcfg: Mapping[str, Any] | DictConfig, out_dir: str | os.Pa
         hcfg = OmegaConf.to_container(hcfg, resolve=True)
     return build_html_report(records, {cid: str(r.path) for cid, r in clips.items()}, captions, out_dir, sample_rate,
                              clip_seconds, title=title, audio_per_neuron=int(hcfg["audio_per_neuron"]),
-                             max_neurons=hcfg.get("max_neurons"), metrics=metrics, neuron_scores=neuron_scores)
+                             max_neurons=hcfg.get("max_neurons"), max_per_layer=hcfg.get("max_per_layer"),
+                             metrics=metrics, neuron_scores=neuron_scores)

@@ -41,8 +41,10 @@ def neuron_table(records: Sequence[dict[str, Any]], clips: Mapping[str, ClipReco
 
 def report_stage(records: Sequence[dict[str, Any]], clips: Mapping[str, ClipRecord], captions: Mapping[str, str],
                  metrics: Mapping[str, float], config: dict[str, Any], wandb_cfg: Mapping[str, Any],
-                 sample_rate: int, clip_seconds: float, max_rows: int, audio_per_neuron: int) -> Path:
-    """Log the neuron table (first `max_rows` neurons) and the metrics to a W&B run; returns the run's folder."""
+                 sample_rate: int, clip_seconds: float, max_rows: int, audio_per_neuron: int,
+                 images: Mapping[str, str] | None = None) -> Path:
+    """Log the neuron table (first `max_rows` neurons), the metrics and the evaluation plots (PNG paths) to a
+    W&B run; returns the run's folder."""
     save_dir = Path(wandb_cfg["save_dir"])
     save_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=wandb_cfg["project"], name=wandb_cfg.get("name"), group=wandb_cfg.get("group"),
@@ -50,7 +52,8 @@ def report_stage(records: Sequence[dict[str, Any]], clips: Mapping[str, ClipReco
                      mode=wandb_cfg.get("mode", "offline"))
     try:
         run.log({"neurons": neuron_table(records[:max_rows], clips, captions, sample_rate, clip_seconds,
-                                         audio_per_neuron), **metrics})
+                                         audio_per_neuron), **metrics,
+                 **{f"eval/{k}": wandb.Image(p) for k, p in (images or {}).items()}})
         run.summary.update(dict(metrics))
         return Path(run.dir).parent
     finally:

@@ -32,143 +32,162 @@ class AcousticThresholds:
     high_pitch_hz: float = 1000.0        # f0 above: high-pitched (between: mid-pitched)
     dark_hz: float = 500.0               # spectral centroid below: dark
     bright_hz: float = 2500.0            # spectral centroid above: bright
-    tonal_min_periodicity: float = 0.7   # median YIN periodicity for a pitched (tonal / buzzy) sound
-    noisy_max_periodicity: float = 0.45  # ... at most this, or flatness above noisy_min_flatness: noisy
-    noisy_min_flatness: float = 0.3
-    buzzy_min_richness: float = 0.2      # share of harmonic energy above the fundamental: buzzy
+    tonal_min_periodicity: float = 0.86  # periodicity of the loudest frames of a pitched sound (else a noise)
+    hiss_max_periodicity: float = 0.5    # a noise below this is a broadband hiss; between: partly tonal
+    rumble_min_low_share: float = 0.3    # a noise with this share of its power below 150 Hz is a rumble
+    buzzy_min_richness: float = 0.2      # share of harmonic energy above the fundamental: a buzzy harmonic tone
     pitch_slope_st_s: float = 2.0        # |pitch slope| in semitones per second: rising / falling
-    fast_slope_st_s: float = 12.0        # ... at least this: "quickly"; below twice pitch_slope: "slowly"
-    sweep_min_st: float = 5.0            # a rise/fall spanning this many semitones is named with its range
-    vibrato_min_extent_st: float = 0.3   # peak-to-peak pitch modulation for vibrato
-    vibrato_min_purity: float = 0.5      # share of the modulation at one rate (3-12 Hz)
-    steady_max_depth_db: float = 6.0     # level range (95th-5th percentile while sounding) of a steady sound
+    fast_slope_st_s: float = 12.0        # ... at least this: "quickly"; below twice pitch_slope_st_s: "slowly"
+    chirp_min_slope_st_s: float = 8.0    # a pitch sweep this fast ...
+    sweep_min_st: float = 5.0            # ... spanning this many semitones is a chirp
+    vibrato_min_wobble_st: float = 0.3   # RMS wavering of the pitch around a straight line: vibrato
+    vibrato_min_extent_st: float = 0.3   # ... or (long sounds) a peak-to-peak modulation at one 3-12 Hz rate
+    vibrato_min_purity: float = 0.5      # ... holding this share of the modulation
+    flutter_min_strength: float = 0.5    # periodic 8-18 Hz loudness modulation while sounding: tremolo
+    click_min_strength: float = 0.35     # periodic 18-60 Hz loudness modulation while sounding: a click train
+    min_ripple: float = 0.25             # ... either needs this depth (std / mean of the fast modulation)
+    min_hits: int = 2                    # struck events (sharp rise, at once dying away): percussive hits
+    pulse_min_gaps: int = 2              # silences inside the sound: it pulses on and off
     pulse_min_strength: float = 0.5      # envelope autocorrelation peak for a regular rhythm
-    pulse_min_depth_db: float = 6.0      # ... and its level range (or >= 2 separate events)
-    max_pulse_hz: float = 20.0           # faster regular modulation is heard as roughness, not rhythm
-    tremolo_min_transition: float = 0.25  # share of time between on and off levels: smooth modulation
-    min_tremolo_hz: float = 2.0          # slower smooth modulation swells and fades rather than trembles
-    click_max_s: float = 0.025           # events this short are clicks
-    hit_max_attack_s: float = 0.03       # a percussive hit rises this fast ...
+    gap_pulse_min_strength: float = 0.25  # ... enough, with one silence inside the sound, for pulsing
+    tremolo_min_transition: float = 0.25  # smooth modulation: this share of time between its on and off levels
+    min_tremolo_hz: float = 4.5          # regular smooth modulation from this rate ...
+    max_pulse_hz: float = 20.0           # ... to this one is a tremolo (slower: pulsing, or swelling)
+    max_swell_hz: float = 2.0            # slower smooth modulation swells and fades
+    click_max_s: float = 0.025           # regular events this short are clicks ...
+    click_max_duty: float = 0.3          # ... when the clip is loud (within 25 dB of its peak) at most this share of time
+    hit_max_attack_s: float = 0.03       # a single percussive hit rises this fast ...
     hit_max_decay_shape: float = 1.6     # ... and decays like an exponential (1 = exactly; hold-then-stop >> 1)
     long_decay_s: float = 0.5            # a hit taking longer than this to fall 20 dB rings out
-    continuous_min_share: float = 0.7    # one event covering this share of the clip is continuous
+    steady_max_depth_db: float = 4.0     # level range (interquartile, while on) of a steady sound
+    continuous_min_share: float = 0.5    # one event covering this share of the clip is continuous, not a burst
     clean_snr_db: float = 20.0           # signal minus background at least this: clean background
     noisy_snr_db: float = 12.0           # ... below this: noisy background
     dry_max_rt60_s: float = 0.15         # decay after offsets (RT60 estimate) at most this: dry
     reverberant_min_rt60_s: float = 0.3  # ... at least this: reverberant
 
 
+# What each sound type is called: the words a person would use for it.
+KINDS = ("pure tone", "harmonic tone", "chord", "rising chirp", "falling chirp", "vibrato tone", "tremolo tone",
+         "noise hiss", "low rumble", "noise", "click train", "percussive hits", "percussive hit", "silence")
+
+
 @dataclass(frozen=True)
 class SoundTraits:
     """The categorical description of one clip that the caption is written from."""
 
+    kind: str                      # one of KINDS: the type of sound
     loudness: str                  # silent | quiet | moderate | loud
-    source: str                    # tonal | buzzy | noisy | mixed
-    chord: bool                    # pitched, but its lowest strong partial is the 4th+ harmonic: several tones
-    register: str | None           # low | mid | high (pitched sounds only)
+    register: str | None           # low | mid | high (sounds with a pitch)
     f0_hz: float                   # the pitch named (a chord's lowest strong partial)
     f0_start_hz: float
     f0_end_hz: float
-    pitch_motion: str | None       # rising | falling | steady
+    pitch_motion: str | None       # rising | falling (slower than a chirp) | None
     pitch_speed: str               # quickly | slowly | ""
-    sweep: bool                    # the rise/fall is large enough to name its range
-    vibrato: bool
     brightness: str | None         # dark | bright
-    pattern: str                   # steady | fluctuating | pulsing | tremolo | swelling | rough | clicks | click
-    #                                hits | hit | irregular | burst
-    rate_hz: float                 # repetition rate of pulsing / tremolo / rough / clicks / hits (NaN if irregular)
+    pattern: str                   # steady | fluctuating | pulsing | swelling | burst | irregular
+    rate_hz: float                 # repetition rate of pulsing / swelling (NaN if unknown)
+    mod_rate_hz: float             # tremolo / vibrato / click rate (NaN if unknown)
     duration_s: float              # length of a single burst
-    ringing: bool | None           # hits: rings out (True) or dies away quickly (False)
+    ringing: bool | None           # hits: ring out (True) or die away quickly (False)
     background: str | None         # clean | noisy
     room: str | None               # dry | reverberant
+
+
+def _kind(m: AcousticMeasurements, th: AcousticThresholds) -> tuple[str, float]:
+    """(sound type, its modulation rate in Hz or NaN) from the measurements (pure)."""
+    nan = float("nan")
+    pitched = m.loud_periodicity >= th.tonal_min_periodicity and math.isfinite(m.f0_hz)
+    regular = math.isfinite(m.env_rate_hz) and m.env_strength >= th.pulse_min_strength
+    if m.click_strength >= th.click_min_strength and m.ripple >= th.min_ripple:
+        return "click train", m.click_rate_hz
+    if (regular and m.event_median_s <= th.click_max_s and m.n_events >= 2 and m.env_rate_hz <= 60.0
+            and m.active_fraction <= th.click_max_duty):
+        return "click train", m.env_rate_hz
+    if pitched and m.flutter_strength >= th.flutter_min_strength and m.ripple >= th.min_ripple:
+        return "tremolo tone", m.flutter_rate_hz
+    if (pitched and regular and th.min_tremolo_hz <= m.env_rate_hz <= th.max_pulse_hz
+            and m.transition_fraction >= th.tremolo_min_transition):
+        return "tremolo tone", m.env_rate_hz
+    if m.n_hits >= th.min_hits:
+        return "percussive hits", nan
+    if m.n_events == 1 and m.attack_s <= th.hit_max_attack_s and m.decay_shape <= th.hit_max_decay_shape:
+        return "percussive hit", nan
+    if not pitched:
+        if m.low_share >= th.rumble_min_low_share or m.centroid_hz < th.dark_hz:
+            return "low rumble", nan
+        if m.loud_periodicity < th.hiss_max_periodicity:
+            return "noise hiss", nan
+        return ("percussive hits" if m.n_hits >= 1 else "noise"), nan
+    if m.lowest_harmonic >= 4:
+        return "chord", nan
+    span = 12.0 * math.log2(m.f0_end_hz / m.f0_start_hz)
+    slope = m.pitch_slope_st_s
+    if (math.isfinite(slope) and abs(slope) >= th.chirp_min_slope_st_s and abs(span) >= th.sweep_min_st
+            and (span > 0) == (slope > 0)):
+        return ("rising chirp" if span > 0 else "falling chirp"), nan
+    if (m.pitch_wobble_st >= th.vibrato_min_wobble_st
+            or (m.vibrato_extent_st >= th.vibrato_min_extent_st and m.vibrato_purity >= th.vibrato_min_purity)):
+        return "vibrato tone", m.vibrato_rate_hz
+    if m.harmonic_richness >= th.buzzy_min_richness:
+        return "harmonic tone", nan
+    return "pure tone", nan
+
+
+def _pattern(m: AcousticMeasurements, th: AcousticThresholds, kind: str, mod_rate: float) -> tuple[str, float]:
+    """(temporal pattern, its repetition rate or NaN) from the envelope measurements."""
+    nan = float("nan")
+    regular = math.isfinite(m.env_rate_hz) and m.env_strength >= th.pulse_min_strength
+    if regular and m.env_rate_hz < th.max_swell_hz and m.transition_fraction >= th.tremolo_min_transition:
+        return "swelling", m.env_rate_hz
+    smooth_tremolo = kind == "tremolo tone" and math.isfinite(mod_rate) and abs(mod_rate - m.env_rate_hz) < 0.5
+    some_rhythm = math.isfinite(m.env_rate_hz) and m.env_strength >= th.gap_pulse_min_strength
+    if not smooth_tremolo and (m.n_gaps >= th.pulse_min_gaps or (m.n_gaps >= 1 and some_rhythm)):
+        rate = m.env_rate_hz if some_rhythm and m.env_rate_hz < th.min_tremolo_hz * 2 else nan
+        return "pulsing", rate
+    if kind == "percussive hits" or (kind == "click train" and m.n_gaps >= 1):
+        return "irregular", nan
+    if kind == "percussive hit" or (m.n_events == 1 and m.event_median_s < th.continuous_min_share * m.duration_s):
+        return "burst", nan
+    return ("steady" if m.env_depth_db < th.steady_max_depth_db else "fluctuating"), nan
 
 
 def to_traits(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
     """Turn measurements into categorical traits using the thresholds (pure)."""
     nan = float("nan")
     if m.peak_dbfs < th.silence_dbfs:
-        return SoundTraits("silent", "noisy", False, None, nan, nan, nan, None, "", False, False, None, "steady", nan,
+        return SoundTraits("silence", "silent", None, nan, nan, nan, None, "", None, "steady", nan, nan,
                            m.duration_s, None, None, None)
     level = m.active_rms_dbfs
     loudness = "quiet" if level < th.quiet_dbfs else "loud" if level > th.loud_dbfs else "moderate"
-
-    pitched = m.periodicity >= th.tonal_min_periodicity and m.voiced_fraction >= 0.5 and math.isfinite(m.f0_hz)
-    if pitched:
-        source = "buzzy" if m.harmonic_richness >= th.buzzy_min_richness else "tonal"
-    elif m.periodicity <= th.noisy_max_periodicity or m.flatness >= th.noisy_min_flatness:
-        source = "noisy"
-    else:
-        source = "mixed"
-    chord = pitched and m.lowest_harmonic >= 4
-    if chord:
-        source = "tonal"  # its "richness" is the chord's own notes, not buzz
-    scale = m.lowest_harmonic if chord else 1
+    kind, mod_rate = _kind(m, th)
+    scale = m.lowest_harmonic if kind == "chord" else 1
     f0, f0_start, f0_end = m.f0_hz * scale, m.f0_start_hz * scale, m.f0_end_hz * scale
-    show_pitch = pitched or (source == "mixed" and m.voiced_fraction >= 0.3 and math.isfinite(m.f0_hz))
+    has_pitch = math.isfinite(f0) and (m.loud_periodicity >= th.tonal_min_periodicity
+                                       or (kind in ("percussive hits", "percussive hit", "click train")
+                                           and m.voiced_fraction >= 0.3))
     register = None
-    if show_pitch:
+    if has_pitch:
         register = "low" if f0 < th.low_pitch_hz else "high" if f0 > th.high_pitch_hz else "mid"
-
-    motion, speed, sweep = None, "", False
-    if show_pitch and math.isfinite(m.pitch_slope_st_s):
-        slope = m.pitch_slope_st_s
-        if abs(slope) >= th.pitch_slope_st_s:
-            motion = "rising" if slope > 0 else "falling"
-            speed = ("quickly" if abs(slope) >= th.fast_slope_st_s
-                     else "slowly" if abs(slope) < 2 * th.pitch_slope_st_s else "")
-            span = 12.0 * math.log2(m.f0_end_hz / m.f0_start_hz)
-            sweep = pitched and abs(span) >= th.sweep_min_st and (span > 0) == (slope > 0)
-        else:
-            motion = "steady"
-    vibrato = bool(show_pitch and m.vibrato_extent_st >= th.vibrato_min_extent_st
-                   and m.vibrato_purity >= th.vibrato_min_purity)
+    motion, speed = None, ""
+    slope = m.pitch_slope_st_s
+    if kind in ("pure tone", "harmonic tone", "chord", "vibrato tone", "tremolo tone", "rising chirp",
+                "falling chirp") and math.isfinite(slope) and abs(slope) >= th.pitch_slope_st_s:
+        motion = "rising" if slope > 0 else "falling"
+        speed = "quickly" if abs(slope) >= th.fast_slope_st_s else "slowly" if abs(slope) < 2 * th.pitch_slope_st_s else ""
     brightness = "dark" if m.centroid_hz < th.dark_hz else "bright" if m.centroid_hz > th.bright_hz else None
-
-    pattern, rate, ringing = _pattern(m, th)
-    if pattern != "steady" and motion == "steady":
-        motion = None  # "steady pitch" next to "pulsing" reads as a contradiction; a constant pitch goes unsaid
-
+    pattern, rate = _pattern(m, th, kind, mod_rate)
+    percussive = kind in ("percussive hits", "percussive hit")
+    ringing = bool(not math.isfinite(m.decay_s) or m.decay_s > th.long_decay_s) if percussive else None
     background = None
     if math.isfinite(m.snr_db):
         background = "clean" if m.snr_db >= th.clean_snr_db else "noisy" if m.snr_db < th.noisy_snr_db else None
     room = None
-    if pattern not in ("click", "clicks", "hit", "hits") and m.n_offsets > 0 and math.isfinite(m.rt60_s):
+    if kind not in ("percussive hits", "percussive hit", "click train") and m.n_offsets > 0 and math.isfinite(m.rt60_s):
         room = ("dry" if m.rt60_s <= th.dry_max_rt60_s
                 else "reverberant" if m.rt60_s >= th.reverberant_min_rt60_s else None)
-    return SoundTraits(loudness, source, chord, register, f0, f0_start, f0_end, motion, speed, sweep,
-                       vibrato, brightness, pattern, rate, m.event_median_s, ringing, background, room)
-
-
-def _pattern(m: AcousticMeasurements, th: AcousticThresholds) -> tuple[str, float, bool | None]:
-    """(temporal pattern, repetition rate, rings out?) from the envelope measurements."""
-    nan = float("nan")
-    percussive = (m.attack_s <= th.hit_max_attack_s and math.isfinite(m.decay_shape)
-                  and m.decay_shape <= th.hit_max_decay_shape)
-    ringing = bool(not math.isfinite(m.decay_s) or m.decay_s > th.long_decay_s) if percussive else None
-    regular = (math.isfinite(m.env_rate_hz) and m.env_strength >= th.pulse_min_strength
-               and (m.n_events >= 2 or m.env_depth_db >= th.pulse_min_depth_db))
-    short = m.event_median_s <= th.click_max_s
-    if regular:
-        if m.env_rate_hz > th.max_pulse_hz:
-            return "rough", m.env_rate_hz, None
-        if short and m.n_events >= 2:
-            return "clicks", m.env_rate_hz, None
-        if m.transition_fraction >= th.tremolo_min_transition:
-            return ("tremolo" if m.env_rate_hz >= th.min_tremolo_hz else "swelling"), m.env_rate_hz, None
-        if percussive and m.n_events >= 2:
-            return "hits", m.env_rate_hz, ringing
-        return "pulsing", m.env_rate_hz, None
-    if m.n_events == 1:
-        if percussive:
-            return ("click" if short else "hit"), nan, ringing
-        if m.event_median_s >= th.continuous_min_share * m.duration_s:
-            return ("steady" if m.env_depth_db < th.steady_max_depth_db else "fluctuating"), nan, None
-        return "burst", nan, None
-    if short:
-        return "clicks", nan, None
-    if percussive:
-        return "hits", nan, ringing
-    return "irregular", nan, None
+    return SoundTraits(kind, loudness, register, f0, f0_start, f0_end, motion, speed, brightness, pattern, rate,
+                       mod_rate, m.event_median_s, ringing, background, room)
 
 
 # ----------------------------------------------------------------------------------------------- phrasing
@@ -192,127 +211,116 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
-def _noun(t: SoundTraits, rng: random.Random) -> tuple[str, bool]:
-    """The head noun phrase of the first sentence and whether it is plural."""
-    if t.pattern == "clicks":
-        return rng.choice(["repeated clicks", "clicking sounds"]), True
-    if t.pattern == "click":
-        return rng.choice(["click", "short click"]), False
-    if t.pattern in ("hit", "hits"):
-        kind = {"tonal": "" if t.register else "pitched ", "buzzy": "buzzy ", "noisy": "noisy "}.get(t.source, "")
-        return f"{kind}percussive hit" + ("s" if t.pattern == "hits" else ""), t.pattern == "hits"
-    if t.chord:
-        return rng.choice(["chord-like tone", "chord of tones"]), False
-    if t.source == "tonal":
-        options = ["tone", "tonal sound"] + (["hum"] if t.register == "low" and t.pattern == "steady" else [])
-        return rng.choice(options), False
-    if t.source == "buzzy":
-        return rng.choice(["buzzy tone", "buzzy sound"]), False
-    if t.source == "noisy":
-        if t.brightness == "dark":
-            return rng.choice(["rumbling noise", "rumbling sound"]), False
-        if t.brightness == "bright":
-            return rng.choice(["hissing noise", "hissing sound"]), False
-        return rng.choice(["noise", "noisy sound"]), False
-    return (rng.choice(["sound", "partly tonal sound"]) if t.register else "sound"), False
+def _join(words: list[str]) -> str:
+    return " and ".join(words) if len(words) <= 2 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _adjectives(t: SoundTraits) -> list[str]:
+    """Loudness, pitch register and (for noises, clicks and hits) brightness."""
     adj = [t.loudness] if t.loudness in ("loud", "quiet") else []
     if t.register:
         adj.append(f"{t.register}-pitched")
-    # "rumbling"/"hissing" already say dark/bright; a pure tone's brightness is its pitch, already said
-    said = t.source == "tonal" or (t.source == "noisy" and t.pattern not in ("click", "clicks", "hit", "hits"))
-    if t.brightness and not said:
+    if t.brightness and t.kind in ("noise hiss", "noise", "click train", "percussive hits", "percussive hit"):
         adj.append(t.brightness)
+    elif t.kind == "low rumble" and t.brightness == "dark":
+        adj.append("dark")
     return adj
 
 
-def _pitch_phrases(t: SoundTraits, rng: random.Random) -> tuple[str, str]:
-    """(where, how): ' around 440 Hz' and ' with a quickly rising pitch, wavering with vibrato' (leading
-    spaces or commas; empty when the sound has no pitch)."""
-    if not t.register:
-        return "", ""
-    if t.sweep:
-        verb = "sweeping up" if t.pitch_motion == "rising" else "sweeping down"
-        where = f" {verb} from about {_hz(t.f0_start_hz)} to {_hz(t.f0_end_hz)} Hz"
-    else:
-        where = rng.choice([f" around {_hz(t.f0_hz)} Hz", f" at about {_hz(t.f0_hz)} Hz"])
-        if t.chord:
-            where = f" with its lowest note{where}"
-    how = ""
-    if t.pitch_motion in ("rising", "falling"):
-        w, before, after = t.pitch_motion, f"{t.pitch_speed} " if t.pitch_speed else "", \
-            f" {t.pitch_speed}" if t.pitch_speed else ""
-        how = rng.choice([f" with a {before}{w} pitch", f", {before}{w} in pitch", f" whose pitch keeps {w}{after}"])
-    elif t.pitch_motion == "steady" and not t.vibrato:
-        how = rng.choice([" holding a steady pitch", ", steady in pitch"])
-    if t.vibrato:
-        how += rng.choice([", wavering with vibrato", " with a wavering vibrato"])
-    return where, how
+def _head(t: SoundTraits, rng: random.Random) -> tuple[str, str, bool]:
+    """(noun phrase naming the sound type, what follows it, plural?)."""
+    r = _rate(t.mod_rate_hz) if math.isfinite(t.mod_rate_hz) else ""
+    where = rng.choice([f" around {_hz(t.f0_hz)} Hz", f" at about {_hz(t.f0_hz)} Hz"]) if t.register else ""
+    if t.kind == "pure tone":
+        return rng.choice(["pure tone", "pure, sine-like tone"]), where, False
+    if t.kind == "harmonic tone":
+        return rng.choice(["buzzy harmonic tone", "harmonic tone"]), where + ", rich in harmonics", False
+    if t.kind == "chord":
+        return rng.choice(["chord of tones", "chord-like tone"]), f" with its lowest note{where}", False
+    if t.kind in ("rising chirp", "falling chirp"):
+        up = t.kind == "rising chirp"
+        speed = f" {t.pitch_speed}" if t.pitch_speed else ""
+        sweep = f" sweeping{speed} {'up' if up else 'down'} from about {_hz(t.f0_start_hz)} to {_hz(t.f0_end_hz)} Hz"
+        return t.kind, sweep, False
+    if t.kind == "vibrato tone":
+        how = f", its pitch wavering about {r} times per second" if r else ", its pitch wavering up and down"
+        return "vibrato tone", where + how, False
+    if t.kind == "tremolo tone":
+        how = (rng.choice([f", its loudness trembling about {r} times per second",
+                           f" with a fast, trembling tremolo of about {r} beats per second"]) if r
+               else ", its loudness trembling")
+        return "tremolo tone", where + how, False
+    if t.kind == "noise hiss":
+        return rng.choice(["noise hiss", "hissing noise", "hiss of broadband noise"]), "", False
+    if t.kind == "low rumble":
+        return rng.choice(["low rumble", "rumbling noise", "low, rumbling noise"]), "", False
+    if t.kind == "noise":
+        return "noisy, partly tonal sound", where, False
+    if t.kind == "click train":
+        how = f", about {r} clicks per second" if r else ""
+        return rng.choice(["click train", "train of rapid clicks"]), how, False
+    if t.kind == "percussive hit":
+        return "single percussive hit", f"{where} that {'rings out slowly' if t.ringing else 'dies away quickly'}", False
+    return "percussive hits", f"{where} that {'ring out slowly' if t.ringing else 'die away quickly'}", True
 
 
 def _first_sentence(t: SoundTraits, rng: random.Random) -> str:
-    """'A loud, high-pitched tone around 2100 Hz with a quickly rising pitch.' and equivalent wordings."""
-    noun, plural = _noun(t, rng)
+    """'A loud, high-pitched pure tone around 2100 Hz.' and equivalent wordings."""
+    noun, tail, plural = _head(t, rng)
     adj = _adjectives(t)
-    where, how = _pitch_phrases(t, rng)
-    if t.ringing is not None:
-        verb = ("ring out slowly" if t.ringing else "die away quickly") if plural else \
-            ("rings out slowly" if t.ringing else "dies away quickly")
-        how += f" that {verb}"
-    form = rng.randrange(3) if adj else 0
-    if form == 2 and not plural and len(adj) >= 2:  # "A tone around 440 Hz, loud and high-pitched, rising in pitch."
-        joined = " and ".join(adj) if len(adj) <= 2 else ", ".join(adj[:-1]) + " and " + adj[-1]
-        text = f"{_article(noun)}{where}, {joined}" + ("," + how if how.startswith(" ") else how)
+    if t.pitch_motion and t.kind in ("pure tone", "harmonic tone", "chord"):
+        speed = f"{t.pitch_speed} " if t.pitch_speed else ""
+        tail += f" with a {speed}{t.pitch_motion} pitch"
+    form = rng.randrange(2) if len(adj) >= 2 and not plural and "," not in tail else 0
+    if form == 1:  # "A pure tone around 440 Hz, loud and high-pitched."
+        text = f"{_article(noun)}{tail}, {_join(adj)}"
     else:
         phrase = (", ".join(adj) + " " if adj else "") + noun
-        text = (phrase if form == 1 or plural else _article(phrase)) + where + how
+        text = (phrase if plural else _article(phrase)) + tail
     return text[:1].upper() + text[1:] + "."
 
 
+# The second sentence's subject names the sound again, as a person describing it would ("The hiss pulses ...").
+_SUBJECTS = {"pure tone": "The pure tone", "harmonic tone": "The harmonic tone", "chord": "The chord",
+             "rising chirp": "The chirp", "falling chirp": "The chirp", "vibrato tone": "The vibrato tone",
+             "tremolo tone": "The tremolo tone", "noise hiss": "The hiss", "low rumble": "The rumble",
+             "noise": "The noise", "click train": "The clicks", "percussive hits": "The hits",
+             "percussive hit": "The hit"}
+
+
 def _second_sentence(t: SoundTraits, rng: random.Random) -> str:
+    """Rhythm, background and room: 'The hiss is pulsing on and off about 3 times per second over a noisy
+    background.' Verbs keep forms the lexicon tagger reads right ("is pulsing", not "pulses")."""
     r = _rate(t.rate_hz) if math.isfinite(t.rate_hz) else ""
+    they = t.kind in ("percussive hits", "click train")
+    subject = _SUBJECTS[t.kind]
+    is_, s_ = ("are", "") if they else ("is", "s")
     clause = {
-        "steady": rng.choice(["It is steady and continuous", "It stays steady", "The sound is steady"]),
-        "fluctuating": rng.choice(["Its loudness is uneven and fluctuating", "It is continuous but fluctuating"]),
-        "pulsing": rng.choice([f"It is pulsing about {r} times per second",
-                               f"It keeps pulsing about {r} times a second",
-                               f"It has a pulsing rhythm of about {r} per second"]),
-        "rough": rng.choice([f"Its loudness flutters rapidly, about {r} times per second, giving a rough texture",
-                             f"It has a rough, rattling texture from about {r} rapid flutters per second"]),
-        "swelling": rng.choice([f"Its loudness slowly swells and fades, about once every {_seconds(1 / t.rate_hz)} s",
-                                f"It keeps swelling and fading, once every {_seconds(1 / t.rate_hz)} s or so"])
-        if r else "",
-        "tremolo": rng.choice([f"Its loudness trembles with a tremolo about {r} times per second",
-                               f"It has a trembling tremolo about {r} times per second"]),
-        "clicks": rng.choice([f"The clicking repeats about {r} times per second",
-                              f"It is clicking about {r} times a second"]) if r
-        else "The clicking comes at irregular times",
-        "hits": f"The hits repeat about {r} times per second" if r else "The hits come at irregular times",
-        "irregular": rng.choice(["It comes in irregular bursts", "It starts and stops at irregular times"]),
-        "burst": (rng.choice(["It is short, lasting", "It is brief, lasting"]) if t.duration_s < 0.3 else "It lasts")
-        + f" about {_seconds(t.duration_s)} s",
+        "steady": f"{subject} {is_} steady",
+        "fluctuating": f"{subject} {is_} uneven and fluctuating in loudness",
+        "pulsing": f"{subject} {is_} pulsing on and off" + (f" about {r} times per second" if r else ""),
+        "swelling": f"{subject} {is_} slowly swelling and fading, about once every {_seconds(1 / t.rate_hz)} s",
+        "irregular": f"{subject} {is_} coming at irregular times",
+        "burst": "" if t.kind == "percussive hit" else
+        f"{subject} {'is short, lasting' if t.duration_s < 0.3 else 'lasts'} about {_seconds(t.duration_s)} s,",
     }.get(t.pattern, "")
     back = {"clean": rng.choice(["over a clean background", "against a clean background"]),
             "noisy": rng.choice(["over a noisy background", "against a noisy background"])}.get(t.background or "", "")
-    room = {"reverberant": rng.choice(["with a reverberant tail", "with a reverberant, echoing tail"]),
-            "dry": rng.choice(["and sounds dry", "and sounds dry and close"])}.get(t.room or "", "")
-    if clause:
-        text = clause + (f" {back}" if back else "")
-        text += ("," if room.startswith("with") else "") + f" {room}" if room else ""
-    elif back:
-        text = rng.choice([f"The background is {t.background}", f"It stands out {back}"])
-    elif room:
-        text = "It sounds dry" if t.room == "dry" else "It has a reverberant tail"
-    else:
+    room = {"reverberant": "with a reverberant tail", "dry": f"and sound{s_} dry"}.get(t.room or "", "")
+    if not clause and back:
+        clause = f"{subject} {is_} heard"
+    if not clause and room:
+        clause, room = (f"{subject} sound{s_} dry", "") if t.room == "dry" else (f"{subject} {is_} heard", room)
+    if not clause:
         return ""
-    return text + "."
+    text = clause + (f" {back}" if back else "")
+    text += ("," if room.startswith("with") else "") + f" {room}" if room else ""
+    return text.rstrip(",") + "."
 
 
 def write_caption(t: SoundTraits, rng: random.Random) -> str:
     """One or two sentences from the traits; `rng` picks among equivalent wordings."""
-    if t.loudness == "silent":
+    if t.kind == "silence":
         return rng.choice(["Near silence, with no clear sound.", "Almost silent; no clear sound can be heard."])
     first = _first_sentence(t, rng)
     second = _second_sentence(t, rng)
@@ -333,7 +341,7 @@ class AcousticCaptioner(Captioner):
     """
 
     name = "acoustic"
-    model = "acoustic-v1"
+    model = "acoustic-v2"
 
     def __init__(self, thresholds: Mapping[str, Any] | None = None, analysis_rate: int = 16000,
                  fmin: float = 40.0, fmax: float = 4000.0) -> None:
@@ -343,7 +351,7 @@ class AcousticCaptioner(Captioner):
         if unknown:
             raise ValueError(f"captioner.thresholds: unknown key(s) {unknown}; expected some of {sorted(known)}")
         try:
-            self.thresholds = AcousticThresholds(**{k: float(v) for k, v in given.items()})
+            self.thresholds = AcousticThresholds(**{k: type(getattr(AcousticThresholds, k))(v) for k, v in given.items()})
         except (TypeError, ValueError) as e:
             raise ValueError(f"captioner.thresholds: every value must be a number ({e})") from e
         if not 0 < fmin < fmax < analysis_rate / 2:
