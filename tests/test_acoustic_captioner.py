@@ -259,6 +259,57 @@ def test_background_snr_from_aperiodicity_and_from_gaps():
     assert gaps.snr_db > 30
 
 
+def test_masked_autocorrelation_sees_modulation_only_inside_the_mask():
+    t = np.arange(400)
+    x = np.sin(2 * np.pi * t / 20.0)  # period 20 frames
+    mask = np.ones(400, bool)
+    acf = af.masked_autocorrelation(x, mask, 30)
+    assert acf[0] == 1.0 and acf[20] == pytest.approx(1.0, abs=0.01) and acf[10] == pytest.approx(-1.0, abs=0.01)
+    assert af.autocorrelation_peak(acf, 12, 30) == (pytest.approx(acf[20]), 20)
+    # a gate: the same sine inside on-windows of 60 frames, zeros outside; masked, the gate is invisible
+    gate = (t // 60) % 2 == 0
+    gated_acf = af.masked_autocorrelation(np.where(gate, 1.0 + 0.5 * x, 0.0), gate, 30)
+    assert af.autocorrelation_peak(gated_acf, 12, 30)[1] == 20
+    assert np.isnan(af.masked_autocorrelation(x, t < 25, 30)[10])  # fewer than 20 pairs left
+    assert af.autocorrelation_peak(np.linspace(1.0, 0.0, 31), 2, 30) == (0.0, 0)  # no peak at all
+
+
+def test_smooth_envelope_passes_tremolo_and_removes_beats():
+    beats = af.smooth_envelope(tone(440, 0.3) + tone(660, 0.3), SR, 80, start=80)[20:-20]
+    assert beats.std() / beats.mean() < 0.02  # 220 Hz beating is far above the 60 Hz cut-off
+    trem = af.smooth_envelope(tremolo(tone(600), 10), SR, 80)[20:-20]
+    assert trem.std() / trem.mean() > 0.3
+    assert len(af.smooth_envelope(np.zeros(16000), SR, 80, start=80)) == len(af.frame_rms(np.zeros(16000), 160, 80))
+
+
+def test_hit_peaks_and_internal_gaps_on_hand_made_envelopes():
+    env_rate = 200.0
+    floor = np.full(200, -60.0)
+    hits = floor.copy()
+    for start in (20, 80, 140):  # instant rise, then -1.5 dB per 5 ms frame
+        hits[start:start + 40] = -10.0 - 1.5 * np.arange(40)
+    assert af.hit_peaks(np.maximum(hits, floor), env_rate).tolist() == [20, 80, 140]
+    held = floor.copy()
+    held[20:60] = -10.0  # rises as fast but holds: not a hit
+    assert len(af.hit_peaks(held, env_rate)) == 0
+    gated_level = np.where((np.arange(200) // 25) % 2 == 0, -10.0, -40.0)
+    assert af.internal_gaps(gated_level, env_rate) == 3  # 4 on-windows, 3 silences between them
+    assert af.internal_gaps(np.full(200, -10.0), env_rate) == 0
+
+
+def test_pitch_wobble_of_vibrato_glide_and_octave_error():
+    frames = np.arange(60)
+    voiced = np.ones(60, bool)
+    glide = 440.0 * 2 ** (frames * 0.3 / 12)  # a straight line in semitones: no wobble
+    assert af.pitch_wobble(glide, voiced) == pytest.approx(0.0, abs=1e-6)
+    vib = 440.0 * 2 ** (np.sin(2 * np.pi * frames / 17) / 12)  # +-1 semitone
+    assert af.pitch_wobble(vib, voiced) == pytest.approx(1 / np.sqrt(2), rel=0.15)
+    octave_slips = glide.copy()
+    octave_slips[[10, 11, 12, 40, 41, 42]] *= 2  # tracking errors, not wavering
+    assert af.pitch_wobble(octave_slips, voiced) < 0.2  # only the smoothing's edge effects remain
+    assert np.isnan(af.pitch_wobble(glide, np.zeros(60, bool)))
+
+
 def test_resampled_input_measures_the_same():
     a = measure(tone(880, sr=44100), 44100)
     b = measure(tone(880))
@@ -289,8 +340,8 @@ def test_rising_and_falling_chirps(captioner):
 
 def test_noise_words(captioner):
     hiss, rumble = caption_of(captioner, white()), caption_of(captioner, lowpass(white(), 200) * 3)
-    assert "hissing" in words(hiss) and "pitched" not in hiss and "Hz" not in hiss, hiss
-    assert "rumbling" in words(rumble) and "hissing" not in words(rumble), rumble
+    assert {"hiss", "hissing"} & words(hiss) and "pitched" not in hiss and "Hz" not in hiss, hiss
+    assert {"rumble", "rumbling"} & words(rumble) and not ({"hiss", "hissing"} & words(rumble)), rumble
     assert "steady" in words(hiss), hiss
 
 
@@ -313,8 +364,8 @@ def test_tremolo(captioner):
 
 def test_click_train(captioner):
     text = caption_of(captioner, clicks(10))
-    assert {"clicks", "clicking"} & words(text) and re.search(r"\b10 times", text), text
-    assert "steady" not in words(text), text
+    assert "click train" in text and re.search(r"\b10 clicks per second", text), text
+    assert not ({"pulsing", "irregular", "tremolo"} & words(text)), text  # the gaps between clicks are not a rhythm
 
 
 def test_single_percussive_hit(captioner):
@@ -370,6 +421,56 @@ def test_repeated_upward_chirps_rise(captioner):
 def test_vibrato(captioner):
     text = caption_of(captioner, vibrato_tone())
     assert {"vibrato", "wavering"} <= words(text) and "rising" not in words(text), text
+
+
+@pytest.mark.parametrize("signal, kind", [
+    (lambda: tone(440), "pure tone"),
+    (lambda: sawtooth(150), "harmonic tone"),
+    (lambda: chirp(300, 1200), "rising chirp"),
+    (lambda: chirp(1200, 300), "falling chirp"),
+    (lambda: vibrato_tone(extent_st=2.0), "vibrato tone"),
+    (lambda: tremolo(tone(600), 12), "tremolo tone"),
+    (lambda: white(), "noise hiss"),
+    (lambda: lowpass(white(), 200) * 3, "low rumble"),
+    (lambda: gated(clicks(30), 3), "click train"),
+    (lambda: percussive_hit(seed=0) + np.roll(percussive_hit(seed=1), 4000) + np.roll(percussive_hit(seed=2), 9000),
+     "percussive hits"),
+])
+def test_each_sound_type_is_named(captioner, signal, kind):
+    x = signal()
+    assert captioner.traits(Clip("c", x.astype(np.float32), SR)).kind == kind
+    assert kind.split()[-1].rstrip("e") in caption_of(captioner, x).lower()  # "rumbl": a rumble, rumbling noise
+
+
+def test_gated_tremolo_trembles_and_pulses_and_gated_tone_does_not_click(captioner):
+    text = caption_of(captioner, gated(tremolo(tone(800), 13), 3))
+    assert "tremolo tone" in text and re.search(r"trembling about 1[2-4] times", text) and "pulsing" in text, text
+    for rate in (2.5, 3.0, 4.0):  # hard on/off gating: pulsing, never clicks or hits
+        text = caption_of(captioner, gated(tone(700), rate))
+        assert "pulsing" in words(text) and not ({"click", "clicks", "percussive", "tremolo"} & words(text)), text
+
+
+def test_synthetic_sources_are_named_from_the_audio_alone(captioner):
+    """The captioner never sees a label; this test compares what it names with the synthetic set's sources
+    (fresh clips, seed 7, not the set the thresholds were tuned on: ~92 % on 1,500 clips of seed 0)."""
+    from and_lightning.data.synth import SOURCES, draw_params, render
+
+    named = {"pure_tone": "pure tone", "harmonic_tone": "harmonic tone", "rising_chirp": "rising chirp",
+             "falling_chirp": "falling chirp", "noise_hiss": "noise hiss", "low_rumble": "low rumble",
+             "click_train": "click train", "tremolo_tone": "tremolo tone", "vibrato_tone": "vibrato tone",
+             "percussive_hits": "percussive hits"}
+    hits, rhythm, n = {}, 0, 6
+    for label, source in enumerate(SOURCES):
+        hits[source] = 0
+        for i in range(n):
+            rng = np.random.default_rng([7, label, i])
+            params = draw_params(rng, source, 1.0)
+            t = captioner.traits(Clip("c", render(params, rng, SR, 1.0), SR))
+            hits[source] += t.kind.replace("percussive hit", "percussive hits").replace("hitss", "hits") == named[source]
+            rhythm += (t.pattern == "pulsing") == (params["rhythm"] == "pulsed")
+    assert sum(hits.values()) >= 0.85 * n * len(SOURCES), hits
+    assert min(hits.values()) >= n - 2, hits
+    assert rhythm >= 0.85 * n * len(SOURCES)
 
 
 def test_silence(captioner):
@@ -430,7 +531,7 @@ def test_hydra_config_builds_the_default_captioner():
     cfg = OmegaConf.load(REPO / "conf" / "captioner" / "acoustic.yaml")
     built = instantiate(cfg)
     assert isinstance(built, AcousticCaptioner)
-    assert (built.name, built.model, built.prompt) == ("acoustic", "acoustic-v1", "")
+    assert (built.name, built.model, built.prompt) == ("acoustic", "acoustic-v2", "")
     assert built.thresholds == AcousticThresholds()  # the YAML spells out every default
     assert set(cfg.thresholds) == set(AcousticThresholds.__dataclass_fields__)
 

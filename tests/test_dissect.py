@@ -92,7 +92,8 @@ def fake_llm_answer(body: dict) -> str:
 
 def llm_overrides(server: OpenAITestServer, root: Path) -> list[str]:
     return ["llm=openai", f"llm.base_url={server.base_url}", "llm.model=fake-test-model", "logger=none",
-            f"llm.cache_path={root}/llm-test.sqlite", "describe.open_concepts.acoustic_filter=llm", "layers=[conv1,head]"]
+            f"llm.cache_path={root}/llm-test.sqlite", "describe.open_concepts.acoustic_filter=llm", "layers=[conv1,head]",
+            "evaluate.last_layer.methods=[db]"]  # ICL evaluation would add requests the count below does not expect
 
 
 def test_llm_requests_equal_unique_prompts_and_rerun_sends_none(root, monkeypatch):
@@ -126,7 +127,7 @@ def test_killed_during_describe_resumes_without_repeating_calls(tmp_path):
     with OpenAITestServer(fake_llm_answer, delay=0.05) as server:
         cmd = [sys.executable, str(REPO / "dissect.py"), *args[:3], "llm=openai", f"llm.base_url={server.base_url}",
                "llm.model=fake-test-model", "llm.concurrency=2", "logger=none",
-               "describe.open_concepts.acoustic_filter=llm"]
+               "describe.open_concepts.acoustic_filter=llm", "evaluate.last_layer.methods=[db]"]
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         while server.count < 20 and time.time() < deadline and proc.poll() is None:

@@ -1,4 +1,5 @@
 """Offline text utilities, summaries, Module B calibration (fake encoder) and Module C open concepts."""
+import re
 from pathlib import Path
 
 import pytest
@@ -177,18 +178,55 @@ def test_summary_messages_join_cleaned_captions():
 
 def test_extractive_summary_lists_what_most_captions_share():
     s = extractive_summary(CAPTIONS)
-    assert s == ("Most of them are high-pitched, loud and steady. Most of them contain steady rhythm. "
-                 "In most of them, the pitch rises over time.")
+    assert s == ("Most of them are loud, high-pitched and steady. In most of them, the pitch rises over time. "
+                 "Most of them have a steady rhythm.")
     oc = extract_open_concepts(summary_sentences(s))  # Modules B and C read it back
-    assert oc.adjectives == ["high-pitched", "loud", "steady"]
+    assert oc.adjectives == ["loud", "high-pitched", "steady"]
     assert "muffled" not in s and "noisy" not in s  # in fewer than 3 of 5 captions
 
 
 def test_extractive_summary_all_and_nothing_shared():
     same = ["A church bell rings with a deep metallic tone."] * 3
-    assert extractive_summary(same).startswith("All of them are deep and metallic.")
+    assert extractive_summary(same) == "All of them are church bells. All of them ring with a deep metallic tone."
     nothing = extractive_summary(["A dog barks.", "Rain falls on a roof.", "A car engine idles."])
     assert nothing == "There is no clear commonality between them."
+
+
+ACOUSTIC_CAPTIONS = [  # the offline captioner's style: numbers differ between clips
+    "A quiet, high-pitched pure tone around 1500 Hz. The pure tone is pulsing on and off about 3 times per "
+    "second over a clean background.",
+    "A high-pitched pure tone at about 2100 Hz. The pure tone is pulsing on and off about 4 times per second "
+    "against a clean background, with a reverberant tail.",
+    "A quiet, high-pitched pure tone at about 3400 Hz. The pure tone is steady over a noisy background and sounds dry.",
+    "A loud, low-pitched vibrato tone around 150 Hz, its pitch wavering about 6 times per second. The vibrato tone "
+    "is pulsing on and off about 3 times per second.",
+    "A quiet, dark low rumble. The rumble is steady over a clean background.",
+]
+
+
+def test_extractive_summary_names_shared_phrases_with_number_ranges_one_group_per_sentence():
+    s = extractive_summary(ACOUSTIC_CAPTIONS)
+    assert s == ("Most of them are high-pitched pure tones around 1500-3400 Hz. Most of them are quiet. "
+                 "Most of them are pulsing on and off about 3-4 times per second. Most of them have a clean background.")
+    # every sentence survives Module B's length filter, and Module C reads the adjectives back
+    assert summary_sentences(s) == [x + "." for x in s[:-1].split(". ")]
+    assert extract_open_concepts(summary_sentences(s)).adjectives == ["high-pitched", "pure", "quiet", "clean"]
+    # units follow their numbers; "reverberant tail" and "sounds dry" are in one caption only
+    assert all(re.fullmatch(r"[\d.-]+", w) for w in re.findall(r"(\S+) (?:hz|times)\b", s.lower()))
+    assert "dry" not in s and "tail" not in s
+
+
+def test_extractive_summary_verb_agreement_attribute_subjects_and_tagger_fixes():
+    caps = ["The hiss pulses on and off about 2 times a second.",
+            "The rumble is pulsing on and off about 3 times per second.",
+            "The tone is pulsing on and off about 3 times per second. Its pitch is wavering about 6 times per second.",
+            "Its loudness slowly swells and fades. Its pitch is wavering about 5 times per second.",
+            "Its pitch is wavering about 5 times per second."]
+    s = extractive_summary(caps)
+    # "pulses" (tagged as a plural noun by the lexicon tagger) and "is pulsing" are one phrase; a clip-level verb
+    # phrase takes "Most of them are ...", an attribute subject ("its pitch") keeps its subject
+    assert s == ("Most of them are pulsing on and off about 2-3 times per second. "
+                 "In most of them, the pitch is wavering about 5-6 times per second.")
 
 
 def test_group_by_clip_set_dedups_identical_sets():
@@ -241,6 +279,17 @@ def test_calibration_removes_every_partner_not_just_the_first():
     enc = FakeTableEncoder({H1: [1, 0], H3: [0, 1], L1: [0.9, 0.436], L2: [0.95, 0.312]})
     [out] = calibrate_many([(f"{H1} {H3}", f"{L1} {L2}")], enc, threshold=0.5)
     assert out.high == [H3] and out.low == [] and out.removed_low == [L1, L2]
+
+
+def test_calibration_defaults_offline_and_faithful():
+    from and_lightning.describe.calibration import DEFAULT_THRESHOLD, ORIGINAL_THRESHOLD
+
+    cfg = yaml.safe_load((CONF.parent / "describe" / "default.yaml").read_text())
+    assert cfg["calibration"]["threshold"] == DEFAULT_THRESHOLD == 0.9 and ORIGINAL_THRESHOLD == 0.5
+    # a sentence sharing only the template ("Most of them are ...") with a low one stays at 0.9, goes at 0.5
+    enc = FakeTableEncoder({H1: [1, 0], L1: [0.6, 0.8]})
+    assert calibrate(H1, L1, enc).high == [H1]
+    assert calibrate(H1, L1, enc, threshold=ORIGINAL_THRESHOLD).high == []
 
 
 def test_calibration_with_empty_low_side_keeps_everything():

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import uniform_filter1d
-from scipy.signal import resample_poly
+from scipy.signal import butter, resample_poly, sosfiltfilt
 
 DB_FLOOR = -120.0  # every level is floored here, so digital silence is finite
 _TINY = 1e-12
@@ -53,6 +53,15 @@ def frame_rms(x: np.ndarray, frame_length: int, hop: int) -> np.ndarray:
     starts = np.arange(0, n - frame_length + 1, hop)
     energy = cs[..., starts + frame_length] - cs[..., starts]
     return np.sqrt(np.maximum(energy, 0.0) / frame_length)
+
+
+def smooth_envelope(x: np.ndarray, sample_rate: float, hop: int, cutoff_hz: float = 60.0, start: int = 0) -> np.ndarray:
+    """Amplitude envelope sampled every `hop` samples from `start`: sqrt of the squared signal low-passed (zero phase, 4th-order
+    Butterworth) at `cutoff_hz`, so beats between partials (a chord's 100-200 Hz) do not alias into slow
+    modulation the way short RMS frames let them. Modulation up to ~cutoff_hz (tremolo, click trains) passes."""
+    x = np.asarray(x, dtype=np.float64)
+    power = sosfiltfilt(butter(4, cutoff_hz, fs=sample_rate, output="sos"), x * x)
+    return np.sqrt(np.maximum(power[start::hop], 0.0))
 
 
 def power_spectrum(frames: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -361,9 +370,10 @@ def internal_gaps(level_db: np.ndarray, env_rate: float, depth_db: float = 10.0,
     return int(np.sum(inside & ((runs[:, 1] - runs[:, 0]) >= min_gap_s * env_rate)))
 
 
-def pitch_wobble(f0: np.ndarray, voiced: np.ndarray, min_frames: int = 8) -> float:
+def pitch_wobble(f0: np.ndarray, voiced: np.ndarray, min_frames: int = 8, max_jump_st: float = 4.0) -> float:
     """RMS deviation (semitones) of the pitch from a straight line within each voiced stretch of >= min_frames
-    frames (median-of-5 smoothed, stretch-length weighted); NaN if there is no such stretch.
+    frames (median-of-5 smoothed, stretch-length weighted); frames more than `max_jump_st` off the line (octave
+    errors) are left out and the line refitted. NaN if there is no such stretch.
 
     ~0 for steady pitches and for exponential sweeps (straight in semitones), ~0.5-0.9 for a vibrato of 2-3
     semitones peak to peak even when each stretch holds only part of a cycle.
@@ -376,8 +386,11 @@ def pitch_wobble(f0: np.ndarray, voiced: np.ndarray, min_frames: int = 8) -> flo
         st = np.median(sliding_window_view(np.pad(st, 2, mode="edge"), 5), axis=-1)
         t = np.arange(len(st), dtype=np.float64)
         resid = st - np.polyval(np.polyfit(t, st, 1), t)
-        total += float(np.sum(resid**2))
-        weight += len(st)
+        keep = np.abs(resid - np.median(resid)) < max_jump_st  # octave / fifth errors are not wavering
+        if keep.sum() >= min_frames:
+            resid = st[keep] - np.polyval(np.polyfit(t[keep], st[keep], 1), t[keep])
+        total += float(np.sum(resid[np.abs(resid) < max_jump_st] ** 2))
+        weight += int(keep.sum())
     return float(np.sqrt(total / weight)) if weight else float("nan")
 
 
@@ -532,6 +545,8 @@ class AcousticMeasurements:
     click_strength: float
     ripple: float              # std / mean of the envelope relative to its 80 ms mean while sounding (fast modulation depth)
     n_hits: int                # struck events: sharp rise, then at once dying away (hit_peaks)
+    level_flat_share: float    # share of on-frames whose 25 ms level moves <= 0.5 dB in 5 ms (held sounds ~1)
+    decay_dominance: float     # (falling - rising) / (falling + rising) of those moves: struck, decaying sounds > 0
     n_gaps: int                # silences inside the sound (internal_gaps): a gated, pulsing sound has several
     # background and room
     noise_floor_db: float      # 10th percentile of the envelope, when quiet frames exist
@@ -579,8 +594,8 @@ def _pitch_measures(f0: np.ndarray, aperiodicity: np.ndarray, voiced: np.ndarray
     )
 
 
-def _envelope_measures(env: np.ndarray, env_db: np.ndarray, env_rate: float, active_range_db: float,
-                       event_range_db: float) -> dict:
+def _envelope_measures(env: np.ndarray, env_db: np.ndarray, smooth_env: np.ndarray, env_rate: float,
+                       active_range_db: float, event_range_db: float) -> dict:
     """Level range, rhythm, onsets, events and the attack/decay of the loudest event."""
     peak_db = float(env_db.max())
     # depth and onsets on a 25 ms smoothing: narrow-band noise flickers at 10 ms
@@ -597,21 +612,25 @@ def _envelope_measures(env: np.ndarray, env_db: np.ndarray, env_rate: float, act
     if reach >= 12.0:  # exponential decay: the first 6 dB take 6/reach of the time to fall `reach` dB
         t6 = fall_time(env_db, peak_i, 6.0, env_rate)
         shape = t6 / max(fall_time(env_db, peak_i, reach, env_rate), 1.0 / env_rate) * reach / 6.0
-    # modulation while the sound is on (40 ms smoothed level within 15 dB of its peak): gates fall outside
-    # flutter: the envelope relative to its 80 ms running mean, so a gate's slow on/off shape is divided out
+    # modulation while the sound is on (40 ms smoothed level within 15 dB of its peak), so gates fall outside,
+    # on the alias-free envelope; flutter uses it relative to its 80 ms running mean (a gate's slow shape divided out)
     slow_db = power_to_db(uniform_filter1d(env**2, 8, mode="nearest"))
     on = slow_db >= slow_db.max() - 15.0
     depth = float(np.percentile(smooth_db[on], 75) - np.percentile(smooth_db[on], 25))
-    relative = env / np.maximum(uniform_filter1d(env, 16, mode="nearest"), _TINY)
+    step = np.diff(smooth_db)[on[1:]]
+    falling, rising = float(np.mean(step < -0.5)) if len(step) else 0.0, float(np.mean(step > 0.5)) if len(step) else 0.0
+    relative = smooth_env / np.maximum(uniform_filter1d(smooth_env, 16, mode="nearest"), _TINY)
     acf = masked_autocorrelation(relative, on, int(np.ceil(env_rate / 8.0)) + 2)
     flutter, flutter_lag = autocorrelation_peak(acf, int(np.ceil(env_rate / 18.0)), int(np.ceil(env_rate / 8.0)))
-    acf = masked_autocorrelation(env, on, int(env_rate / 18.0) + 2)
+    acf = masked_autocorrelation(smooth_env, on, int(env_rate / 18.0) + 2)
     click, click_lag = autocorrelation_peak(acf, int(env_rate / 60.0), int(env_rate / 18.0))
     return dict(
         flutter_rate_hz=env_rate / flutter_lag if flutter_lag else _NAN, flutter_strength=flutter,
         click_rate_hz=env_rate / click_lag if click_lag else _NAN, click_strength=click,
         ripple=float(np.std(relative[on])),
         n_hits=int(len(hit_peaks(env_db, env_rate))), n_gaps=internal_gaps(smooth_db, env_rate),
+        level_flat_share=1.0 - falling - rising,
+        decay_dominance=(falling - rising) / (falling + rising) if falling + rising > 0 else 0.0,
         env_depth_db=depth, env_rate_hz=rate, env_strength=strength, transition_fraction=transition_fraction(env),
         onset_rate_hz=float(len(onsets) * env_rate / len(env)), n_events=int(len(events)),
         event_median_s=float(np.median(events[:, 1] - events[:, 0]) / env_rate),
@@ -647,7 +666,7 @@ def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000,
             transition_fraction=0.0, onset_rate_hz=0.0, n_events=0, event_median_s=_NAN, attack_s=_NAN,
             decay_s=_NAN, decay_shape=_NAN, noise_floor_db=_NAN, snr_db=_NAN, rt60_s=_NAN, n_offsets=0,
             low_share=_NAN, loud_periodicity=0.0, flutter_rate_hz=_NAN, flutter_strength=0.0, click_rate_hz=_NAN,
-            click_strength=0.0, ripple=0.0, n_hits=0, n_gaps=0)
+            click_strength=0.0, ripple=0.0, n_hits=0, n_gaps=0, level_flat_share=1.0, decay_dominance=0.0)
 
     frames = frame_signal(x, n_fft, hop)
     power, freqs = power_spectrum(frames, sr)
@@ -658,7 +677,8 @@ def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000,
     f0[active], aperiodicity[active] = yin(frames[active], sr, fmin=fmin, fmax=fmax, threshold=yin_threshold)
     voiced = active & (aperiodicity <= 1.0 - voicing_min) & np.isfinite(f0)
     pitch = _pitch_measures(f0, aperiodicity, voiced, power, freqs, sr / hop)
-    envelope = _envelope_measures(env, env_db, env_rate, active_range_db, event_range_db)
+    smooth_env = smooth_envelope(x, sr, env_hop, start=int(sr * 0.005))[: len(env)]  # frame centres
+    envelope = _envelope_measures(env, env_db, smooth_env, env_rate, active_range_db, event_range_db)
 
     signal_db = float(np.percentile(env_db, 95))
     floor_db = float(np.percentile(env_db, 10)) if np.mean(env_db < peak_db - gap_db) >= 0.1 else _NAN

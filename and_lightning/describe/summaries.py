@@ -100,9 +100,10 @@ def _retag(tagged: list[tuple[str, str]]) -> list[tuple[str, str]]:
         while j >= 0 and out[j][1] == "RB":
             j -= 1
         prev = out[j][1] if j >= 0 else ""
+        singular = prev == "NN" or (prev == "NNS" and out[j][0].endswith(("ss", "us", "is")))  # "hiss" is NNS
         after_verb = prev == "CC" and j >= 1 and out[j - 1][1] == "VBZ"
         nxt = out[i + 1][1] if i + 1 < len(out) else "."
-        if (prev == "NN" or after_verb) and nxt not in ("NN", "NNS", "JJ", "VBN"):
+        if (singular or after_verb) and nxt not in ("NN", "NNS", "JJ", "VBN"):
             out[i] = (w, "VBZ")
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -143,14 +144,26 @@ def _unit_rows(selection: Selection, records: Sequence[dict]) -> list[dict[str, 
     return rows
 
 
-def unlearn(cfg: DictConfig) -> dict[str, Any]:
-    """Select units by `cfg.prune`, measure before / pruned / (retrained), log, and return the metrics."""
-    node = OmegaConf.to_container(cfg.prune, resolve=True)
+@dataclass
+class Inputs:
+    """What a pruning run starts from: the model, its data, the dissection and the chosen units."""
+
+    adapter: TargetAdapter
+    ckpt: dict[str, Any]
+    datamodule: Any
+    class_names: list[str]
+    target: int | None
+    records: list[dict]
+    source: Path
+    selection: Selection
+
+
+def load_inputs(cfg: DictConfig, node: dict[str, Any]) -> Inputs:
+    """Load the checkpoint, data and dissection named by `cfg.prune`, check they belong together, select units."""
     for key in ("ckpt", "descriptions"):
         if not node.get(key):
             raise ValueError(f"prune.{key} is required (prune.descriptions: the descriptions.jsonl that "
                              "`python dissect.py` wrote for prune.ckpt)")
-    L.seed_everything(cfg.seed, workers=True)
     adapter, ckpt = load_adapter(node["ckpt"], field="prune.ckpt")
     datamodule = build(cfg.data)
     datamodule.prepare_data()
@@ -161,8 +174,6 @@ def unlearn(cfg: DictConfig) -> dict[str, Any]:
     target_name = node.get("target")
     if target_name is not None and target_name not in class_names:
         raise ValueError(f"prune.target={target_name} is not a class of data={cfg.data.name}: {class_names}")
-    target = class_names.index(target_name) if target_name is not None else None
-
     source = descriptions_file(node["descriptions"])
     records = load_records(source)
     check_against_model(records, adapter.layers(), str(source))
@@ -173,10 +184,20 @@ def unlearn(cfg: DictConfig) -> dict[str, Any]:
     selection = select_units(records, node, head, str(source), {c: class_names[r.label] for c, r in clips.items()})
     log.info("prune=%s target=%s: %d of %d units (%s)", selection.strategy, target_name, len(selection),
              selection.prunable, {k: len(v) for k, v in selection.by_layer().items()})
+    target = class_names.index(target_name) if target_name is not None else None
+    return Inputs(adapter, ckpt, datamodule, class_names, target, records, source, selection)
 
+
+def unlearn(cfg: DictConfig) -> dict[str, Any]:
+    """Select units by `cfg.prune`, measure before / pruned / (retrained), log, and return the metrics."""
+    node = OmegaConf.to_container(cfg.prune, resolve=True)
+    L.seed_everything(cfg.seed, workers=True)
+    inp = load_inputs(cfg, node)
+    adapter, selection, target, class_names = inp.adapter, inp.selection, inp.target, inp.class_names
+    target_name = node.get("target")
     config = public_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    test_loader = DataLoader(datamodule.dataset("test"), batch_size=cfg.data.batch_size, shuffle=False,
+    test_loader = DataLoader(inp.datamodule.dataset("test"), batch_size=cfg.data.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers)
     loggers = _named_loggers(cfg, selection.strategy, target_name)
     try:
@@ -190,7 +211,7 @@ def unlearn(cfg: DictConfig) -> dict[str, Any]:
                                    "prune/pct_pruned": 100.0 * selection.fraction}
         step = 0
         if int(node.get("retrain_epochs") or 0) > 0:
-            step = retrain(adapter, cfg, node, datamodule, target, loggers, config)
+            step = retrain(adapter, cfg, node, inp.datamodule, target, loggers, config)
             logits["retrained"], _ = predict_logits(adapter, test_loader)
         per_class = {}
         for phase, values in logits.items():
@@ -202,11 +223,11 @@ def unlearn(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(bake_and_verify(adapter, masks, next(iter(test_loader))["audio"]))
         if node.get("export_ckpt"):
             exported = save_checkpoint(node["export_ckpt"], adapter,
-                                       {**ckpt["config"], "unlearn": {"prune": node, "units": selection.units}},
+                                       {**inp.ckpt["config"], "unlearn": {"prune": node, "units": selection.units}},
                                        class_names)
             metrics["prune/export_ckpt"] = str(exported)
 
-        rows = _unit_rows(selection, records)
+        rows = _unit_rows(selection, inp.records)
         chart = drop_chart(per_class, class_names, target, out_dir / CHART_FILE,
                            f"{selection.strategy}: {target_name or 'all classes'} ({len(selection)} units pruned)")
         write_json(out_dir / UNITS_FILE, rows)
@@ -214,7 +235,7 @@ def unlearn(cfg: DictConfig) -> dict[str, Any]:
         result = {"strategy": selection.strategy, "name": node["name"], "target": target_name,
                   "seed": node.get("seed"), "class_names": class_names, "metrics": metrics,
                   "per_class": per_class, "units_by_layer": selection.by_layer(), "ckpt": str(node["ckpt"]),
-                  "descriptions": str(source), **wandb_info}
+                  "descriptions": str(inp.source), **wandb_info}
         write_json(out_dir / RESULT_FILE, result)
         _print(metrics, target_name, selection)
         return metrics

@@ -1,8 +1,12 @@
-"""The offline default captioner: measures each waveform (acoustic_features) and writes one or two plain English
-sentences with acoustic-lexicon words (loud, high-pitched, rising, pulsing, reverberant, ...).
+"""The offline default captioner: measures each waveform (acoustic_features), names the type of sound with the
+words a person would use (a pure tone, a buzzy harmonic tone, a rising chirp, a vibrato or tremolo tone, a noise
+hiss, a low rumble, a click train, percussive hits, ...) and writes two plain English sentences: what it is
+(loudness, pitch) and what it does (rhythm, background, reverberation).
 
 It sees only the audio (Clip.wave, Clip.sample_rate), never labels or manifests. Phrasing varies between clips
-but is deterministic: the wording is drawn with a random generator seeded by the clip's audio content.
+but is deterministic: the wording is drawn with a random generator seeded by the clip's audio content. The second
+sentence names the sound again ("The chirp is pulsing ...") and keeps verb forms the lexicon POS tagger reads
+right, so the offline summaries (summaries.extractive_summary) find the phrases clips share.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ class AcousticThresholds:
     click_min_strength: float = 0.35     # periodic 18-60 Hz loudness modulation while sounding: a click train
     min_ripple: float = 0.25             # ... either needs this depth (std / mean of the fast modulation)
     min_hits: int = 2                    # struck events (sharp rise, at once dying away): percussive hits
+    struck_max_flat_share: float = 0.35  # ... or a level that is almost never held (share of flat 5 ms steps) ...
+    struck_min_decay_dominance: float = 0.15  # ... and falls more often than it rises
     pulse_min_gaps: int = 2              # silences inside the sound: it pulses on and off
     pulse_min_strength: float = 0.5      # envelope autocorrelation peak for a regular rhythm
     gap_pulse_min_strength: float = 0.25  # ... enough, with one silence inside the sound, for pulsing
@@ -82,8 +88,8 @@ class SoundTraits:
     f0_hz: float                   # the pitch named (a chord's lowest strong partial)
     f0_start_hz: float
     f0_end_hz: float
-    pitch_motion: str | None       # rising | falling (slower than a chirp) | None
-    pitch_speed: str               # quickly | slowly | ""
+    pitch_motion: str | None       # rising | falling: a tone's glide, slower than a chirp | None
+    pitch_speed: str               # quickly | slowly | "": how fast a chirp sweeps or a tone glides
     brightness: str | None         # dark | bright
     pattern: str                   # steady | fluctuating | pulsing | swelling | burst | irregular
     rate_hz: float                 # repetition rate of pulsing / swelling (NaN if unknown)
@@ -102,14 +108,15 @@ def _kind(m: AcousticMeasurements, th: AcousticThresholds) -> tuple[str, float]:
     if m.click_strength >= th.click_min_strength and m.ripple >= th.min_ripple:
         return "click train", m.click_rate_hz
     if (regular and m.event_median_s <= th.click_max_s and m.n_events >= 2 and m.env_rate_hz <= 60.0
-            and m.active_fraction <= th.click_max_duty):
+            and m.active_fraction <= th.click_max_duty):  # slower, sparse clicks (2-60 per second)
         return "click train", m.env_rate_hz
     if pitched and m.flutter_strength >= th.flutter_min_strength and m.ripple >= th.min_ripple:
         return "tremolo tone", m.flutter_rate_hz
     if (pitched and regular and th.min_tremolo_hz <= m.env_rate_hz <= th.max_pulse_hz
-            and m.transition_fraction >= th.tremolo_min_transition):
+            and m.transition_fraction >= th.tremolo_min_transition and m.env_depth_db >= th.steady_max_depth_db):
         return "tremolo tone", m.env_rate_hz
-    if m.n_hits >= th.min_hits:
+    if m.n_hits >= th.min_hits or (m.level_flat_share < th.struck_max_flat_share
+                                   and m.decay_dominance >= th.struck_min_decay_dominance):
         return "percussive hits", nan
     if m.n_events == 1 and m.attack_s <= th.hit_max_attack_s and m.decay_shape <= th.hit_max_decay_shape:
         return "percussive hit", nan
@@ -142,14 +149,18 @@ def _pattern(m: AcousticMeasurements, th: AcousticThresholds, kind: str, mod_rat
         return "swelling", m.env_rate_hz
     smooth_tremolo = kind == "tremolo tone" and math.isfinite(mod_rate) and abs(mod_rate - m.env_rate_hz) < 0.5
     some_rhythm = math.isfinite(m.env_rate_hz) and m.env_strength >= th.gap_pulse_min_strength
-    if not smooth_tremolo and (m.n_gaps >= th.pulse_min_gaps or (m.n_gaps >= 1 and some_rhythm)):
+    # a click train's own gaps between clicks are not pulsing: gated clicks have far fewer gaps than clicks
+    own_gaps = kind == "click train" and math.isfinite(mod_rate) and m.n_gaps > 0.5 * mod_rate * m.duration_s
+    if not (smooth_tremolo or own_gaps) and (m.n_gaps >= th.pulse_min_gaps or (m.n_gaps >= 1 and some_rhythm)):
         rate = m.env_rate_hz if some_rhythm and m.env_rate_hz < th.min_tremolo_hz * 2 else nan
         return "pulsing", rate
-    if kind == "percussive hits" or (kind == "click train" and m.n_gaps >= 1):
+    if kind == "percussive hits" or (kind == "click train" and m.n_gaps >= 1 and not own_gaps):
         return "irregular", nan
     if kind == "percussive hit" or (m.n_events == 1 and m.event_median_s < th.continuous_min_share * m.duration_s):
         return "burst", nan
-    return ("steady" if m.env_depth_db < th.steady_max_depth_db else "fluctuating"), nan
+    # a tremolo's or a click train's own modulation is not an uneven loudness
+    uneven = m.env_depth_db >= th.steady_max_depth_db and kind not in ("tremolo tone", "click train")
+    return ("fluctuating" if uneven else "steady"), nan
 
 
 def to_traits(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
@@ -163,17 +174,18 @@ def to_traits(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
     kind, mod_rate = _kind(m, th)
     scale = m.lowest_harmonic if kind == "chord" else 1
     f0, f0_start, f0_end = m.f0_hz * scale, m.f0_start_hz * scale, m.f0_end_hz * scale
+    # hits and clicks ring at a pitch when at least 30 % of their sounding frames are periodic
     has_pitch = math.isfinite(f0) and (m.loud_periodicity >= th.tonal_min_periodicity
                                        or (kind in ("percussive hits", "percussive hit", "click train")
                                            and m.voiced_fraction >= 0.3))
     register = None
     if has_pitch:
         register = "low" if f0 < th.low_pitch_hz else "high" if f0 > th.high_pitch_hz else "mid"
-    motion, speed = None, ""
+    motion, speed = None, ""  # a chirp's speed, or a steady-pitched tone's slower glide
     slope = m.pitch_slope_st_s
-    if kind in ("pure tone", "harmonic tone", "chord", "vibrato tone", "tremolo tone", "rising chirp",
-                "falling chirp") and math.isfinite(slope) and abs(slope) >= th.pitch_slope_st_s:
-        motion = "rising" if slope > 0 else "falling"
+    if (kind in ("pure tone", "harmonic tone", "chord", "rising chirp", "falling chirp") and math.isfinite(slope)
+            and abs(slope) >= th.pitch_slope_st_s):
+        motion = None if kind.endswith("chirp") else "rising" if slope > 0 else "falling"
         speed = "quickly" if abs(slope) >= th.fast_slope_st_s else "slowly" if abs(slope) < 2 * th.pitch_slope_st_s else ""
     brightness = "dark" if m.centroid_hz < th.dark_hz else "bright" if m.centroid_hz > th.bright_hz else None
     pattern, rate = _pattern(m, th, kind, mod_rate)
@@ -253,7 +265,7 @@ def _head(t: SoundTraits, rng: random.Random) -> tuple[str, str, bool]:
     if t.kind == "noise hiss":
         return rng.choice(["noise hiss", "hissing noise", "hiss of broadband noise"]), "", False
     if t.kind == "low rumble":
-        return rng.choice(["low rumble", "rumbling noise", "low, rumbling noise"]), "", False
+        return rng.choice(["low rumble", "rumbling noise", "deep rumble"]), "", False
     if t.kind == "noise":
         return "noisy, partly tonal sound", where, False
     if t.kind == "click train":
@@ -268,7 +280,7 @@ def _first_sentence(t: SoundTraits, rng: random.Random) -> str:
     """'A loud, high-pitched pure tone around 2100 Hz.' and equivalent wordings."""
     noun, tail, plural = _head(t, rng)
     adj = _adjectives(t)
-    if t.pitch_motion and t.kind in ("pure tone", "harmonic tone", "chord"):
+    if t.pitch_motion:
         speed = f"{t.pitch_speed} " if t.pitch_speed else ""
         tail += f" with a {speed}{t.pitch_motion} pitch"
     form = rng.randrange(2) if len(adj) >= 2 and not plural and "," not in tail else 0

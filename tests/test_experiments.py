@@ -1,0 +1,31 @@
+"""Every experiment config composes, and every dissect experiment runs on synth through a real Hydra multirun."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import CONF, compose_cfg
+from test_train import run_cli
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+TRAIN_ONLY = {"ast_tiny_synth", "unlearn_fig4", "unlearn_table4"}  # they override train.py's groups
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes(tmp_path, name):
+    cfg = compose_cfg("train" if name in TRAIN_ONLY else "dissect", tmp_path, [f"experiment={name}"])
+    assert cfg.task_name and cfg.data.name
+
+
+@pytest.mark.slow
+def test_every_dissect_experiment_runs_on_synth(tmp_path):
+    tiny = ["data.index.clips_per_class=8", "data.batch_size=16"]
+    run_cli("train.py", [*tiny, "trainer.max_epochs=2", "logger=none", "callbacks=none"], cwd=tmp_path)
+    exclude = ",".join(sorted(TRAIN_ONLY))
+    run_cli("dissect.py", ["-m", f"experiment=glob(*,exclude=[{exclude}])", *tiny, "logger=none",
+                           f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, timeout=1800)
+    results = sorted((tmp_path / "sweep").glob("*/dissection.json"))
+    assert len(results) == len(EXPERIMENTS) - len(TRAIN_ONLY)
+    for path in results:
+        assert json.loads(path.read_text())["metrics"], path
