@@ -240,13 +240,14 @@ def _adjectives(t: SoundTraits) -> list[str]:
 
 
 def _head(t: SoundTraits, rng: random.Random) -> tuple[str, str, bool]:
-    """(noun phrase naming the sound type, what follows it, plural?)."""
+    """(noun phrase naming the sound type, what follows it, plural?). The type is always named the same way, so
+    captions of one type share their noun phrase (summaries find it; DB matches it to the concept's words)."""
     r = _rate(t.mod_rate_hz) if math.isfinite(t.mod_rate_hz) else ""
     where = rng.choice([f" around {_hz(t.f0_hz)} Hz", f" at about {_hz(t.f0_hz)} Hz"]) if t.register else ""
     if t.kind == "pure tone":
-        return rng.choice(["pure tone", "pure, sine-like tone"]), where, False
+        return "pure tone", where, False
     if t.kind == "harmonic tone":
-        return rng.choice(["buzzy harmonic tone", "harmonic tone"]), where + ", rich in harmonics", False
+        return "buzzy harmonic tone", where + ", rich in harmonics", False
     if t.kind == "chord":
         return rng.choice(["chord of tones", "chord-like tone"]), f" with its lowest note{where}", False
     if t.kind in ("rising chirp", "falling chirp"):
@@ -258,19 +259,17 @@ def _head(t: SoundTraits, rng: random.Random) -> tuple[str, str, bool]:
         how = f", its pitch wavering about {r} times per second" if r else ", its pitch wavering up and down"
         return "vibrato tone", where + how, False
     if t.kind == "tremolo tone":
-        how = (rng.choice([f", its loudness trembling about {r} times per second",
-                           f" with a fast, trembling tremolo of about {r} beats per second"]) if r
-               else ", its loudness trembling")
+        how = f", its loudness trembling about {r} times per second" if r else ", its loudness trembling"
         return "tremolo tone", where + how, False
     if t.kind == "noise hiss":
-        return rng.choice(["noise hiss", "hissing noise", "hiss of broadband noise"]), "", False
+        return "noise hiss", "", False
     if t.kind == "low rumble":
-        return rng.choice(["low rumble", "rumbling noise", "deep rumble"]), "", False
+        return "low rumble", "", False
     if t.kind == "noise":
         return "noisy, partly tonal sound", where, False
     if t.kind == "click train":
         how = f", about {r} clicks per second" if r else ""
-        return rng.choice(["click train", "train of rapid clicks"]), how, False
+        return "click train", how, False
     if t.kind == "percussive hit":
         return "single percussive hit", f"{where} that {'rings out slowly' if t.ringing else 'dies away quickly'}", False
     return "percussive hits", f"{where} that {'ring out slowly' if t.ringing else 'die away quickly'}", True
