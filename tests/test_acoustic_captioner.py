@@ -13,7 +13,7 @@ import pytest
 from scipy.signal import butter, fftconvolve, sosfilt
 
 from and_lightning.describe import acoustic_features as af
-from and_lightning.describe.captioners.acoustic import AcousticCaptioner, AcousticThresholds
+from and_lightning.describe.captioners.acoustic import KINDS, AcousticCaptioner, AcousticThresholds
 from and_lightning.describe.captioners.base import Clip
 
 SR = 16000
@@ -437,6 +437,7 @@ def test_vibrato(captioner):
      "percussive hits"),
 ])
 def test_each_sound_type_is_named(captioner, signal, kind):
+    assert kind in KINDS
     x = signal()
     assert captioner.traits(Clip("c", x.astype(np.float32), SR)).kind == kind
     assert kind.split()[-1].rstrip("e") in caption_of(captioner, x).lower()  # "rumbl": a rumble, rumbling noise

@@ -187,7 +187,8 @@ def test_extractive_summary_lists_what_most_captions_share():
 
 def test_extractive_summary_all_and_nothing_shared():
     same = ["A church bell rings with a deep metallic tone."] * 3
-    assert extractive_summary(same) == "All of them are church bells. All of them ring with a deep metallic tone."
+    assert extractive_summary(same) == ("All of them contain a church bell. "
+                                        "In all of them, the church bell rings with a deep metallic tone.")
     nothing = extractive_summary(["A dog barks.", "Rain falls on a roof.", "A car engine idles."])
     assert nothing == "There is no clear commonality between them."
 

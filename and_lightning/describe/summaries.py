@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable, Mapping, Sequence
 
-from and_lightning.describe.lexicon import ACOUSTIC_ADJECTIVES, NON_DESCRIPTIVE, STOPWORDS, is_acoustic
+from and_lightning.describe.lexicon import NON_DESCRIPTIVE, STOPWORDS, is_acoustic
 from and_lightning.describe.open_concepts import ADJECTIVE_TAGS, is_negated, tag_text
 from and_lightning.describe.sentences import clean_repeated_caption
 
@@ -59,7 +59,7 @@ def group_by_clip_set(neuron_clips: Mapping[Hashable, Sequence[str]]) -> dict[tu
 #   verb phrases with their subject "the pure tone | is pulsing on and off about # times per second"
 # Numbers become "#" so "about 3 times" and "about 4 times" are one phrase; the summary names the range
 # ("about 3-4 times per second"). A phrase counts once per caption; those in MORE than `min_share` of the
-# captions are written as 1-4 sentences. Units (Hz, times, seconds) never stand alone, and generic nouns
+# captions are written as short sentences. Units (Hz, times, seconds) never stand alone, and generic nouns
 # (sound, tone, pitch, loudness, ...) only with a modifier ("pure tone", not "tone").
 _UNITS = frozenset("hz khz db ms s sec secs second seconds minute minutes times time per".split())
 _GENERIC_NOUNS = frozenset(
@@ -67,9 +67,14 @@ _GENERIC_NOUNS = frozenset(
     "background tail quality tone tones pitch loudness volume level noise hz khz times time second seconds "
     "thing things one ones kind type".split()
 )
-# Subjects that are an attribute of the sound rather than the sound: "the pitch rises", "its loudness trembles".
-_ATTRIBUTE_NOUNS = frozenset("pitch loudness volume level tempo rhythm recording recordings quality timbre".split())
-_GRADABLE = ACOUSTIC_ADJECTIVES["loudness"] | frozenset("dark bright high low deep shrill".split())
+# Nouns that name a sound: a clip "is" one ("Most of them are pure tones") and what it does is what the clips do
+# ("Most of them are pulsing ..."). Other subjects keep their name ("In most of them, the pitch rises",
+# "..., the dog barks"), and other nouns are contained ("Most of them contain a dog").
+_SOUND_NOUNS = frozenset("""
+    sound sounds noise noises tone tones chirp chirps hiss hisses rumble rumbles train trains click clicks clicking
+    hit hits chord chords note notes beep beeps whistle whistles hum hums buzz buzzing drone pulse pulses burst
+    bursts ring tick ticks thud thuds bang bangs knock knocks tap taps crackle static squeal screech
+""".split())
 _SETTING_NOUNS = frozenset("background tail distance room echo environment surroundings space".split())
 _SETTING_PREPOSITIONS = frozenset("over against with in while amid behind among during beneath under".split())
 _APPROX = frozenset("about around approximately roughly nearly some at".split())
@@ -128,12 +133,6 @@ def _is_adjective(w: str, t: str) -> bool:
             and _is_word(w) and w not in NON_DESCRIPTIVE and w not in _UNITS)
 
 
-def _gradable(w: str) -> bool:
-    """A loudness, brightness or pitch-height adjective ("quiet", "dark", "high-pitched"): it takes a comma
-    after another adjective ("quiet, high-pitched tones"), unlike a type word ("high-pitched pure tones")."""
-    return "-" in w or w in _GRADABLE
-
-
 @dataclass
 class _Phrase:
     """One descriptor phrase in one caption: its matching key, its words ("#" for numbers) and the numbers."""
@@ -143,7 +142,7 @@ class _Phrase:
     words: list[str]
     numbers: list[str] = field(default_factory=list)
     subject: str = ""              # vp: the subject's key ("pure tone", "loudness"); "" = the sound itself
-    in_pp: bool = False            # np: inside a prepositional phrase ("with a steady rhythm")
+    in_pp: bool = False            # np: inside a prepositional phrase ("with a steady rhythm") or a setting
     number_tail: list[str] = field(default_factory=list)  # np: a number phrase right after it ("around # hz")
     tail_numbers: list[str] = field(default_factory=list)
 
@@ -248,12 +247,13 @@ def _clause_phrases(clause: list[tuple[str, str]], negated: list[bool], subject:
                 back -= 1
             in_pp = back >= 0 and clause[back][1] in ("IN", "TO") and clause[back][0] not in _RELATIVES
             n_end, n_words, n_numbers = _number_phrase(clause, j)
-            setting = words[-1] in _SETTING_NOUNS
+            setting = bool(_SETTING_NOUNS.intersection(words))
             for k in range(len(words)):
                 sub = words[k:]
                 if (len(sub) == 1 and (sub[0] in _GENERIC_NOUNS or sub[0] in STOPWORDS)) or sub[0] == "of":
                     continue
-                out.append(_Phrase("np", " ".join(sub), sub, in_pp=in_pp, number_tail=n_words, tail_numbers=n_numbers))
+                out.append(_Phrase("np", " ".join(sub), sub, in_pp=in_pp or setting, number_tail=n_words,
+                                   tail_numbers=n_numbers))
             if not setting:
                 out += [_Phrase("adj", x, [x]) for x, tx in clause[i:j] if _is_adjective(x, tx) and tx not in _NOUN_TAGS]
             if not in_pp:
@@ -420,7 +420,7 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
 
     sentences = []
     # what they are: the longest (then most shared) noun phrase naming the sound, with its numbers
-    nps = shared("np", where=lambda p: not p.in_pp and p.words[-1] not in _SETTING_NOUNS)
+    nps = shared("np", where=lambda p: not p.in_pp)
     best = max(nps, key=lambda kv: (len(kv[1][0].words), len(kv[1]))) if nps else None
     in_np = set(best[1][0].words) if best else set()
     adjs = [(k, v) for k, v in shared("adj") if not set(k.split()) <= in_np][:_MAX_ADJECTIVES]
@@ -435,16 +435,21 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
         for k, v in shared("num")[:1] + multi:
             what += ", " + _fill(v[0].words, [p.numbers for p in v])
             counts.append(len(v))
-        sentences.append(f"{quant(counts)} of them are {what}.")
+        if best[1][0].words[-1] in _SOUND_NOUNS or best[1][0].words[-1].endswith("ing"):
+            sentences.append(f"{quant(counts)} of them are {what}.")
+        else:  # "a dog barking": the clips contain it
+            sentences.append(f"{quant(counts)} of them contain {_article(best[1][0].words)}{what[len(_plural(best[1][0].words)):]}.")
     # how they sound: the shared adjectives
     described = single if best else single + multi
     if described:
         sentences.append(f"{quant([len(v) for _, v in described])} of them are {_join([k for k, _ in described])}.")
     # what they do: one sentence per verb phrase; adjectives already said are not repeated ("stays steady")
     said = {w for k, _ in adjs for w in k.split()} | in_np
-    attribute = [(k, v) for k, v in shared("vp", key=lambda p: f"{p.subject}|{p.key}")
-                 if v[0].subject and v[0].subject.split()[-1] in _ATTRIBUTE_NOUNS]
-    clip = shared("vp", where=lambda p: not p.subject or p.subject.split()[-1] not in _ATTRIBUTE_NOUNS)
+    def clip_level(p: _Phrase) -> bool:
+        return not p.subject or p.subject.split()[-1] in _SOUND_NOUNS
+
+    attribute = [(k, v) for k, v in shared("vp", key=lambda p: f"{p.subject}|{p.key}") if not clip_level(v[0])]
+    clip = shared("vp", where=clip_level)
     n_vp = 0
     for k, v in clip + attribute:
         subject = v[0].subject if (k, v) in attribute else ""

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from and_lightning.describe.calibration import calibrate_many
+from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, calibrate_many
 from and_lightning.describe.closed_set import (
     db_probs, icl_prompt, map_to_concept, scores_from_p, tab_scores_matrix, top_concepts,
 )
@@ -85,7 +85,8 @@ def describe_layer(
                                | {("low", u): s for u, s in zip(units, low_sets)})
     summaries = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats)
     calibrated = calibrate_many([(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)], encoder,
-                                threshold=dcfg.calibration.threshold, min_tokens=dcfg.calibration.min_tokens)
+                                threshold=ORIGINAL_THRESHOLD if dcfg.faithful else dcfg.calibration.threshold,
+                                min_tokens=dcfg.calibration.min_tokens)
     opens = [extract_open_concepts(c.high, acoustic=None, window=dcfg.open_concepts.negation_window)
              for c in calibrated]
     acoustic = acoustic_decisions([o.adjectives for o in opens], llm, dcfg.open_concepts.acoustic_filter)
