@@ -52,10 +52,13 @@ def public_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain data, with any secret-looking value masked (keys come from env only)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
 
+    def secret(key: Any, value: Any) -> bool:  # `api_key_env` names a variable: not a secret itself
+        k = str(key).lower()
+        return value is not None and not k.endswith("_env") and any(w in k for w in SECRET_WORDS)
+
     def scrub(x: Any) -> Any:
         if isinstance(x, dict):
-            return {k: ("***" if any(w in str(k).lower() for w in SECRET_WORDS) and not str(k).endswith("_env")
-                        and x[k] is not None else scrub(v)) for k, v in x.items()}
+            return {k: "***" if secret(k, v) else scrub(v) for k, v in x.items()}
         if isinstance(x, list):
             return [scrub(v) for v in x]
         return x

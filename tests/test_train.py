@@ -86,7 +86,8 @@ def test_cli_multirun_gives_one_wandb_run_per_job(tmp_path):
         logged = read_run(run)
         assert any("val/acc" in row for row in logged["history"]) and "test/acc" in logged["summary"]
         assert logged["config"]["strategy"]["name"] == strategy
-        groups.add(logged["config"].get("_group") or run.parent.parent.parent.name)
+        groups.add(logged["group"])
+    assert len(groups) == 1 and groups.pop().startswith("train-"), "one W&B group per sweep"
     assert (tmp_path / "checkpoints" / "synth-cnn-frozen-s0.pt").is_file()
 
 

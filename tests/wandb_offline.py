@@ -46,9 +46,9 @@ def _items(items) -> dict[str, Any]:
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """{"history": [row, ...], "summary": {...}, "config": {...}, "files": [...]} of one offline run folder."""
+    """{"history": [row, ...], "summary": {...}, "config": {...}, "group": str} of one offline run folder."""
     log = next(Path(run_dir).glob("run-*.wandb"))
-    history, summary, config = [], {}, {}
+    history, summary, config, group = [], {}, {}, ""
     for rec in records(log):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
@@ -57,7 +57,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             summary.update(_items(rec.summary.update))
         elif kind == "config":
             config.update(_items(rec.config.update))
-    return {"history": history, "summary": summary, "config": config}
+        elif kind == "run":
+            group = rec.run.run_group or group
+    return {"history": history, "summary": summary, "config": config, "group": group}
 
 
 def offline_runs(root: Path) -> list[Path]:

@@ -16,11 +16,12 @@ from matplotlib.figure import Figure
 from and_lightning.store.atomic import atomic_path
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> str:
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> str:
+    """Write `fig` as a PNG atomically (complete or absent); returns the path."""
     path = Path(path)
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return str(path)
 
 
@@ -35,7 +36,7 @@ def adjective_bar_chart(counts: Mapping[str, int], top_n: int, path: str | os.Pa
     ax.tick_params(axis="x", labelrotation=45)
     if not items:
         ax.text(0.5, 0.5, "no adjectives", ha="center", va="center", transform=ax.transAxes)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def adjectives_per_layer_plot(stats: Mapping[str, Any], path: str | os.PathLike) -> str:
@@ -51,7 +52,7 @@ def adjectives_per_layer_plot(stats: Mapping[str, Any], path: str | os.PathLike)
     ax.set_xticks(x, layers, rotation=45)
     ax.set_ylabel("adjectives per neuron")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def uninterpretable_plot(fractions: Mapping[str, Mapping[int, float]], path: str | os.PathLike) -> str:
@@ -67,7 +68,7 @@ def uninterpretable_plot(fractions: Mapping[str, Mapping[int, float]], path: str
     ax.set_ylabel("uninterpretable neurons (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def real_vs_shuffled_plot(rows: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike,
@@ -83,7 +84,7 @@ def real_vs_shuffled_plot(rows: Sequence[Mapping[str, Any]], metric: str, path: 
     ax.set_xticks(x, labels, rotation=45)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | os.PathLike, n_fft: int = 512) -> str:

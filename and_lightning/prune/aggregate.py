@@ -18,7 +18,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from and_lightning.prune.unlearn import RESULT_FILE
-from and_lightning.store.atomic import atomic_path, write_text
+from and_lightning.analysis.plots import save_png
+from and_lightning.store.atomic import write_text
 from and_lightning.tracking import point_wandb_into
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,9 @@ def ablation_chart(points: dict[str, list[tuple[float, float]]], path: str | os.
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    saved = Path(save_png(fig, path, dpi=100))
     plt.close(fig)
-    return path
+    return saved
 
 
 def aggregate(sweep_dir: str | os.PathLike, wandb_project: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from and_lightning.store.atomic import atomic_path
+from and_lightning.analysis.plots import save_png
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -114,8 +114,6 @@ def drop_chart(per_class: dict[str, dict[str, Sequence[float]]], class_names: Se
                 tick.set_color("red")
                 tick.set_fontweight("bold")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    saved = Path(save_png(fig, path, dpi=100))
     plt.close(fig)
-    return path
+    return saved
