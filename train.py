@@ -2,12 +2,13 @@
 import hydra
 from omegaconf import DictConfig
 
+from and_lightning.study import train_and_dissect
 from and_lightning.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    metrics = train_and_dissect(cfg) if cfg.get("then_dissect") else train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 

@@ -50,6 +50,15 @@ def build(node: DictConfig | dict, **overrides: Any) -> Any:
     return instantiate(plain, _convert_="all")
 
 
+def build_trainable(model_cfg: DictConfig) -> Any:
+    """The adapter `model_cfg` describes, refusing fixed pretrained models (e.g. CREPE) that train.py cannot train."""
+    adapter = build(model_cfg)
+    if not adapter.trainable:
+        raise ValueError(f"model={model_cfg.name} is a fixed pretrained model for dissection only; "
+                         "train.py cannot train it (use it with dissect.py)")
+    return adapter
+
+
 def load_adapter(path: str | os.PathLike, field: str = "ckpt_path") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the adapter a checkpoint was trained with and load its weights strictly."""
     ckpt = load_checkpoint(path, field)

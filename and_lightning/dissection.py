@@ -63,7 +63,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, trainer_kwargs=cfg.trainer,
         top_k=cfg.describe.k, reuse_only="collect" not in stages))
     out = dissection_dir(cfg, store)
-    result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out)}
+    result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out), "layers": layers}
     if stages == ("collect",):
         return _finish(cfg, result)
 

@@ -9,29 +9,30 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from and_lightning.checkpoints import build, load_checkpoint, save_checkpoint
+from and_lightning.checkpoints import build, build_trainable, load_checkpoint, save_checkpoint
 from and_lightning.lit.classifier import ClassifierModule
+from and_lightning.pretraining import pretrain
 from and_lightning.tracking import build_loggers, finish_wandb, public_config
 
 log = logging.getLogger(__name__)
 
 
-def init_weights(adapter: Any, strategy: DictConfig) -> None:
-    """Load the strategy's starting checkpoint into the adapter (all but a class-count-mismatched head)."""
-    if not strategy.get("init_ckpt"):
+def init_weights(adapter: Any, strategy: DictConfig, ckpt: str | Path | None) -> None:
+    """Load the starting checkpoint into the adapter (all but a class-count-mismatched head)."""
+    if not ckpt:
         if strategy.get("require_init_ckpt"):
             raise ValueError(f"strategy={strategy.name} needs strategy.init_ckpt=<path to a checkpoint>")
         return
-    state = load_checkpoint(strategy.init_ckpt, field="strategy.init_ckpt")["state_dict"]
+    state = load_checkpoint(ckpt, field="strategy.init_ckpt")["state_dict"]
     own = adapter.state_dict()
     head = adapter.head_path + "."
     kept = {k: v for k, v in state.items() if not (k.startswith(head) and own.get(k, v).shape != v.shape)}
     missing, unexpected = adapter.load_state_dict(kept, strict=False)
     bad = [k for k in missing if not k.startswith(head)] + list(unexpected)
     if bad:
-        raise ValueError(f"strategy.init_ckpt={strategy.init_ckpt} does not fit model={type(adapter).__name__}: "
+        raise ValueError(f"strategy.init_ckpt={ckpt} does not fit model={type(adapter).__name__}: "
                          f"mismatched keys {bad[:5]}")
-    log.info("initialised from %s (%d tensors)", strategy.init_ckpt, len(kept))
+    log.info("initialised from %s (%d tensors)", ckpt, len(kept))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -40,22 +41,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from and_lightning.prune.unlearn import unlearn
 
         return unlearn(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = build(cfg.data)
-    datamodule.prepare_data()
-    adapter = build(cfg.model)
-    if not adapter.trainable:
-        raise ValueError(f"model={cfg.model.name} is a fixed pretrained model for dissection only; "
-                         "train.py cannot train it (use it with dissect.py)")
-    init_weights(adapter, cfg.strategy)
     config = public_config(cfg)
-    module = ClassifierModule(adapter, cfg.data.num_classes, instantiate(cfg.optimizer),
-                              instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                              freeze_backbone=cfg.strategy.freeze_backbone, config=config)
     loggers = build_loggers(cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     try:
+        init_ckpt = cfg.strategy.init_ckpt
+        if cfg.strategy.get("pretrain"):  # ssl strategies: the pre-trained backbone is the starting point
+            if init_ckpt:
+                raise ValueError(f"strategy={cfg.strategy.name} pre-trains its own backbone; leave "
+                                 f"strategy.init_ckpt empty (got {init_ckpt}) or use strategy=finetune / frozen")
+            init_ckpt = config["strategy"]["init_ckpt"] = str(pretrain(cfg, loggers))
+        L.seed_everything(cfg.seed, workers=True)  # the same from here whether pre-training ran or was cached
+        datamodule = build(cfg.data)
+        datamodule.prepare_data()
+        adapter = build_trainable(cfg.model)
+        init_weights(adapter, cfg.strategy, init_ckpt)
+        module = ClassifierModule(adapter, cfg.data.num_classes, instantiate(cfg.optimizer),
+                                  instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+                                  freeze_backbone=cfg.strategy.freeze_backbone, config=config)
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         for lg in loggers:
             lg.log_hyperparams(config)
         trainer.fit(module, datamodule=datamodule)

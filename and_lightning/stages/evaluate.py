@@ -243,6 +243,7 @@ def interpretability_task(icfg: Mapping[str, Any], out: Path, layers: Sequence[s
             f"p = {stats['p_value']:.3g})").items()})
         result.images["adjectives_per_layer"] = adjectives_per_layer_plot(stats, out / "adjectives_per_layer.png")
         result.metrics.update({"eval/interp/adj_slope": stats["slope"], "eval/interp/adj_slope_p": stats["p_value"]})
+        result.metrics.update({f"eval/interp/{k}/mean_adjectives": v for k, v in stats["means"].items()})
         print("adjectives per neuron: " + ", ".join(f"{k} {_fmt(v)}" for k, v in stats["means"].items())
               + f"; fit slope {stats['slope']:.4f} per layer (p = {stats['p_value']:.3g})")
 

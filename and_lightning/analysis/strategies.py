@@ -1,0 +1,426 @@
+"""Compare training strategies (scratch / frozen SSL + linear head / SSL fine-tuned) over seeds from each job's
+`study_result.json`: per-layer and per-strategy tables, two plots, a finding paragraph checked against the paper's
+§9.4/§9.5 pattern, and a W&B run in the sweep's group. `StudyCallback` runs it when a Hydra multirun ends.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from hydra.experimental.callback import Callback
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from and_lightning.analysis.plots import save_png
+from and_lightning.analysis.tables import csv_text, markdown_table
+from and_lightning.store.atomic import write_text
+from and_lightning.tracking import point_wandb_into
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "study_result.json"
+SUMMARY_STEM = "strategies_summary"
+LAYERS_STEM = "strategies_layers"
+LAYERS_PNG = "strategies_layers.png"
+ACCURACY_PNG = "strategies_accuracy.png"
+REQUIRED_KEYS = ("strategy", "seed", "layers", "metrics")
+ALPHA = 0.05
+FLOAT_TOL = 1e-9  # shares closer than this count as equal (float noise, not a change)
+SUPERVISED = ("scratch", "ssl_finetune")  # the paper's pattern: these narrow with depth
+SELF_SUPERVISED = "ssl"  # ... and the frozen self-supervised backbone stays flat
+# per-layer quantity -> metric key template ({layer}, {k} = K')
+LAYER_METRICS = {
+    "uninterpretable": "eval/interp/{layer}/uninterpretable_k{k}",
+    "mean_adjectives": "eval/interp/{layer}/mean_adjectives",
+    "gt_f1": "eval/gt/description/{layer}/f1",
+    "gt_f1_shuffled": "eval/gt/description/{layer}/f1_shuffled",
+    "sim_pearson": "eval/sim/{layer}/pearson",
+    "sim_pearson_shuffled": "eval/sim/{layer}/pearson_shuffled",
+}
+WITH_SD = ("uninterpretable", "mean_adjectives", "gt_f1", "sim_pearson")
+LAYER_COLUMNS = ["strategy", "layer", "depth", "seeds", "uninterpretable", "uninterpretable_sd", "mean_adjectives",
+                 "mean_adjectives_sd", "gt_f1", "gt_f1_sd", "gt_f1_shuffled", "sim_pearson", "sim_pearson_sd",
+                 "sim_pearson_shuffled"]
+SUMMARY_COLUMNS = ["strategy", "seeds", "test_acc", "test_acc_sd", "last_layer_top1", "last_layer_top1_sd",
+                   "adj_slope", "adj_slope_sd", "adj_slope_p_max", "slope_tested_seeds", "slope_negative_seeds",
+                   "slope_significant_seeds",
+                   "hidden_layers", "first_hidden", "last_hidden", "uninterpretable", "uninterpretable_first",
+                   "uninterpretable_last_hidden", "gt_f1", "sim_pearson"]
+
+
+def read_study_results(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every job's `study_result.json` under `sweep_dir` (any depth), in job order, each with its "job_dir"."""
+    sweep_dir = Path(sweep_dir)
+    paths = sorted(sweep_dir.rglob(RESULT_FILE), key=lambda p: [int(s) if s.isdigit() else s for s in p.parts])
+    if not paths:
+        raise FileNotFoundError(f"{sweep_dir}: no {RESULT_FILE} from any job (did the multirun run "
+                                f"experiment=strategies jobs, and did they finish?)")
+    results = []
+    for p in paths:
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from e
+        missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise ValueError(f"{p}: missing {', '.join(map(repr, missing))} (expected keys {list(REQUIRED_KEYS)})")
+        if not isinstance(data["layers"], list) or not isinstance(data["metrics"], dict):
+            raise ValueError(f"{p}: 'layers' must be a list of layer names and 'metrics' an object")
+        results.append(data | {"job_dir": str(p.parent)})
+    return results
+
+
+def _num(metrics: dict, key: str) -> float:
+    """A metric as float; missing, null or non-numeric values are NaN."""
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def _mean(values: Sequence[float]) -> float:
+    vals = _finite(values)
+    return float(vals.mean()) if vals.size else math.nan
+
+
+def _sd(values: Sequence[float]) -> float:
+    """Sample standard deviation (ddof=1) of the finite values; NaN with fewer than two."""
+    vals = _finite(values)
+    return float(vals.std(ddof=1)) if vals.size >= 2 else math.nan
+
+
+def _by_strategy(results: Sequence[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(str(r["strategy"]), []).append(r)
+    return groups
+
+
+def _layers(results: Sequence[dict]) -> list[str]:
+    """The layers of one strategy's jobs in depth order (first job's order; layers only later jobs have go last)."""
+    layers: list[str] = []
+    for r in results:
+        layers += [str(name) for name in r["layers"] if str(name) not in layers]
+    return layers
+
+
+def layer_rows(results: Sequence[dict], k_prime: int = 4) -> list[dict[str, Any]]:
+    """One row per (strategy, layer): seed mean (and sample sd over seeds) of each per-layer metric; the
+    uninterpretable share uses K' = `k_prime`. Strategies in first-seen order, layers in depth order."""
+    rows = []
+    for strategy, rs in _by_strategy(results).items():
+        for depth, layer in enumerate(_layers(rs), start=1):
+            seeds = [r for r in rs if layer in map(str, r["layers"])]
+            row: dict[str, Any] = {"strategy": strategy, "layer": layer, "depth": depth, "seeds": len(seeds)}
+            for name, template in LAYER_METRICS.items():
+                values = [_num(r["metrics"], template.format(layer=layer, k=k_prime)) for r in seeds]
+                row[name] = _mean(values)
+                if name in WITH_SD:
+                    row[f"{name}_sd"] = _sd(values)
+            rows.append({c: row[c] for c in LAYER_COLUMNS})
+    return rows
+
+
+def summary_rows(results: Sequence[dict], k_prime: int = 4) -> list[dict[str, Any]]:
+    """One row per strategy: accuracy and adjective slope over seeds, and over the hidden layers (all but the
+    last, the head) the mean of the per-layer seed means, plus the first and last hidden layer's uninterpretable
+    share. `adj_slope_p_max` is NaN when any seed lacks a p-value, so "< 0.05" means "every seed at 5 %"."""
+    layers_by_strategy: dict[str, list[dict]] = {}
+    for row in layer_rows(results, k_prime):
+        layers_by_strategy.setdefault(row["strategy"], []).append(row)
+    out = []
+    for strategy, rs in _by_strategy(results).items():
+        def metric(key: str, rs: list[dict] = rs) -> list[float]:
+            return [_num(r["metrics"], key) for r in rs]
+
+        slopes, ps = metric("eval/interp/adj_slope"), metric("eval/interp/adj_slope_p")
+        hidden = layers_by_strategy[strategy][:-1]
+        row = {
+            "strategy": strategy, "seeds": len(rs),
+            "test_acc": _mean(metric("test/acc")), "test_acc_sd": _sd(metric("test/acc")),
+            "last_layer_top1": _mean(metric("dissect/last_layer_top1")),
+            "last_layer_top1_sd": _sd(metric("dissect/last_layer_top1")),
+            "adj_slope": _mean(slopes), "adj_slope_sd": _sd(slopes),
+            "adj_slope_p_max": float(np.max(ps)) if ps else math.nan,
+            "slope_tested_seeds": sum(1 for s, p in zip(slopes, ps) if math.isfinite(s) and math.isfinite(p)),
+            "slope_negative_seeds": sum(1 for s, p in zip(slopes, ps) if s < 0 and p < ALPHA),
+            "slope_significant_seeds": sum(1 for p in ps if p < ALPHA),
+            "hidden_layers": len(hidden),
+            "first_hidden": hidden[0]["layer"] if hidden else "",
+            "last_hidden": hidden[-1]["layer"] if hidden else "",
+            "uninterpretable": _mean([h["uninterpretable"] for h in hidden]),
+            "uninterpretable_first": hidden[0]["uninterpretable"] if hidden else math.nan,
+            "uninterpretable_last_hidden": hidden[-1]["uninterpretable"] if hidden else math.nan,
+            "gt_f1": _mean([h["gt_f1"] for h in hidden]),
+            "sim_pearson": _mean([h["sim_pearson"] for h in hidden]),
+        }
+        out.append(row)
+    return out
+
+
+def _slope_state(row: dict) -> str:
+    """"all" / "some" / "none": in how many seeds adjectives per neuron fall significantly with depth."""
+    if row["seeds"] and row["slope_negative_seeds"] == row["seeds"]:
+        return "all"
+    return "some" if row["slope_negative_seeds"] else "none"
+
+
+def _uninterp_falls(row: dict) -> bool | None:
+    """Whether the uninterpretable share is lower in the last hidden layer than in the first (None: unknown)."""
+    first, last = row["uninterpretable_first"], row["uninterpretable_last_hidden"]
+    if row["hidden_layers"] < 2 or not (math.isfinite(first) and math.isfinite(last)):
+        return None
+    return last < first - FLOAT_TOL
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _describe(row: dict) -> str:
+    n = row["seeds"]
+    state = _slope_state(row)
+    if state == "all":
+        slope = (f"adjectives per neuron fall with depth in every seed (mean slope {row['adj_slope']:.3f}, "
+                 f"largest p {row['adj_slope_p_max']:.2g})")
+    elif state == "some":
+        slope = (f"adjectives per neuron fall significantly with depth in {row['slope_negative_seeds']} of {n} "
+                 f"seeds (mean slope {row['adj_slope']:.3f})")
+    elif not row["slope_tested_seeds"]:
+        slope = "no adjective slope with a p-value was measured"
+    else:
+        rising = row["slope_significant_seeds"]
+        slope = (f"adjectives per neuron do not fall significantly with depth in any seed (mean slope "
+                 f"{row['adj_slope']:.3f}" + (f"; a significant rise in {rising} of {n} seeds)" if rising else ")"))
+    if 0 < row["slope_tested_seeds"] < n:
+        slope += f" (slope or p-value missing for {n - row['slope_tested_seeds']} of {n} seeds)"
+    falls = _uninterp_falls(row)
+    first, last = row["uninterpretable_first"], row["uninterpretable_last_hidden"]
+    if falls is None:
+        why = "fewer than two hidden layers" if row["hidden_layers"] < 2 else "not measured"
+        uninterp = f"the uninterpretable share cannot be compared across hidden layers ({why})"
+    else:
+        if falls or last > first + FLOAT_TOL:
+            uninterp = (f"the uninterpretable share {'falls' if falls else 'rises'} from {_pct(first)} in "
+                        f"{row['first_hidden']} to {_pct(last)} in {row['last_hidden']}")
+        else:
+            uninterp = (f"the uninterpretable share stays at {_pct(first)} from {row['first_hidden']} to "
+                        f"{row['last_hidden']}")
+    return f"`{row['strategy']}` ({n} seed{'s' if n != 1 else ''}): {slope}; {uninterp}."
+
+
+def _grade(row: dict) -> str:
+    """"full" / "partial" / "none": how far one strategy shows the paper's pattern for its kind."""
+    if row["strategy"] == SELF_SUPERVISED:
+        sig, tested = row["slope_significant_seeds"], row["slope_tested_seeds"]
+        if sig == 0:  # flat where tested; untested seeds cannot count as flat
+            return "full" if tested == row["seeds"] else ("partial" if tested else "none")
+        return "none" if sig == row["seeds"] else "partial"
+    state, falls = _slope_state(row), _uninterp_falls(row)
+    if state == "all" and falls:
+        return "full"
+    return "partial" if state != "none" or falls else "none"
+
+
+def _verdict_part(row: dict, grade: str) -> str:
+    name = f"`{row['strategy']}`"
+    if row["strategy"] == SELF_SUPERVISED:
+        if grade == "full":
+            return name + " stays flat (no seed with a significant adjective slope)"
+        if not row["slope_tested_seeds"]:
+            return name + " has no adjective slope with a p-value"
+        sig, tested, n = row["slope_significant_seeds"], row["slope_tested_seeds"], row["seeds"]
+        if grade == "none":
+            return name + " is not flat (a significant adjective slope in every seed)"
+        return name + (f" is only partly flat (a significant adjective slope in {sig} of {n} seeds)" if sig else
+                       f" is flat only where tested ({tested} of {n} seeds have a slope and p-value)")
+    if grade == "full":
+        return name + " narrows with depth (significantly negative slope in every seed, falling uninterpretable share)"
+    slope = {"all": "a significantly negative slope in every seed",
+             "some": f"a significantly negative slope in {row['slope_negative_seeds']} of {row['seeds']} seeds",
+             "none": "no significantly negative slope"}[_slope_state(row)]
+    falls = {True: "a falling", False: "no falling", None: "no measured fall of the"}[_uninterp_falls(row)]
+    word = " narrows only partly" if grade == "partial" else " does not narrow"
+    return f"{name}{word} ({slope}, {falls} uninterpretable share)"
+
+
+def finding_text(summary: Sequence[dict], k_prime: int | None = None) -> str:
+    """A short paragraph stating, from the numbers only, what each strategy shows and whether the paper's
+    pattern (supervised strategies narrow with depth, the frozen SSL backbone stays flat) is reproduced."""
+    share = f"uninterpretable share (K' = {k_prime})" if k_prime is not None else "uninterpretable share"
+    sentences = [_describe(r).replace("uninterpretable share", share, 1) for r in summary]
+    rows = {r["strategy"]: r for r in summary}
+    judged = (*SUPERVISED, SELF_SUPERVISED)
+    missing = [s for s in judged if s not in rows]
+    if missing:
+        verdict = (f"Verdict: whether the paper's pattern is reproduced cannot be judged: it needs "
+                   f"{', '.join(f'`{s}`' for s in missing)}, which this sweep does not have.")
+    else:
+        grades = {s: _grade(rows[s]) for s in judged}
+        if all(g == "full" for g in grades.values()):
+            word = "reproduced"
+        elif all(grades[s] == "none" for s in SUPERVISED):
+            word = "not reproduced"
+        else:
+            word = "partly reproduced"
+        parts = [_verdict_part(rows[s], grades[s]) for s in judged]
+        verdict = (f"Verdict: the paper's pattern (supervised training narrows neurons with depth, the frozen "
+                   f"self-supervised backbone stays flat) is {word}: {parts[0]}; {parts[1]}; {parts[2]}.")
+    return " ".join(sentences + [verdict])
+
+
+def _depth_labels(rows: Sequence[dict]) -> list[str]:
+    labels: dict[int, list[str]] = {}
+    for r in rows:
+        names = labels.setdefault(r["depth"], [])
+        if r["layer"] not in names:
+            names.append(r["layer"])
+    return ["/".join(labels[d]) for d in sorted(labels)]
+
+
+def layers_chart(rows: Sequence[dict], path: str | os.PathLike, k_prime: int = 4) -> str:
+    """2x2 panels vs layer depth, one line per strategy with seed-sd error bars (dashed: shuffled baseline)."""
+    panels = [("uninterpretable", None, f"uninterpretable neurons (%), K' = {k_prime}", 100.0),
+              ("mean_adjectives", None, "adjectives per neuron", 1.0),
+              ("gt_f1", "gt_f1_shuffled", "ground-truth F1 (dashed: shuffled)", 1.0),
+              ("sim_pearson", "sim_pearson_shuffled", "simulation Pearson r (dashed: shuffled)", 1.0)]
+    labels = _depth_labels(rows)
+    fig = Figure(figsize=(max(9.0, 1.2 * len(labels) + 5), 7.5))
+    axes = fig.subplots(2, 2)
+    colors = [f"C{i}" for i in range(10)]
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    for ax, (key, shuffled, title, scale) in zip(axes.flat, panels):
+        for i, strategy in enumerate(strategies):
+            rs = [r for r in rows if r["strategy"] == strategy]
+            x = np.array([r["depth"] for r in rs], dtype=float) + 0.05 * (i - (len(strategies) - 1) / 2)  # dodge
+            y = np.array([r[key] for r in rs], dtype=float) * scale
+            err = np.nan_to_num(np.array([r[f"{key}_sd"] for r in rs], dtype=float) * scale)
+            color = colors[i % len(colors)]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=color, label=strategy)
+            if shuffled:
+                ax.plot(x, np.array([r[shuffled] for r in rs], dtype=float) * scale, "--", color=color, alpha=0.7)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(np.arange(1, len(labels) + 1), labels, rotation=45)
+        ax.set_xlabel("layer (depth order; last = head)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("training strategies: interpretability vs depth (mean ± sd over seeds)")
+    fig.tight_layout()
+    return save_png(fig, path, dpi=100)
+
+
+def accuracy_chart(summary: Sequence[dict], path: str | os.PathLike) -> str:
+    """Grouped bars per strategy: test accuracy and last-layer dissection top-1, with seed-sd error bars."""
+    x = np.arange(len(summary))
+    fig = Figure(figsize=(max(5.0, 1.4 * len(summary) + 2), 4.0))
+    ax = fig.add_subplot()
+    top = 1.0
+    for offset, key, label in ((-0.2, "test_acc", "test accuracy"), (0.2, "last_layer_top1", "last-layer top-1")):
+        values = np.array([r[key] for r in summary], dtype=float)  # NaN: no bar (not a bar at 0)
+        err = np.nan_to_num(np.array([r[f"{key}_sd"] for r in summary], dtype=float))
+        ax.bar(x + offset, values, 0.4, yerr=err, capsize=4, label=label)
+        top = max([top, *(values + err)[np.isfinite(values)]])
+    ax.set_xticks(x, [r["strategy"] for r in summary])
+    ax.set_ylim(0, top + 0.05)
+    ax.set_ylabel("fraction (mean ± sd over seeds)")
+    ax.set_title("accuracy and last-layer dissection per training strategy")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return save_png(fig, path, dpi=100)
+
+
+def summary_markdown(summary: Sequence[dict], finding: str, k_prime: int) -> str:
+    return (f"# Training strategies: summary (mean over seeds; hidden layers = all but the head; K' = {k_prime})\n\n"
+            + markdown_table([_p_as_text(r) for r in summary], SUMMARY_COLUMNS) + "\n" + finding + "\n")
+
+
+def _p_as_text(row: dict) -> dict:
+    """The row with its p-value as 2 significant digits (3 decimals would print 6e-5 as 0.000)."""
+    p = row["adj_slope_p_max"]
+    return row | {"adj_slope_p_max": f"{p:.2g}" if math.isfinite(p) else math.nan}
+
+
+def layers_markdown(rows: Sequence[dict], k_prime: int) -> str:
+    return (f"# Training strategies: per layer (mean and sample sd over seeds; K' = {k_prime})\n\n"
+            + markdown_table(rows, LAYER_COLUMNS))
+
+
+def aggregate(sweep_dir: str | os.PathLike, wandb_project: str | None = None, k_prime: int = 4) -> dict[str, Any]:
+    """Write the summary and per-layer tables (md + csv) and both plots into `sweep_dir`; log them to the sweep's
+    W&B group when a project is given and every job has the same group. Returns paths, rows and the finding."""
+    sweep_dir = Path(sweep_dir)
+    results = read_study_results(sweep_dir)
+    layers, summary = layer_rows(results, k_prime), summary_rows(results, k_prime)
+    finding = finding_text(summary, k_prime)
+    paths = {name: sweep_dir / f"{stem}.{ext}" for name, stem, ext in
+             (("summary_md", SUMMARY_STEM, "md"), ("summary_csv", SUMMARY_STEM, "csv"),
+              ("layers_md", LAYERS_STEM, "md"), ("layers_csv", LAYERS_STEM, "csv"))}
+    summary_md = summary_markdown(summary, finding, k_prime)
+    write_text(paths["summary_md"], summary_md)
+    write_text(paths["summary_csv"], csv_text(summary, SUMMARY_COLUMNS))
+    write_text(paths["layers_md"], layers_markdown(layers, k_prime))
+    write_text(paths["layers_csv"], csv_text(layers, LAYER_COLUMNS))
+    plots = {"layers": layers_chart(layers, sweep_dir / LAYERS_PNG, k_prime),
+             "accuracy": accuracy_chart(summary, sweep_dir / ACCURACY_PNG)}
+    out: dict[str, Any] = {"summary": {"md": str(paths["summary_md"]), "csv": str(paths["summary_csv"])},
+                           "layers": {"md": str(paths["layers_md"]), "csv": str(paths["layers_csv"])},
+                           "plots": plots, "rows": {"summary": summary, "layers": layers},
+                           "jobs": len(results), "finding": finding}
+    groups = {r.get("wandb_group") for r in results}
+    if wandb_project:
+        if len(groups) == 1 and None not in groups:
+            out["wandb_run_dir"] = _log_wandb(summary, layers, plots, finding, groups.pop(), wandb_project, sweep_dir)
+        else:
+            log.warning("not logging the study to W&B: the jobs' wandb_group values are %s, not one group",
+                        sorted(map(str, groups)))
+    print(summary_md)
+    return out
+
+
+def _table(rows: Sequence[dict], columns: Sequence[str]):
+    import wandb
+
+    def cell(value: Any) -> Any:  # NaN as an empty cell
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    return wandb.Table(columns=list(columns), data=[[cell(r[c]) for c in columns] for r in rows])
+
+
+def _log_wandb(summary: list[dict], layers: list[dict], plots: dict[str, str], finding: str, group: str,
+               project: str, sweep_dir: Path) -> str:
+    import wandb
+
+    point_wandb_into(sweep_dir)
+    run = wandb.init(project=project, group=group, job_type="study", name=f"{group}-study",
+                     dir=str(sweep_dir), mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous")
+    try:
+        run.log({"strategies/summary": _table(summary, SUMMARY_COLUMNS),
+                 "strategies/layers": _table(layers, LAYER_COLUMNS),
+                 "strategies/layers_plot": wandb.Image(plots["layers"]),
+                 "strategies/accuracy_plot": wandb.Image(plots["accuracy"])})
+        run.summary["strategies/finding"] = finding
+        return str(Path(run.dir).parent)
+    finally:
+        run.finish()
+
+
+class StudyCallback(Callback):
+    """Hydra callback: when a multirun ends, aggregate its training-strategy study in the sweep directory."""
+
+    def __init__(self, k_prime: int = 4) -> None:
+        self.k_prime = int(k_prime)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        wandb_cfg = (config.get("logger") or {}).get("wandb")
+        project = wandb_cfg.get("project") if wandb_cfg else None
+        result = aggregate(config.hydra.sweep.dir, project, self.k_prime)
+        log.info("strategies study: %s (%d jobs)", result["summary"]["md"], result["jobs"])

@@ -1,0 +1,52 @@
+"""One job of a train-then-dissect sweep (the training-strategies study): train, dissect the exported model with
+`dissect.yaml` on the same data, and write `study_result.json` for `and_lightning.analysis.strategies`."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from and_lightning.analysis.strategies import RESULT_FILE
+from and_lightning.dissection import dissect
+from and_lightning.store.atomic import write_json
+from and_lightning.tracking import sweep_group
+from and_lightning.training import train
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def dissect_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
+    """`dissect.yaml` for the model `cfg` trained: same data, paths, seed and logger; `cfg.dissect_overrides` on top.
+    Its files go to <train run dir>/dissect."""
+    overrides = [f"data={cfg.data.name}", f"model={cfg.model.name}", f"seed={cfg.seed}",
+                 *(cfg.get("dissect_overrides") or [])]
+    ready = GlobalHydra.instance().is_initialized()  # inside a Hydra app; plain callers get the repo's conf/
+    with nullcontext() if ready else initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        dcfg = compose("dissect", overrides=overrides)
+    with open_dict(dcfg):
+        dcfg.data, dcfg.model, dcfg.paths = (OmegaConf.create(OmegaConf.to_container(cfg[k], resolve=True))
+                                             for k in ("data", "model", "paths"))
+        dcfg.paths.output_dir = str(Path(cfg.paths.output_dir) / "dissect")
+        dcfg.ckpt_path = ckpt_path
+        dcfg.run_name = f"dissect-{cfg.run_name}"
+        dcfg.tags = list(cfg.tags)
+        dcfg.logger = cfg.logger
+    return dcfg
+
+
+def train_and_dissect(cfg: DictConfig) -> dict[str, Any]:
+    """Train (train.yaml), dissect the result, and record both sets of metrics; returns the train metrics."""
+    metrics = train(cfg)
+    dissected = dissect(dissect_config(cfg, metrics["checkpoint_path"]))
+    wandb_on = bool(cfg.get("logger")) and any("wandb" in k for k in cfg.logger)
+    write_json(Path(cfg.paths.output_dir) / RESULT_FILE, {
+        "strategy": cfg.strategy.name, "seed": int(cfg.seed), "model": cfg.model.name, "data": cfg.data.name,
+        "wandb_group": sweep_group() if wandb_on else None, "checkpoint": metrics["checkpoint_path"],
+        "layers": list(dissected["layers"]),
+        "metrics": {k: float(v) for k, v in {**metrics, **dissected["metrics"]}.items() if isinstance(v, (int, float))},
+    })
+    return metrics
