@@ -1,0 +1,44 @@
+"""The strategies study end to end through the real CLI: one multirun trains scratch / ssl / ssl_finetune over
+two seeds, dissects each model, and the Hydra callback writes the comparison and logs it to the sweep's W&B group."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from test_train import run_cli
+from wandb_offline import offline_runs, read_run
+
+
+@pytest.mark.slow
+def test_strategies_study_multirun(tmp_path):
+    run_cli("train.py", ["-m", "experiment=strategies_ci", f"paths.root_dir={tmp_path}",
+                         f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    results = [json.loads((j / "study_result.json").read_text()) for j in jobs]
+    assert [(r["strategy"], r["seed"]) for r in results] == [
+        (s, seed) for s in ("scratch", "ssl", "ssl_finetune") for seed in (0, 1)]
+    for r in results:
+        assert r["layers"] == ["conv1", "conv2", "conv3", "conv4", "head"]
+        assert 0.0 <= r["metrics"]["test/acc"] <= 1.0
+        assert "eval/interp/conv2/mean_adjectives" in r["metrics"] and "eval/gt/description/conv4/f1" in r["metrics"]
+    # one pre-trained backbone per seed, shared by ssl and ssl_finetune
+    assert len(list((tmp_path / "checkpoints" / "ssl").glob("synth-cnn-s*.pt"))) == 2
+    assert results[2]["checkpoint"] != results[4]["checkpoint"]
+
+    with open(sweep / "strategies_summary.csv", newline="") as f:
+        summary = {row["strategy"]: row for row in csv.DictReader(f)}
+    assert set(summary) == {"scratch", "ssl", "ssl_finetune"} and all(r["seeds"] == "2" for r in summary.values())
+    means = sum(r["metrics"]["test/acc"] for r in results if r["strategy"] == "ssl") / 2
+    assert float(summary["ssl"]["test_acc"]) == pytest.approx(means)
+    assert "Verdict" in (sweep / "strategies_summary.md").read_text()
+    for png in ("strategies_layers.png", "strategies_accuracy.png"):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    runs = {r: read_run(r) for r in offline_runs(sweep)}
+    group = results[0]["wandb_group"]
+    assert group and all(r["group"] == group for r in runs.values())  # train, dissect and study runs: one group
+    places = sorted(str(path.parent.relative_to(sweep)) for path in runs)
+    assert places == sorted([f"{j}/wandb" for j in range(6)] + [f"{j}/dissect/wandb" for j in range(6)] + ["wandb"])
