@@ -2,6 +2,8 @@
 `dissect.yaml` on the same data, and write `study_result.json` for `and_lightning.analysis.strategies`."""
 from __future__ import annotations
 
+import json
+import logging
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from and_lightning.analysis.strategies import RESULT_FILE
 from and_lightning.dissection import dissect
 from and_lightning.store.atomic import write_json
-from and_lightning.tracking import sweep_group
+from and_lightning.store.hashing import hash_obj
+from and_lightning.tracking import public_config, sweep_group
 from and_lightning.training import train
 
+log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -39,14 +43,24 @@ def dissect_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
 
 
 def train_and_dissect(cfg: DictConfig) -> dict[str, Any]:
-    """Train (train.yaml), dissect the result, and record both sets of metrics; returns the train metrics."""
+    """Train (train.yaml), dissect the result, and record both sets of metrics; returns the train metrics.
+
+    A job whose folder already holds the result of the same config is skipped, so rerunning an interrupted sweep
+    with the same `hydra.sweep.dir` redoes only the unfinished jobs."""
+    result_path = Path(cfg.paths.output_dir) / RESULT_FILE
+    key = hash_obj(public_config(cfg))
+    if result_path.is_file():
+        done = json.loads(result_path.read_text(encoding="utf-8"))
+        if done.get("config_key") == key:
+            log.info("%s: already done for this config; skipped", result_path)
+            return done["metrics"]
     metrics = train(cfg)
     dissected = dissect(dissect_config(cfg, metrics["checkpoint_path"]))
     wandb_on = bool(cfg.get("logger")) and any("wandb" in k for k in cfg.logger)
-    write_json(Path(cfg.paths.output_dir) / RESULT_FILE, {
+    metrics = {k: float(v) for k, v in {**metrics, **dissected["metrics"]}.items() if isinstance(v, (int, float))}
+    write_json(result_path, {
         "strategy": cfg.strategy.name, "seed": int(cfg.seed), "model": cfg.model.name, "data": cfg.data.name,
-        "wandb_group": sweep_group() if wandb_on else None, "checkpoint": metrics["checkpoint_path"],
-        "layers": list(dissected["layers"]),
-        "metrics": {k: float(v) for k, v in {**metrics, **dissected["metrics"]}.items() if isinstance(v, (int, float))},
+        "wandb_group": sweep_group() if wandb_on else None, "config_key": key, "layers": list(dissected["layers"]),
+        "metrics": metrics,
     })
     return metrics

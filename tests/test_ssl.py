@@ -99,3 +99,13 @@ def test_ssl_strategy_errors_are_clear(compose_in, tmp_path):
         train(compose_in("train", TINY + ["strategy=ssl", f"strategy.init_ckpt={tmp_path}/x.pt"]))
     with pytest.raises(ValueError, match="strategy.pretrain.objective='masked'"):
         train(compose_in("train", TINY + ["strategy=ssl", "strategy.pretrain.objective=masked"]))
+
+
+@pytest.mark.parametrize("model", ["ast_tiny", "beats_tiny"])
+def test_ssl_linear_probe_on_transformer_backbones(compose_in, model):
+    cfg = compose_in("train", TINY + ["strategy=ssl", f"model={model}"])
+    probe = load_checkpoint(train(cfg)["checkpoint_path"])
+    backbone = load_checkpoint(ssl_checkpoint_path(cfg))["state_dict"]
+    head = build(cfg.model).head_path + "."
+    changed = {k for k in backbone if not torch.equal(backbone[k], probe["state_dict"][k])}
+    assert changed and all(k.startswith(head) for k in changed), (head, changed)

@@ -172,10 +172,11 @@ def test_aggregate_writes_tables_plots_and_a_study_run_in_the_group(tmp_path):
     assert out["jobs"] == 6 and "partly reproduced" in out["finding"]
     summary_md = (sweep / "strategies_summary.md").read_text()
     assert summary_md.startswith("# Training strategies: summary")
-    assert "| scratch | 2 | 0.850 | 0.071 | 0.900 |" in summary_md and out["finding"] in summary_md
+    assert "| scratch | 2 | 0.850 ± 0.071 | 0.900 ± 0.141 | -0.300 ± 0.141 | 0.01 | 2 |" in summary_md and out["finding"] in summary_md
     assert (sweep / "strategies_summary.csv").read_text().splitlines()[0].startswith("strategy,seeds,test_acc,")
     layers_md = (sweep / "strategies_layers.md").read_text()
-    assert "| scratch | l2 | 2 | 2 | 0.300 |" in layers_md and "| n/a |" in layers_md  # gt_f1_sd of one seed
+    assert "| scratch | l2 | 2 | 0.300 ± 0.141 | 2.000 ± 0.000 | 0.600 | 0.100 |" in layers_md  # F1: one seed, no sd
+    assert "| scratch | head | 2 | 0.000 ± 0.000 | 1.000 ± 0.000 | n/a |" in layers_md
     assert len((sweep / "strategies_layers.csv").read_text().splitlines()) == 1 + 9
     for name in (LAYERS_PNG, ACCURACY_PNG):
         data = (sweep / name).read_bytes()

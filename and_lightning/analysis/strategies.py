@@ -338,20 +338,39 @@ def accuracy_chart(summary: Sequence[dict], path: str | os.PathLike) -> str:
     return save_png(fig, path, dpi=100)
 
 
+# the markdown shows "mean ± sd" in one cell; the csv keeps every column
+SUMMARY_VIEW = {"seeds": "seeds", "test_acc": "test acc", "last_layer_top1": "last-layer top-1",
+                "adj_slope": "adjectives/neuron slope per layer", "adj_slope_p_max": "slope p (max over seeds)",
+                "slope_negative_seeds": "seeds with slope < 0, p < 0.05", "uninterpretable_first": "uninterp. first hidden",
+                "uninterpretable_last_hidden": "uninterp. last hidden", "uninterpretable": "uninterp. hidden mean",
+                "gt_f1": "GT F1 hidden", "sim_pearson": "simulation r hidden"}
+LAYERS_VIEW = {"layer": "layer", "seeds": "seeds", "uninterpretable": "uninterpretable",
+               "mean_adjectives": "adjectives/neuron", "gt_f1": "GT F1", "gt_f1_shuffled": "GT F1 shuffled",
+               "sim_pearson": "simulation r", "sim_pearson_shuffled": "simulation r shuffled"}
+
+
+def _view(row: dict, columns: dict[str, str]) -> dict[str, Any]:
+    """A row for people: `x ± x_sd` where an sd exists, p-values to 2 significant digits (not 0.000)."""
+    out: dict[str, Any] = {"strategy": row["strategy"]}
+    for key, title in columns.items():
+        value, sd = row[key], row.get(f"{key}_sd")
+        if key.endswith("_p_max"):
+            value = f"{value:.2g}" if math.isfinite(value) else math.nan
+        elif sd is not None and math.isfinite(value) and math.isfinite(sd):
+            value = f"{value:.3f} ± {sd:.3f}"
+        out[title] = value
+    return out
+
+
 def summary_markdown(summary: Sequence[dict], finding: str, k_prime: int) -> str:
-    return (f"# Training strategies: summary (mean over seeds; hidden layers = all but the head; K' = {k_prime})\n\n"
-            + markdown_table([_p_as_text(r) for r in summary], SUMMARY_COLUMNS) + "\n" + finding + "\n")
-
-
-def _p_as_text(row: dict) -> dict:
-    """The row with its p-value as 2 significant digits (3 decimals would print 6e-5 as 0.000)."""
-    p = row["adj_slope_p_max"]
-    return row | {"adj_slope_p_max": f"{p:.2g}" if math.isfinite(p) else math.nan}
+    return (f"# Training strategies: summary (mean ± sd over seeds; hidden layers = all but the head; K' = {k_prime})"
+            "\n\n" + markdown_table([_view(r, SUMMARY_VIEW) for r in summary], ["strategy", *SUMMARY_VIEW.values()])
+            + "\n" + finding + "\n")
 
 
 def layers_markdown(rows: Sequence[dict], k_prime: int) -> str:
-    return (f"# Training strategies: per layer (mean and sample sd over seeds; K' = {k_prime})\n\n"
-            + markdown_table(rows, LAYER_COLUMNS))
+    return (f"# Training strategies: per layer (mean ± sd over seeds; K' = {k_prime})\n\n"
+            + markdown_table([_view(r, LAYERS_VIEW) for r in rows], ["strategy", *LAYERS_VIEW.values()]))
 
 
 def aggregate(sweep_dir: str | os.PathLike, wandb_project: str | None = None, k_prime: int = 4) -> dict[str, Any]:
