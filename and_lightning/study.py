@@ -43,7 +43,7 @@ def dissect_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
 
 
 def train_and_dissect(cfg: DictConfig) -> dict[str, Any]:
-    """Train (train.yaml), dissect the result, and record both sets of metrics; returns the train metrics.
+    """Train (train.yaml), dissect the result, and record both sets of metrics in the run folder; returns them.
 
     A job whose folder already holds the result of the same config is skipped, so rerunning an interrupted sweep
     with the same `hydra.sweep.dir` redoes only the unfinished jobs."""

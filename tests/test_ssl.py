@@ -64,6 +64,7 @@ def test_contrastive_step_trains_the_backbone_of_every_adapter(compose_in, model
     assert emb.shape == (4, adapter.head().in_features)
     assert not adapter.head()._forward_pre_hooks  # the capture hook is removed again
     adapter.train()
+    assert module.training_step({"audio": wave[:1]}, 0) is None  # one clip: no negatives, the batch is skipped
     loss = module.training_step({"audio": wave, "label": torch.zeros(4, dtype=torch.long)}, 0)
     loss.backward()
     body = [p for n, p in adapter.named_parameters() if not n.startswith(adapter.head_path)]

@@ -57,8 +57,10 @@ class ContrastiveModule(L.LightningModule):
         x = captured[0]
         return x.reshape(x.shape[0], -1, x.shape[-1]).mean(dim=1)
 
-    def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor | None:
         wave = batch["audio"]
+        if len(wave) < 2:  # a one-clip last batch has no negatives: skipped
+            return None
         z1 = self.projector(self.embed(self.augment(wave)))
         z2 = self.projector(self.embed(self.augment(wave)))
         loss = nt_xent(z1, z2, self.temperature)
@@ -66,12 +68,11 @@ class ContrastiveModule(L.LightningModule):
                  batch_size=len(wave))
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if len(batch["audio"]) > 1:  # a one-clip last batch has no negatives
-            self._step(batch, "val")
+        self._step(batch, "val")
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
