@@ -24,15 +24,20 @@ def save_checkpoint(path: str | os.PathLike, adapter: torch.nn.Module, config: d
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, field: str = "ckpt_path") -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` or by Lightning (state_dict under `model.`)."""
+def load_weights_only(path: str | os.PathLike, field: str, missing_hint: str = "") -> Any:
+    """`torch.load(..., weights_only=True)` on CPU, with errors that name the config field and the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{field}: checkpoint file not found: {path} (train one with `python train.py`)")
+        raise CheckpointError(f"{field}: checkpoint file not found: {path}{missing_hint}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{field}: {path} is not a loadable weights-only checkpoint ({e})") from e
+
+
+def load_checkpoint(path: str | os.PathLike, field: str = "ckpt_path") -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint` or by Lightning (state_dict under `model.`)."""
+    payload = load_weights_only(path, field, " (train one with `python train.py`)")
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"{field}: {path} has no 'state_dict' entry")
     state = payload["state_dict"]

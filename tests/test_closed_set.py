@@ -1,8 +1,6 @@
 """Module A: DB / TAB scoring on toy embeddings, ranking, last-layer metrics, ICL prompt and answer mapping."""
-import hashlib
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -23,22 +21,9 @@ from and_lightning.describe.closed_set import (
     top_concepts,
     topk_accuracy,
 )
+from fakes import FakeBagOfWordsEncoder
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "concepts"
-
-
-class FakeBagOfWordsEncoder:
-    """Deterministic stand-in for a sentence encoder: normalised counts of hashed lower-case words."""
-
-    def __init__(self, dim: int = 256):
-        self.dim = dim
-
-    def encode(self, texts):
-        out = torch.zeros(len(texts), self.dim)
-        for i, t in enumerate(texts):
-            for w in re.findall(r"[a-z]+", t.lower()):
-                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1
-        return F.normalize(out, dim=-1)
 
 
 class FakeTableEncoder:

@@ -18,7 +18,7 @@ from and_lightning.models.base import UnknownLayerError
 from and_lightning.training import train
 from conftest import REPO, compose_cfg
 from openai_server import OpenAITestServer, last_user_text
-from wandb_offline import offline_runs, read_run
+from wandb_offline import read_run
 
 DATA = ["data.index.clips_per_class=5", "data.batch_size=10"]
 

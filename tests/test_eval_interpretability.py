@@ -1,14 +1,10 @@
 """Interpretability statistics: adjective counts, per-layer fit with its p-value, seeded K-means, uninterpretable."""
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from scipy import stats
 from sklearn.cluster import KMeans
 
@@ -17,17 +13,7 @@ from and_lightning.analysis.interpretability import (
     kmeans_labels, uninterpretable_fractions,
 )
 from and_lightning.analysis.plots import adjective_bar_chart, adjectives_per_layer_plot, uninterpretable_plot
-
-
-class FakeBagOfWordsEncoder:
-    """Deterministic stand-in for a sentence encoder: normalised counts of hashed lower-case words."""
-
-    def encode(self, texts):
-        out = torch.zeros(len(texts), 128)
-        for i, t in enumerate(texts):
-            for w in re.findall(r"[a-z]+", t.lower()):
-                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 128] += 1
-        return F.normalize(out, dim=-1)
+from fakes import FakeBagOfWordsEncoder
 
 
 def test_adjective_counts_once_per_neuron_with_merge(tmp_path):
@@ -84,7 +70,7 @@ def test_caption_clustering_groups_similar_sentences(tmp_path):
     captions.update({f"car{i}": "An engine hums in a car." for i in range(4)})
     owners, sentences = caption_sentences(captions)
     assert "Sure, here are more details." not in sentences and len(sentences) == 8
-    clusters = cluster_captions(captions, FakeBagOfWordsEncoder(), n_clusters=2, seed=0)
+    clusters = cluster_captions(captions, FakeBagOfWordsEncoder(128), n_clusters=2, seed=0)
     assert len({frozenset(clusters[f"dog{i}"]) for i in range(4)}) == 1
     assert clusters["dog0"] != clusters["car0"]
     assert clip_clusters(["a", "a", "b"], [1, 2, 1]) == {"a": {1, 2}, "b": {1}}

@@ -1,15 +1,11 @@
 """Simulation score: the saved explain/score split, correlations by hand, the text and LLM simulators."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from and_lightning.analysis.simulation import (
     RATING_SCHEMA, llm_clip_choice, load_or_make_split, make_split, neuron_correlations, parse_ratings, pearson,
@@ -17,17 +13,7 @@ from and_lightning.analysis.simulation import (
 )
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
 from openai_server import OpenAITestServer, last_user_text
-
-
-class FakeBagOfWordsEncoder:
-    """Deterministic stand-in for a sentence encoder: normalised counts of hashed lower-case words."""
-
-    def encode(self, texts):
-        out = torch.zeros(len(texts), 256)
-        for i, t in enumerate(texts):
-            for w in re.findall(r"[a-z]+", t.lower()):
-                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 256] += 1
-        return F.normalize(out, dim=-1)
+from fakes import FakeBagOfWordsEncoder
 
 
 def test_split_is_fixed_disjoint_and_saved(tmp_path):

@@ -11,14 +11,13 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
-from and_lightning.checkpoints import CheckpointError
+from and_lightning.checkpoints import CheckpointError, load_weights_only
 from and_lightning.data.audio_io import resample
 from and_lightning.models.base import TargetAdapter
 from and_lightning.models.beats_encoder import BEATs, BEATsConfig
@@ -65,13 +64,7 @@ class BEATsCheckpoint:
 
 def read_beats_checkpoint(path: str | os.PathLike) -> BEATsCheckpoint:
     """Load an official BEATs checkpoint or a MyBeatsModel state dict with `weights_only=True`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model.checkpoint: BEATs checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"model.checkpoint: {path} is not a loadable weights-only checkpoint ({e})") from e
+    payload = load_weights_only(path, "model.checkpoint")
     expected = ("expected the official BEATs format {'cfg': dict, 'model': state_dict} or a MyBeatsModel state "
                 "dict (keys beats.*, fc.*)")
     if isinstance(payload, dict) and "model" in payload:
