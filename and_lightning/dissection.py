@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from and_lightning.analysis.last_layer import last_layer_accuracy
@@ -16,30 +16,49 @@ from and_lightning.describe.llm.factory import build_llm
 from and_lightning.models.registry import resolve_layers
 from and_lightning.stages.caption import caption_stage, read_captions
 from and_lightning.stages.collect import collect_activations
-from and_lightning.stages.describe import describe_stage, read_descriptions
+from and_lightning.stages.describe import describe_stage, read_descriptions, require_audio_side, tab_audio_embedder
 from and_lightning.stages.evaluate import evaluate_stage, html_report_stage, needs_dissection
 from and_lightning.stages.report import report_stage
 from and_lightning.store.activations import ActivationStore
 from and_lightning.store.atomic import write_json
 from and_lightning.store.hashing import hash_obj
+from and_lightning.store.kvcache import semantic_config
 from and_lightning.tracking import point_wandb_into, public_config, sweep_group
 
 log = logging.getLogger(__name__)
 STAGES = ("collect", "caption", "describe", "evaluate", "report")
 
 
-def load_target(cfg: DictConfig, class_names: list[str]) -> tuple[Any, list[str]]:
-    """The model to dissect (from `ckpt_path`, or as configured) and the names of its output classes."""
-    if cfg.ckpt_path:
-        adapter, ckpt = load_adapter(cfg.ckpt_path, field="ckpt_path")
-        return adapter, ckpt["class_names"] or class_names
-    return build(cfg.model), class_names
+def load_target(cfg: DictConfig) -> tuple[Any, list[str]]:
+    """The model to dissect: `model` as configured, with the weights of `ckpt_path` once its stored model config
+    and tensor shapes agree (null: as configured alone); and the class names the checkpoint records (or [])."""
+    if not cfg.ckpt_path:
+        return build(cfg.model), []
+    adapter, ckpt = load_adapter(cfg.ckpt_path, cfg.model, "ckpt_path", missing_checkpoint_hint(cfg))
+    return adapter, ckpt["class_names"]
+
+
+def missing_checkpoint_hint(cfg: DictConfig) -> str:
+    """The end of the error for a missing `ckpt_path`: the checkpoints train.py exported for this data and model
+    (with the overrides that select them), how to train the one asked for, and `ckpt_path=null`."""
+    folder, prefix = Path(cfg.paths.models_dir), f"{cfg.data.name}-{cfg.model.name}-"
+    found = []
+    for path in sorted(folder.glob(f"{prefix}*.pt")):
+        strategy, _, seed = path.stem[len(prefix):].rpartition("-s")
+        found.append(f"{path.name} (train_strategy={strategy} train_seed={seed})" if seed.isdigit() else path.name)
+    have = (f"; {folder} holds for data={cfg.data.name} model={cfg.model.name}: {', '.join(found)}" if found else
+            f"; {folder} holds no checkpoint for data={cfg.data.name} model={cfg.model.name}")
+    return (f"{have}. Train one with `python train.py data={cfg.data.name} model={cfg.model.name} "
+            f"strategy={cfg.train_strategy} seed={cfg.train_seed}`, or pass ckpt_path=null to dissect "
+            f"model={cfg.model.name} as configured (its own or pretrained weights, no training)")
 
 
 def dissection_dir(cfg: DictConfig, store: ActivationStore) -> Path:
-    """Where this dissection's files live: keyed by the store and every setting that changes descriptions."""
+    """Where this dissection's files live: keyed by the store and every setting that changes descriptions (of the
+    backends only their `semantic_config`: never servers, timeouts, retries or cache paths)."""
     semantic = {k: public_config(cfg[k]) if isinstance(cfg[k], DictConfig) else cfg[k]
                 for k in ("captioner", "llm", "text_encoder", "concepts", "describe")}
+    semantic.update({k: semantic_config(semantic[k]) for k in ("captioner", "llm", "text_encoder")})
     return Path(cfg.paths.cache_dir) / "dissections" / hash_obj([store.manifest["key"], semantic])[:16]
 
 
@@ -48,20 +67,27 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage not in ("all", *STAGES):
         raise ValueError(f"stage={cfg.stage}: expected one of all, {', '.join(STAGES)}")
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
+    if "describe" in stages:
+        require_audio_side(cfg.describe.closed_set.method, get_class(cfg.text_encoder._target_))
     L.seed_everything(cfg.seed, workers=True)
     if stages == ("evaluate",) and not needs_dissection(cfg.evaluate):  # e.g. CREPE on generated tones
         ev = evaluate_stage(cfg.evaluate, Path(cfg.paths.output_dir) / "evaluate",
                             encoder=instantiate(cfg.text_encoder), model_name=cfg.model.name, seed=cfg.seed)
         return _finish(cfg, {"metrics": ev.metrics, "evaluate": {"files": ev.files, "images": ev.images}})
-    data = build(cfg.data)
-    records = data.index.folds(cfg.data.predict_folds)
-    adapter, class_names = load_target(cfg, data.class_names)
+    # the model and its layers before the data: a wrong checkpoint or layer name fails at once
+    adapter, class_names = load_target(cfg)
     layers = resolve_layers(adapter, cfg.layers)
     head = resolve_layers(adapter, "last")[0]
+    data = build(cfg.data)
+    records = data.index.folds(cfg.data.predict_folds)
+    if cfg.describe.k > len(records):
+        raise ValueError(f"describe.k={cfg.describe.k}: expected at most the number of probing clips "
+                         f"({len(records)} in data.predict_folds={cfg.data.predict_folds})")
+    class_names = class_names or data.class_names
     store = ActivationStore.open(collect_activations(
         adapter, records, data.sample_rate, data.clip_seconds, layers, cfg.reduction, cfg.store_dir,
         batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, trainer_kwargs=cfg.trainer,
-        top_k=cfg.describe.k, reuse_only="collect" not in stages))
+        top_k=cfg.describe.k, reuse_only="collect" not in stages, pre_activation=cfg.describe.faithful))
     out = dissection_dir(cfg, store)
     result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out), "layers": layers}
     if stages == ("collect",):
@@ -78,10 +104,13 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         return _finish(cfg, result)
 
     encoder = instantiate(cfg.text_encoder)
+    audio_embed = tab_audio_embedder(encoder, [by_id[c] for c in store.clip_ids], data.clip_seconds,
+                                     out / "tab_audio.npy")
     descriptions_path = out / "descriptions.jsonl"
     llm = None if cfg.llm.name == "none" else build_llm(cfg.llm)
     if "describe" in stages:
-        describe_stage(store, captions, list(cfg.concepts.concepts), encoder, llm, cfg.describe, out, head)
+        describe_stage(store, captions, list(cfg.concepts.concepts), encoder, llm, cfg.describe, out, head,
+                       audio_embed)
     descriptions = read_descriptions(descriptions_path)
     result["descriptions"] = str(descriptions_path)
     metrics = _last_layer_metrics(descriptions, head, class_names, list(cfg.concepts.concepts), encoder)
@@ -91,9 +120,9 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         ev = evaluate_stage(cfg.evaluate, Path(cfg.paths.output_dir) / "evaluate", store=store, records=descriptions,
                             captions=captions, clips=by_id, class_names=class_names,
                             concepts=list(cfg.concepts.concepts), head_layer=head, encoder=encoder, llm=llm,
-                            split_dir=out, model_name=cfg.model.name, seed=cfg.seed)
+                            split_dir=out, audio_embed=audio_embed, model_name=cfg.model.name, seed=cfg.seed)
         metrics.update(ev.metrics)
-        result["evaluate"] = {"files": ev.files, "images": ev.images}
+        result["evaluate"] = {"files": ev.files, "images": ev.images, "skipped": ev.skipped}
     result["metrics"] = metrics
     if "report" in stages:
         sample_rate = store.manifest["preprocessing"]["sample_rate"]
@@ -115,7 +144,10 @@ def _last_layer_metrics(descriptions: list[dict], head: str, class_names: list[s
                         encoder: Any) -> dict[str, float]:
     """Table-2 accuracy of the output layer when the concept set names the model's classes."""
     rows = [r for r in descriptions if r["layer"] == head]
-    if not rows or not set(class_names) <= set(concepts):
+    if not rows:
+        log.info("last-layer accuracy skipped: the output layer '%s' was not dissected", head)
+        return {}
+    if not set(class_names) <= set(concepts):
         return {}
     acc = last_layer_accuracy(rows, class_names, encoder)
     method = rows[0]["closed_method"]

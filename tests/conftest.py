@@ -43,3 +43,22 @@ def compose_cfg(config_name: str, root: Path, overrides: list[str] = ()):
 def compose_in(tmp_path):
     """compose_in(config_name, overrides) -> a config rooted in this test's tmp_path."""
     return lambda name, overrides=(): compose_cfg(name, tmp_path, list(overrides))
+
+
+TRAINED_CNN = ["data=synth", "data.index.clips_per_class=8", "data.batch_size=8", "model=cnn", "model.channels=[4,8]"]
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(tmp_path_factory):
+    """A tiny SmallCNN trained once per session through `train(cfg)` (3 epochs: BatchNorm statistics learned).
+
+    Returns (checkpoint path, root dir, overrides): `compose_cfg("train" | "dissect", root, overrides)` gives
+    the same synthetic data (cached under root) and model config.
+    """
+    from and_lightning.training import train
+
+    root = tmp_path_factory.mktemp("trained_cnn")
+    metrics = train(compose_cfg("train", root, TRAINED_CNN + ["strategy.lr=1e-2", "trainer.max_epochs=3",
+                                                              "callbacks=none", "logger=none", "test=false"]))
+    GlobalHydra.instance().clear()
+    return Path(metrics["checkpoint_path"]), root, list(TRAINED_CNN)

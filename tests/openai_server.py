@@ -1,8 +1,9 @@
 """TEST SERVER ONLY: a real HTTP server on 127.0.0.1 speaking OpenAI's POST /v1/chat/completions wire format.
 
-Used by the tests and benchmarks to drive the real `openai` client. Its behaviour is scriptable (answer function,
-fixed delay, fail the next N requests or matching requests with an HTTP status, hang past the client's timeout),
-and it records every request's headers and JSON body in memory (never on disk) so tests can assert on them.
+Used by the tests and benchmarks to drive the real `openai` client. Its behaviour is scriptable: an answer
+function, a fixed delay, and faults for the next N requests or for matching requests (`FAULTS`: answer late, an
+HTTP error status, a body that is not JSON, empty or garbage content, a dropped connection). It records every
+request's headers and JSON body in memory (never on disk) so tests can assert on them.
 """
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 Body = dict[str, Any]
+Fault = Union[str, int]
+# The faults a test can script; an int is an HTTP error status (429, 500, 503, 400, ...).
+FAULTS = ("late", "malformed", "empty", "garbage", "drop")
+GARBAGE = "\x00\x1b[2J\ufffd\ufffd #### \x07\x07 ]]}{"  # control characters, undecodable bytes, no words
 
 
 def last_user_text(body: Body) -> str:
@@ -47,7 +52,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self._send_raw(status, json.dumps(payload).encode(), headers)
+
+    def _send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -82,39 +89,45 @@ class _Server(ThreadingHTTPServer):
 class OpenAITestServer:
     """Test double of an OpenAI-compatible chat server, on a free port of 127.0.0.1, in a background thread.
 
-    `answer(body) -> str` gives the assistant message content; `delay` seconds pass before each answer.
-    Use as a context manager; `base_url` is what the client needs.
+    `answer(body) -> str` gives the assistant message content; `delay` seconds pass before each answer; a "late"
+    fault waits `late_seconds` first (past a client's timeout); HTTP-error faults carry `Retry-After-Ms:
+    retry_after_ms` (None: no header). Use as a context manager; `base_url` is what the client needs.
     """
 
-    def __init__(self, answer: Callable[[Body], str] = echo_answer, delay: float = 0.0):
+    def __init__(self, answer: Callable[[Body], str] = echo_answer, delay: float = 0.0, late_seconds: float = 2.0,
+                 retry_after_ms: int | None = 10):
         self.answer = answer
         self.delay = delay
+        self.late_seconds = late_seconds
+        self.retry_after_ms = retry_after_ms
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._fail_next: list[tuple[int, float | None]] = []
-        self._fail_when: list[tuple[Callable[[Body], bool], int]] = []
-        self._hang_next: list[float] = []
+        self._faults: list[Fault] = []
+        self._fault_when: list[tuple[Callable[[Body], bool], Fault]] = []
         self._in_flight = 0
         self.max_in_flight = 0  # the most requests the server was answering at one time
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # --- scripting -------------------------------------------------------------------------------------------
-    def fail_next(self, n: int, status: int = 429, retry_after: float | None = None) -> None:
-        """The next `n` requests get HTTP `status` (optionally with a Retry-After header)."""
+    def fault_next(self, fault: Fault, n: int = 1) -> None:
+        """The next `n` requests get `fault` (one of FAULTS, or an HTTP status)."""
+        assert fault in FAULTS or isinstance(fault, int), f"unknown fault {fault!r}; expected one of {FAULTS} or int"
         with self._lock:
-            self._fail_next.extend([(status, retry_after)] * n)
+            self._faults.extend([fault] * n)
 
-    def fail_when(self, predicate: Callable[[Body], bool], status: int = 500) -> None:
-        """Every request whose body matches `predicate` gets HTTP `status`, forever."""
+    def fault_when(self, predicate: Callable[[Body], bool], fault: Fault) -> None:
+        """Every request whose body matches `predicate` gets `fault`, forever (after any `fault_next`)."""
+        assert fault in FAULTS or isinstance(fault, int), f"unknown fault {fault!r}; expected one of {FAULTS} or int"
         with self._lock:
-            self._fail_when.append((predicate, status))
+            self._fault_when.append((predicate, fault))
 
-    def hang_next(self, n: int, seconds: float) -> None:
-        """The next `n` requests wait `seconds` before answering (to exceed a client timeout)."""
+    def clear_faults(self) -> None:
+        """Answer normally from now on."""
         with self._lock:
-            self._hang_next.extend([seconds] * n)
+            self._faults.clear()
+            self._fault_when.clear()
 
     # --- inspection ------------------------------------------------------------------------------------------
     @property
@@ -170,22 +183,27 @@ class OpenAITestServer:
         with self._lock:
             n = len(self.requests)
             self.requests.append(RecordedRequest(handler.path, dict(handler.headers.items()), body))
-            hang = self._hang_next.pop(0) if self._hang_next else None
-            fail = self._fail_next.pop(0) if self._fail_next else None
-            if fail is None:
-                fail = next(((s, None) for p, s in self._fail_when if p(body)), None)
-        if hang is not None:
-            self._stop.wait(hang)
-        if fail is not None:
-            status, retry_after = fail
-            headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-            kind = "rate_limit_exceeded" if status == 429 else "server_error"
-            error = {"error": {"message": f"test server: scripted HTTP {status}", "type": kind, "code": str(status)}}
-            handler._send_json(status, error, headers)
+            fault = self._faults.pop(0) if self._faults else None
+            if fault is None:
+                fault = next((f for p, f in self._fault_when if p(body)), None)
+        if fault == "drop":  # read the request, then close the connection without a word
+            handler.close_connection = True
             return
+        if isinstance(fault, int):
+            headers = {"Retry-After-Ms": str(self.retry_after_ms)} if self.retry_after_ms is not None else None
+            kind = "rate_limit_exceeded" if fault == 429 else "server_error"
+            error = {"error": {"message": f"test server: scripted HTTP {fault}", "type": kind, "code": str(fault)}}
+            handler._send_json(fault, error, headers)
+            return
+        if fault == "malformed":  # HTTP 200, but the body is cut off: not JSON
+            handler._send_raw(200, b'{"id": "chatcmpl-test-%d", "object": "chat.completion", "choices": [{"ind' % n)
+            return
+        if fault == "late":
+            self._stop.wait(self.late_seconds)
         if self.delay:
             time.sleep(self.delay)
-        content = self.answer(body)
+        canned = {"empty": "", "garbage": GARBAGE}
+        content = canned[fault] if fault in canned else self.answer(body)
         handler._send_json(
             200,
             {

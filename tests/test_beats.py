@@ -1,7 +1,9 @@
 """BEATs: preprocessing vs a hand-written Kaldi fbank, 16 kHz resampling, shapes, official checkpoint layout,
-relative-position buckets, the encoder layer vs the official arithmetic, logical layers, one training step."""
+relative-position buckets, the encoder layer vs the official arithmetic, logical layers, one training step, and
+padding: a clip zero-padded in a batch gets the values it gets alone (BEATs and AST), float64 input."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -12,8 +14,12 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
 from and_lightning.checkpoints import CheckpointError
+from and_lightning.data.audio_io import save_audio
+from and_lightning.data.clips import ClipDataset, ClipRecord
+from and_lightning.lit.probe import ProbeModule
 from and_lightning.models.beats import BEATsAdapter, beats_fbank
 from and_lightning.models.beats_encoder import BEATs, BEATsConfig, WeightNormConv1d, relative_position_bucket
 
@@ -434,3 +440,75 @@ def test_layer_wise_gradient_decay_scales_earlier_gradients():
         grads[ratio] = [layers[1].fc1.weight.grad, layers[0].fc1.weight.grad, model.beats.patch_embedding.weight.grad]
     for plain, decayed, scale in zip(grads[1.0], grads[0.5], (1.0, 0.5, 0.25)):
         torch.testing.assert_close(decayed, plain * scale)
+
+
+# ---------------------------------------------------------------- padding: a clip's values do not depend on its batch
+
+PADDED_LENGTHS = [16000, 7000, 11000, 3000]  # samples; n / 16000 is exact, so a clip alone is cut to exactly n
+
+
+def write_clips(root: Path) -> list[ClipRecord]:
+    """WAVs of the lengths above (noise, distinct per clip), as records of the real dataset class."""
+    g = torch.Generator().manual_seed(3)
+    records = []
+    for i, n in enumerate(PADDED_LENGTHS):
+        path = root / f"clip{i}.wav"
+        save_audio(path, 0.2 * torch.randn(n, generator=g), SR)
+        records.append(ClipRecord(f"clip{i}", str(path), label=0, fold=1))
+    return records
+
+
+def probe(adapter, records: list[ClipRecord], clip_seconds: float, layers: list[str], reduction: str):
+    """Logits and the probe's per-unit activations of one batch of `records` loaded by ClipDataset."""
+    batch = next(iter(DataLoader(ClipDataset(records, SR, clip_seconds), batch_size=len(records))))
+    module = ProbeModule(adapter, layers, reduction)
+    module.on_predict_start()
+    try:
+        with torch.no_grad():
+            acts = module.predict_step(batch, 0)["acts"]
+            logits = adapter.run(batch["audio"], batch.get("length"))
+    finally:
+        module.on_predict_end()
+    return logits, acts
+
+
+@pytest.mark.parametrize("model, layers", [
+    ("beats_tiny", ["block0.fc1", "block1.fc2", "head"]),
+    ("ast_tiny", ["block0.fc1", "block1.fc2", "head"]),
+])
+@pytest.mark.parametrize("reduction", ["mean", "max"])
+def test_a_clip_padded_in_a_batch_gets_the_values_it_gets_alone(tmp_path, model, layers, reduction):
+    """ClipDataset pads 0.19-1 s clips to 1 s in one batch; each clip's logits and recorded activations equal
+    those of the clip alone, loaded at its own length (no padding at all)."""
+    torch.manual_seed(0)
+    adapter = build_from_yaml(model).eval()
+    records = write_clips(tmp_path)
+    logits, acts = probe(adapter, records, 1.0, layers, reduction)
+    for i, (record, n) in enumerate(zip(records, PADDED_LENGTHS)):
+        alone_logits, alone = probe(adapter, [record], n / SR, layers, reduction)
+        torch.testing.assert_close(logits[i], alone_logits[0], atol=1e-5, rtol=1e-5, msg=f"{model} clip {i}")
+        for layer in layers:
+            torch.testing.assert_close(acts[layer][i], alone[layer][0], atol=1e-5, rtol=1e-5,
+                                       msg=f"{model} {layer} clip {i}")
+
+
+def test_per_token_head_and_token0_ignore_padding_too(tmp_path):
+    torch.manual_seed(0)
+    adapter = build_from_yaml("beats_tiny", pooling="per_token").eval()
+    records = write_clips(tmp_path)
+    for reduction in ("mean", "token0"):
+        logits, acts = probe(adapter, records, 1.0, ["head"], reduction)
+        alone_logits, alone = probe(adapter, records[1:2], PADDED_LENGTHS[1] / SR, ["head"], reduction)
+        torch.testing.assert_close(logits[1], alone_logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(acts["head"][1], alone["head"][0], atol=1e-5, rtol=1e-5)
+
+
+def test_float64_input_runs_in_float64(tiny, waves):
+    model = copy.deepcopy(tiny).double()
+    with torch.no_grad():
+        logits = model(waves.double())
+        padded = model.run(waves.double(), torch.tensor([SR, 9000]))
+        expected = tiny(waves)
+    assert logits.dtype == padded.dtype == torch.float64
+    torch.testing.assert_close(logits.float(), expected, atol=1e-5, rtol=1e-4)
+    assert beats_fbank(waves.double()).dtype == torch.float64

@@ -45,7 +45,7 @@ def server():
 
 def make_captioner(server: OpenAITestServer, **kw) -> OpenAIAudioCaptioner:
     cfg = dict(model="audio-test-model", base_url=server.base_url, api_key_env="AND_TEST_API_KEY",
-               max_retries=2, backoff_base=0.01, timeout=5.0)
+               max_retries=2, reply_backoff=0.01, timeout=5.0)
     cfg.update(kw)
     return OpenAIAudioCaptioner(**cfg)
 
@@ -75,20 +75,21 @@ def test_caption_sends_prompt_and_input_audio_wav_resampled_to_16k(server, monke
 
 
 def test_captioner_retries_5xx_and_reports_clear_error(server):
-    server.fail_next(1, status=503)
+    server.fault_next(503)
     captioner = make_captioner(server)
     assert captioner.caption([Clip("a", tone(440), 8000)]) == ["8000 samples at 16000 Hz"]
     assert captioner.stats.retries == 1
-    server.fail_next(3, status=500)
+    server.fault_next(500, 3)
     with pytest.raises(LLMRequestError, match=r"openai_audio backend \(model 'audio-test-model'.*HTTP 500"):
         captioner.caption([Clip("b", tone(660), 8000)])
 
 
-def test_config_builds_the_captioner(server):
+def test_config_builds_the_captioner(server, tmp_path):
     from hydra.utils import instantiate
 
     cfg = OmegaConf.load(CONF / "captioner" / "openai_audio.yaml")
-    cfg.base_url = server.base_url
+    assert cfg.cache_path.endswith("/openai_audio.sqlite")  # answers are cached by default
+    cfg.base_url, cfg.cache_path = server.base_url, str(tmp_path / "openai_audio.sqlite")
     captioner = instantiate(cfg)
     assert isinstance(captioner, OpenAIAudioCaptioner) and captioner.name == "openai_audio"
     assert captioner.prompt.startswith("Describe this audio clip") and captioner.llm.concurrency == 16

@@ -72,15 +72,20 @@ def test_db_picks_the_concept_the_neuron_follows(sim):
     assert S.argmax(dim=1).tolist() == target
 
 
-def test_db_uses_p_once_and_faithful_adds_the_second_softmax():
+def test_db_uses_p_once_and_faithful_scores_one_neuron_per_call_with_the_second_softmax():
+    # issue 11 item 5c: the original's DB called wpmi / soft_wpmi once per neuron, so the marginal log p(c)
+    # is that neuron's own log p(c|n): wpmi = (1 - 0.6) log p(c|n) and soft_wpmi (lam = 1) is exactly 0.
     _, concept_emb, caption_emb, acts, _ = _toy()
     P = db_probs(caption_emb, concept_emb)
-    from and_lightning.describe.similarity import wpmi
+    from and_lightning.describe.similarity import soft_wpmi, wpmi
 
     torch.testing.assert_close(db_scores(acts, caption_emb, concept_emb, "wpmi"), wpmi(P, acts, p_is_prob=True))
-    torch.testing.assert_close(
-        db_scores(acts, caption_emb, concept_emb, "wpmi", faithful=True), wpmi(P, acts, p_is_prob=False)
-    )
+    Q = torch.softmax(2 * P, dim=1)  # the second softmax
+    log_p = torch.stack([torch.log(Q[acts[:, m].argsort(descending=True)[:28]] + 1e-7).sum(dim=0)
+                         for m in range(acts.shape[1])])
+    torch.testing.assert_close(db_scores(acts, caption_emb, concept_emb, "wpmi", faithful=True), 0.4 * log_p)
+    assert torch.equal(db_scores(acts, caption_emb, concept_emb, "soft_wpmi", faithful=True), torch.zeros(3, 4))
+    assert not (soft_wpmi(P, acts, p_is_prob=True) == 0).all()  # scored per layer it is not
 
 
 def test_faithful_top5_db_loses_the_concept_all_top_clips_share():
@@ -93,6 +98,37 @@ def test_faithful_top5_db_loses_the_concept_all_top_clips_share():
     assert abs(float(S_top5[0, 2])) < 0.05
     with pytest.raises(ValueError, match="needs faithful=True"):
         db_scores(acts, caption_emb, concept_emb, "cos_cubed", faithful_top_k=5)
+
+
+class FakeStore:
+    """Stands in for an ActivationStore: layer -> activations [N, M]."""
+
+    def __init__(self, acts):
+        self._acts = acts
+
+    def acts(self, layer):
+        return self._acts[layer]
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_describe_restricts_only_faithful_db_hidden_layers_to_their_top5_clips(faithful):
+    # spec §5.2: the original scored DB's hidden layers on each neuron's top-5 clips alone; TAB on all clips
+    from omegaconf import OmegaConf
+
+    from and_lightning.stages.describe import closed_set_scores
+
+    _, concept_emb, emb, acts, _ = _toy()
+    store = FakeStore({"conv1": acts.numpy(), "head": acts.numpy()})
+    for method, P, p_is_prob in (("db", db_probs(emb, concept_emb), True),
+                                 ("tab", tab_scores_matrix(emb, concept_emb), False)):
+        dcfg = OmegaConf.load(CONF.parent / "describe" / "default.yaml")
+        dcfg.faithful, dcfg.closed_set.method, dcfg.closed_set.similarity = faithful, method, "cos_cubed"
+        all_clips = scores_from_p(acts, P, "cos_cubed", p_is_prob=p_is_prob, faithful=faithful)
+        top5 = scores_from_p(acts, P, "cos_cubed", p_is_prob=p_is_prob, faithful=True, faithful_top_k=5)
+        assert not torch.allclose(all_clips, top5)
+        torch.testing.assert_close(closed_set_scores(store, "head", P, dcfg, p_is_prob, "head"), all_clips)
+        expected = top5 if faithful and method == "db" else all_clips
+        torch.testing.assert_close(closed_set_scores(store, "conv1", P, dcfg, p_is_prob, "head"), expected)
 
 
 def test_tab_cosine_matrix_and_soft_wpmi_pick():

@@ -2,6 +2,7 @@
 real pipeline (train a small CNN on synth, dissect it, evaluate) where descriptions must beat shuffled ones."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -118,9 +119,55 @@ def test_real_pipeline_descriptions_beat_shuffled_ones(tmp_path, capsys):
         m = res.metrics
         assert m[f"eval/gt/description/{layer}/f1"] > m[f"eval/gt/description/{layer}/f1_shuffled"], layer
         assert m[f"eval/sim/{layer}/pearson"] > m[f"eval/sim/{layer}/pearson_shuffled"], layer
-    assert m["eval/last_layer/db/cos_cubed/top1"] >= 0.0 and "eval/interp/adj_slope_p" in m
+    # Table 2's DB cos_cubed row recomputes what describe stored for the head: the same top-1, well above chance
+    top1 = m["eval/last_layer/db/cos_cubed/top1"]
+    assert top1 == pytest.approx(100 * out["metrics"]["dissect/last_layer_top1"]) and top1 >= 80.0
+    table = {(r["method"], r["similarity"], r["faithful"]): r
+             for r in csv.DictReader(open(res.files["last_layer_csv"]))}
+    assert float(table[("db", "cos_cubed", "False")]["top1"]) == pytest.approx(top1)
+    assert table[("tab", "-", "False")]["note"] == \
+        "skipped: no CLAP audio side in the text encoder (TAB needs text_encoder=clap)"
+    assert 0.0 <= m["eval/interp/adj_slope_p"] <= 1.0
     for name in ("ground_truth_f1", "simulation_pearson", "adjectives_top", "adjectives_per_layer", "uninterpretable"):
         assert Path(res.images[name]).read_bytes()[:4] == b"\x89PNG", name
     assert Path(res.files["simulation_split"]).parent == folder
-    for key in ("last_layer_md", "ground_truth_csv", "simulation_md", "uninterpretable_csv"):
-        assert Path(res.files[key]).stat().st_size > 0
+    gt_rows = list(csv.DictReader(open(res.files["ground_truth_csv"])))
+    assert [(r["layer"], r["field"]) for r in gt_rows] == [(layer, f) for layer in store.layers
+                                                           for f in cfg.evaluate.ground_truth.fields]
+    assert all(f"| {layer} |" in Path(res.files["simulation_md"]).read_text() for layer in store.layers)
+    # a neuron with no cluster shared by K' of its top clips has none shared by more: shares grow with K'
+    for r in csv.DictReader(open(res.files["uninterpretable_csv"])):
+        assert 0.0 <= float(r["k3"]) <= float(r["k4"]) <= float(r["k5"]) <= 1.0, r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layers", [["conv1"], ["conv1", "conv3"]])
+def test_dissecting_without_the_head_runs_the_other_tasks_and_says_why_last_layer_was_skipped(layers, tmp_path,
+                                                                                              caplog):
+    """A random CNN (ckpt_path=null, FAST FAKE) dissected on some hidden layers only, every task configured."""
+    from and_lightning.dissection import dissect
+
+    caplog.set_level("INFO")
+    cfg = compose_cfg("dissect", tmp_path, ["ckpt_path=null", "model.channels=[4,4,4]", "data.index.clips_per_class=4",
+                                            "data.batch_size=10", "logger=none", f"layers=[{','.join(layers)}]"])
+    assert cfg.evaluate.tasks == ["last_layer", "ground_truth", "simulation", "interpretability"]
+    out = dissect(cfg)
+    reason = f"the output layer 'head' was not dissected (layers: {', '.join(layers)}); add it to layers= for Table 2"
+    saved = json.loads((tmp_path / "run" / "evaluate" / "evaluation.json").read_text())
+    assert saved["skipped"] == out["evaluate"]["skipped"] == {"last_layer": reason}
+    assert f"evaluate: task 'last_layer' skipped: {reason}" in caplog.text
+    assert "last-layer accuracy skipped: the output layer 'head' was not dissected" in caplog.text
+
+    m = saved["metrics"]
+    assert set(m) == set(out["metrics"]) and not [k for k in m if "last_layer" in k]
+    assert {k.split("/")[3] for k in m if k.startswith("eval/gt/")} == set(layers)
+    assert {k.split("/")[2] for k in m if k.startswith("eval/sim/")} == set(layers)
+    assert {k.split("/")[2] for k in m if k.endswith("/mean_adjectives")} == set(layers)
+    for layer in layers:  # no cluster shared by K' top clips implies none shared by more: shares grow with K'
+        k3, k4, k5 = (m[f"eval/interp/{layer}/uninterpretable_k{kp}"] for kp in (3, 4, 5))
+        assert 0.0 <= k3 <= k4 <= k5 <= 1.0
+    assert all(-1.0 <= m[f"eval/sim/{layer}/pearson"] <= 1.0 and m[f"eval/sim/{layer}/pearson"] != 0.0
+               for layer in layers)
+    rows = list(csv.DictReader(open(saved["files"]["ground_truth_csv"])))
+    assert [r["layer"] for r in rows] == [layer for layer in layers for _ in cfg.evaluate.ground_truth.fields]
+    assert "last_layer_csv" not in saved["files"]

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -90,3 +91,43 @@ def test_shared_by_async_tasks_and_threads(tmp_path):
     asyncio.run(main())
     assert len(cache) == 60 and sorted(cache.get(k) for k in cache.keys()) == list(range(60))
     cache.close()
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from and_lightning.store.kvcache import KVCache
+    cache = KVCache(sys.argv[1])
+    with cache.claim(sys.argv[2]) as mine:
+        print("held" if mine else "busy", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_a_claim_excludes_other_processes_and_threads_and_dies_with_its_holder(tmp_path):
+    path, key = tmp_path / "kv.sqlite", KVCache.key_for("entry")
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), key], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with KVCache(path) as cache:
+            with cache.claim(key) as mine:
+                assert not mine  # another process holds it
+            with cache.claim(KVCache.key_for("other entry")) as other:
+                assert other
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the process we started, by its id
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    with KVCache(path) as cache, cache.claim(key) as mine:
+        assert mine  # a killed holder leaves no stale claim
+        seen: list[bool] = []
+
+        def other_thread() -> None:
+            with KVCache(path) as mine_too, mine_too.claim(key) as got:
+                seen.append(got)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert seen == [False]

@@ -1,13 +1,12 @@
 """Chat-LLM backends: the `openai` backend through the real openai client against a local test server
 (retries, timeouts, structured replies, cache, de-duplication, key hygiene), the `hf` backend on a tiny random
-Llama, the `none` backend, the configs, and the pure helpers (backoff, schema validation)."""
+Llama, the `none` backend, the configs, and reply validation. Every fault kind: tests/test_faults_llm.py."""
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
 import logging
-import random
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,10 @@ from and_lightning.describe.llm import (
     LLMRequestError,
     build_llm,
 )
-from and_lightning.describe.llm.client import backoff_delay
 from and_lightning.describe.llm.hf_chat import HFChatLLM
 from and_lightning.describe.llm.none import NoLLM
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
-from and_lightning.describe.llm.schema import InvalidReply, parse_reply, response_format, schema_errors
+from and_lightning.describe.llm.schema import InvalidReply, response_format, valid_reply
 from openai_server import OpenAITestServer, last_user_text
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -58,7 +56,7 @@ def server():
 def make_llm(server: OpenAITestServer, tmp_path: Path, **kw) -> OpenAIChatLLM:
     cfg = dict(
         model="test-model", base_url=server.base_url, cache_path=str(tmp_path / "cache" / "llm.sqlite"),
-        api_key_env="AND_TEST_API_KEY", max_retries=3, backoff_base=0.01, backoff_max=0.05, timeout=5.0,
+        api_key_env="AND_TEST_API_KEY", max_retries=3, reply_retries=3, reply_backoff=0.01, timeout=5.0,
     )
     cfg.update(kw)
     return OpenAIChatLLM(**cfg)
@@ -80,17 +78,17 @@ def test_happy_path_text_and_structured_requests(server, tmp_path):
     assert llm.stats.requests_sent == 4 and llm.stats.retries == 0 and llm.stats.completed == 4
 
 
-def test_429_then_success_retries_with_backoff(server, tmp_path):
-    server.fail_next(2, status=429)
+def test_429_then_success_is_retried_by_the_openai_client(server, tmp_path):
+    server.fault_next(429, 2)
     llm = make_llm(server, tmp_path)
     assert llm.complete(user("x")) == "echo: x"
     assert server.count == 3
     assert (llm.stats.requests_sent, llm.stats.retries, llm.stats.completed) == (3, 2, 1)
-    assert all(r.headers.get("x-stainless-retry-count") == "0" for r in server.requests)  # SDK retries are off
+    assert [r.headers.get("x-stainless-retry-count") for r in server.requests] == ["0", "1", "2"]  # the SDK's
 
 
 def test_500_until_retries_run_out_raises_clear_error_and_keeps_finished_results(server, tmp_path):
-    server.fail_when(lambda b: last_user_text(b) == "poison", status=500)
+    server.fault_when(lambda b: last_user_text(b) == "poison", 500)
     good = [user(f"good {i}") for i in range(5)]
     llm = make_llm(server, tmp_path, max_retries=2, concurrency=2)
     with pytest.raises(LLMRequestError) as info:
@@ -98,7 +96,7 @@ def test_500_until_retries_run_out_raises_clear_error_and_keeps_finished_results
     err = info.value
     msg = str(err)
     assert "openai backend" in msg and "test-model" in msg and server.base_url in msg
-    assert "HTTP 500" in msg and "gave up after 3 attempts" in msg and "kept in the cache" in msg
+    assert "HTTP 500" in msg and "failed after 3 attempts" in msg and "kept in the cache" in msg
     assert (err.backend, err.model, err.status, err.attempts) == ("openai", "test-model", 500, 3)
     assert server.count == 5 + 3
     again = make_llm(server, tmp_path)
@@ -107,19 +105,19 @@ def test_500_until_retries_run_out_raises_clear_error_and_keeps_finished_results
 
 
 def test_client_errors_are_not_retried(server, tmp_path):
-    server.fail_next(1, status=400)
-    with pytest.raises(LLMRequestError, match=r"HTTP 400.*not retried") as info:
+    server.fault_next(400)
+    with pytest.raises(LLMRequestError, match=r"not retried.*HTTP 400") as info:
         make_llm(server, tmp_path).complete(user("x"))
     assert info.value.status == 400 and server.count == 1
 
 
 def test_timeout_is_retried_then_gives_up(server, tmp_path):
-    server.hang_next(1, seconds=2.0)
+    server.fault_next("late")
     llm = make_llm(server, tmp_path, timeout=0.3, max_retries=1)
     assert llm.complete(user("slow once")) == "echo: slow once"
     assert llm.stats.retries == 1 and server.count == 2
 
-    server.hang_next(2, seconds=2.0)
+    server.fault_next("late", 2)
     with pytest.raises(LLMRequestError, match=r"no reply within the 0.3s timeout") as info:
         llm.complete(user("slow always"))
     assert info.value.status == "timeout" and server.count == 4
@@ -134,7 +132,7 @@ def test_malformed_structured_reply_is_retried_then_clear_error(server, tmp_path
     assert llm.stats.retries == 1
 
     server.answer = lambda b: "Sure! Here is the summary: it is water."
-    with pytest.raises(LLMReplyError, match=r"not valid JSON") as info:
+    with pytest.raises(LLMReplyError, match=r"neuron_summary request got no valid reply.*Invalid JSON") as info:
         llm.complete(user("t"), schema=SUMMARY_SCHEMA)
     assert info.value.status == "invalid_reply" and info.value.attempts == 4
     assert server.count == 2 + 4
@@ -178,7 +176,7 @@ def test_api_key_comes_from_env_and_is_never_written(server, tmp_path, monkeypat
     server.answer = summary_answer
     llm = make_llm(server, tmp_path)
     llm.complete_many([(user(f"q{i}"), SUMMARY_SCHEMA) for i in range(3)] + [user("plain")])
-    server.fail_next(4, status=503)
+    server.fault_next(503, 4)
     with pytest.raises(LLMRequestError) as info:
         llm.complete(user("fails"))
     assert all(r.headers.get("authorization") == f"Bearer {secret}" for r in server.requests)
@@ -254,7 +252,7 @@ def test_hf_backend_batches_caches_and_matches_single_generation(tiny_chat_dir, 
 
 def test_hf_backend_structured_request_with_invalid_reply_is_clear_error(tiny_chat_dir, tmp_path):
     llm = HFChatLLM(model=tiny_chat_dir, max_new_tokens=4, temperature=0.8, max_retries=1)
-    with pytest.raises(LLMReplyError, match=r"hf backend.*no valid JSON reply.*after 2 attempts"):
+    with pytest.raises(LLMReplyError, match=r"hf backend.*no valid reply \(after 2 attempts\).*neuron_summary"):
         llm.complete(user("summarize"), schema=SUMMARY_SCHEMA)
     assert llm.stats.requests_sent == 2
 
@@ -264,30 +262,30 @@ def test_hf_backend_missing_model_is_clear_error(tmp_path):
         HFChatLLM(model=str(tmp_path / "no_such_model")).complete(user("x"))
 
 
-# --- pure helpers ----------------------------------------------------------------------------------------------
-def test_backoff_delay_hand_computed():
-    assert backoff_delay(0, base=0.5, cap=30, jitter=0.5, u=0.0) == 0.5
-    assert backoff_delay(3, base=0.5, cap=30, jitter=0.5, u=0.5) == 4.0 * 1.25
-    assert backoff_delay(10, base=0.5, cap=30, jitter=0.0, u=0.9) == 30
-    assert backoff_delay(0, base=0.5, cap=30, jitter=0.0, u=0.0, retry_after=2.0) == 2.0
-    assert backoff_delay(0, base=0.5, cap=30, jitter=0.0, u=0.0, retry_after=99.0) == 30
-    a, b = random.Random(7), random.Random(7)
-    assert [backoff_delay(r, 0.5, 30, 0.5, a.random()) for r in range(4)] == [
-        backoff_delay(r, 0.5, 30, 0.5, b.random()) for r in range(4)
-    ]
+# --- reply validation ------------------------------------------------------------------------------------------
+def test_valid_reply_checks_structured_replies_against_the_schema():
+    assert valid_reply('{"summary": "s", "concepts": ["a"]}', SUMMARY_SCHEMA) == {"summary": "s", "concepts": ["a"]}
+    assert valid_reply({"summary": "s", "concepts": []}, SUMMARY_SCHEMA) == {"summary": "s", "concepts": []}
+    assert valid_reply('```json\n{"summary": "s", "concepts": []}\n```', SUMMARY_SCHEMA)["summary"] == "s"
+    with pytest.raises(InvalidReply) as info:
+        valid_reply('{"summary": 3, "concepts": ["a", 1], "x": 0}', SUMMARY_SCHEMA)
+    assert info.value.reason == ("concepts.1: Input should be a valid string; summary: Input should be a valid "
+                                 "string; x: Extra inputs are not permitted")
+    with pytest.raises(InvalidReply, match="concepts: Field required"):
+        valid_reply('{"summary": "s"}', SUMMARY_SCHEMA)
+    with pytest.raises(InvalidReply, match="Invalid JSON"):
+        valid_reply("{summary: s}", SUMMARY_SCHEMA)
+    bounded = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 10},
+                                                 "a": {"type": "string", "enum": ["yes", "no"]}}, "required": ["n"]}
+    assert valid_reply('{"n": 10, "a": "no"}', bounded) == {"n": 10, "a": "no"}
+    for bad in ('{"n": 11}', '{"n": true}', '{"n": 1.5}', '{"n": 1, "a": "maybe"}'):
+        with pytest.raises(InvalidReply):
+            valid_reply(bad, bounded)
 
 
-def test_schema_errors_name_the_path():
-    assert schema_errors({"summary": "s", "concepts": ["a"]}, SUMMARY_SCHEMA) == []
-    assert schema_errors({"summary": 3, "concepts": ["a", 1], "x": 0}, SUMMARY_SCHEMA) == [
-        "$: unexpected field 'x'",
-        "$.summary: expected string, got int 3",
-        "$.concepts[1]: expected string, got int 1",
-    ]
-    assert schema_errors({"summary": "s"}, SUMMARY_SCHEMA) == ["$: missing required field 'concepts'"]
-    assert schema_errors(True, {"type": "integer"}) == ["$: expected integer, got bool true"]
-    assert schema_errors(11, {"type": "integer", "minimum": 0, "maximum": 10}) == ["$: 11 is above the maximum 10"]
-    fenced = '```json\n{"summary": "s", "concepts": []}\n```'
-    assert parse_reply(fenced, SUMMARY_SCHEMA) == {"summary": "s", "concepts": []}
-    with pytest.raises(InvalidReply, match="not valid JSON"):
-        parse_reply("{summary: s}", SUMMARY_SCHEMA)
+def test_valid_reply_wants_readable_text_of_sane_length():
+    assert valid_reply("  A dog barks.\n", None) == "A dog barks."
+    for bad, why in [("", "at least 1 character"), (" \n ", "at least 1 character"), ("!!! 123 ???", "no words"),
+                     ("ok \x00\x07", "control characters"), ("w" * 20_001, "at most 20000"), (None, "valid string")]:
+        with pytest.raises(InvalidReply, match=why):
+            valid_reply(bad, None)

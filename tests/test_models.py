@@ -14,11 +14,13 @@ from omegaconf import OmegaConf
 from transformers import ASTFeatureExtractor
 
 from and_lightning.data.audio_io import resample
+from and_lightning.lit.probe import ProbeModule
 from and_lightning.models.ast import AUDIOSET_MEAN, AUDIOSET_STD, ASTAdapter
 from and_lightning.models.base import UnknownLayerError
 from and_lightning.models.cnn import SmallCNN
 from and_lightning.models.crepe import CrepeAdapter, bin_frequencies
 from and_lightning.models.registry import resolve_layers
+from test_prune_silence import TRANSFORMERS, reader_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CONF = REPO / "conf" / "model"
@@ -122,13 +124,13 @@ def test_unit_view_layouts(adapters, waves):
     _, outs = hooked_outputs(cnn, waves)
     conv1 = outs["conv1"]  # [B, 16, 64 mels, 101 frames]
     assert conv1.shape == (B, 16, 64, 101)
-    torch.testing.assert_close(cnn.unit_view("conv1", conv1, B), conv1.reshape(B, 16, -1))
+    torch.testing.assert_close(cnn.unit_view("conv1", conv1, B, pre_activation=True), conv1.reshape(B, 16, -1))
     assert cnn.unit_view("head", outs["head"], B).shape == (B, NUM_CLASSES, 1)
 
     _, outs = hooked_outputs(ast, waves)
     fc1 = outs["block1.fc1"]  # [B, tokens, 128]; 1 s -> 98 frames padded to 100 -> 5 x 9 patches + 2 tokens
     assert fc1.shape == (B, 47, 128)
-    torch.testing.assert_close(ast.unit_view("block1.fc1", fc1, B), fc1.transpose(1, 2))
+    torch.testing.assert_close(ast.unit_view("block1.fc1", fc1, B, pre_activation=True), fc1.transpose(1, 2))
 
     _, outs = hooked_outputs(crepe, waves)
     frames = 1 + SR // crepe.hop_length
@@ -141,6 +143,37 @@ def test_unit_view_layouts(adapters, waves):
     h = conv6.shape[2]
     assert view.shape == (B, 64, frames * h)
     torch.testing.assert_close(view[1, :, h * 3 : h * 4], conv6[frames + 3, :, :, 0])  # clip 1, frame 3
+
+
+READERS = {  # logical layer -> (the module that reads its units, which call of it)
+    "cnn": {f"conv{i}": (f"net.conv{i}.pool", 0) for i in range(1, 5)},
+    **{name: {layer: reader for layer, reader in readers.items() if layer.startswith("block1")}
+       for name, readers in TRANSFORMERS.items()},
+}
+
+
+@pytest.mark.parametrize("which", sorted(READERS))
+def test_recorded_units_are_what_the_next_layer_reads_and_faithful_records_pre_activation(waves, which):
+    """The probe records every unit as the next layer reads it (CNN: after BatchNorm and ReLU; AST/BEATs fc1:
+    after GELU); `pre_activation=True` (faithful) records the hooked module's own output, as the original."""
+    adapter = build_from_yaml(which).eval()
+    readers = READERS[which]
+    read = reader_inputs(adapter, readers, waves)
+    _, module_out = hooked_outputs(adapter, waves)
+    for pre_activation in (False, True):
+        probe = ProbeModule(adapter, list(readers), "mean", pre_activation=pre_activation)
+        probe.on_predict_start()
+        with torch.no_grad():
+            acts = probe.predict_step({"audio": waves, "clip_id": ["a", "b"]}, 0)["acts"]
+        probe.on_predict_end()
+        for layer in readers:
+            raw = module_out[layer]
+            raw = raw.reshape(B, raw.shape[1], -1) if raw.dim() == 4 else raw.movedim(-1, 1)
+            want = (raw if pre_activation else read[layer]).mean(dim=2)
+            torch.testing.assert_close(acts[layer], want, msg=f"{which} {layer} pre_activation={pre_activation}")
+    post = {k: v.mean(dim=2) for k, v in read.items()}
+    differs = [layer for layer in readers if not torch.allclose(post[layer], acts[layer])]
+    assert differs == [layer for layer in readers if "fc1" in layer or "conv" in layer]  # where an activation sits
 
 
 def test_ast_preprocessing_matches_feature_extractor(ast_tiny):

@@ -15,7 +15,8 @@ def fake_job_result(strategy: str, target: str, n: int, pct: float, d_a: float, 
                "pruned/delta_A_logit": d_a, "pruned/delta_R_logit": d_r, "pruned/selectivity_logit": d_r - d_a,
                "pruned/delta_A_prob": d_a / 10, "pruned/delta_R_prob": d_r / 10,
                "pruned/selectivity_prob": (d_r - d_a) / 10, "pruned/acc_target": 0.1, "pruned/acc_rest": 0.8}
-    return {"strategy": strategy, "target": target, "metrics": metrics, "wandb_group": "unlearn-sweepA"}
+    return {"strategy": strategy, "target": target, "metrics": metrics, "wandb_group": "unlearn-sweepA",
+            "selection_note": f"words {target} in nouns: {n} units"}
 
 
 JOBS = [fake_job_result("concept", "a", 10, 5.0, -4.0, -1.0, 0.7), fake_job_result("concept", "b", 20, 10.0, -2.0, -1.0, 0.6),
@@ -32,8 +33,9 @@ def test_table_rows_average_over_targets():
     rows = {r["strategy"]: r for r in table_rows(JOBS)}
     assert rows["concept"]["Avg pruned"] == 15.0 and rows["concept"]["targets"] == 2
     assert rows["concept"]["ΔA logit"] == -3.0 and rows["concept"]["ΔR logit"] == -1.0
-    assert rows["concept"]["ΔA−ΔR logit"] == 2.0 and rows["random"]["ΔA−ΔR logit"] == pytest.approx(0.5)
-    assert rows["concept"]["ΔA−ΔR prob"] == pytest.approx(0.2)
+    # one sign convention: ΔR − ΔA, labelled so (> 0: the target lost more)
+    assert rows["concept"]["ΔR−ΔA logit"] == 2.0 and rows["random"]["ΔR−ΔA logit"] == pytest.approx(0.5)
+    assert rows["concept"]["ΔR−ΔA prob"] == pytest.approx(0.2)
 
 
 def test_ablation_points_start_at_the_unpruned_accuracy():
@@ -46,6 +48,10 @@ def test_aggregate_writes_one_table_and_logs_to_the_sweep_group(tmp_path):
     table = (tmp_path / "sweep" / TABLE_MD).read_text()
     assert table.splitlines()[0].startswith("| strategy | jobs | targets | Avg pruned |")
     assert "| concept | 2 | 2 | 15.0 | 7.50 | -3.000 | -1.000 | 2.000 |" in table
+    assert "| ΔA logit | ΔR logit | ΔR−ΔA logit |" in table and "ΔA−ΔR logit" not in table
+    assert table.split("Selections:\n")[1].splitlines() == [  # one line per job: units and why
+        "- concept / a: 10 units; words a in nouns: 10 units", "- concept / b: 20 units; words b in nouns: 20 units",
+        "- random / a: 10 units; words a in nouns: 10 units", "- random / b: 20 units; words b in nouns: 20 units"]
     assert (tmp_path / "sweep" / TABLE_CSV).read_text().splitlines()[0].startswith("strategy,jobs,targets,Avg pruned")
     assert (tmp_path / "sweep" / CURVE_PNG).read_bytes()[:4] == b"\x89PNG" and out["jobs"] == 4
     (run,) = offline_runs(tmp_path / "sweep")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from and_lightning.prune.forgetting import (
-    accuracies, deltas, drop_chart, forgetting, per_class_confidence, phase_metrics, softmax,
+    SELECTIVITY, accuracies, deltas, drop_chart, forgetting, per_class_confidence, phase_metrics, softmax,
 )
 
 # 5 clips, 3 classes: labels 0, 0, 1, 2, 2
@@ -40,6 +40,16 @@ def test_deltas_hand_computed():
     assert out == {"delta_A": -1.0, "delta_R": 0.5, "selectivity": 1.5}
     with pytest.raises(ValueError, match="class 1 has no clips"):
         deltas(np.array([2.0, np.nan]), np.array([1.0, np.nan]), target=1)
+
+
+def test_selectivity_has_the_paper_sign_on_its_table4_numbers():
+    """Paper Table 4, AST, OCP: ΔA −10.73, ΔR −6.83 and +3.90 in the selectivity column (headed ΔA−ΔR there):
+    the target's confidence drop minus the others', i.e. ΔR − ΔA, labelled so."""
+    before = np.array([5.0, 5.0, 5.0, 5.0])
+    after = np.array([5.0 - 10.73, 5.0 - 4.83, 5.0 - 8.83, 5.0 - 6.83])  # the others lose 6.83 on average
+    out = deltas(before, after, target=0)
+    assert out["delta_A"] == pytest.approx(-10.73) and out["delta_R"] == pytest.approx(-6.83)
+    assert out["selectivity"] == pytest.approx(3.90) and SELECTIVITY == "ΔR−ΔA"
 
 
 def test_accuracies_target_vs_rest():

@@ -83,7 +83,7 @@ def test_baked_weights_give_the_hooked_outputs(make, layer, units):
 
 def test_masks_hold_during_training_no_gradient_reaches_pruned_units():
     model = tiny_cnn().train()
-    conv = model.layer_module("conv1")
+    bn, conv = model.layer_module("conv1"), model.net.conv1.conv  # the unit: the channel after BatchNorm (+ ReLU)
     before = conv.weight.detach().clone()
     masks = UnitMasks(model, {"conv1": [2]}).apply()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -91,8 +91,8 @@ def test_masks_hold_during_training_no_gradient_reaches_pruned_units():
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(torch.randn(3, 2000)), torch.tensor([0, 1, 2]))
         loss.backward()
-        assert torch.count_nonzero(conv.weight.grad[2]) == 0
-        assert torch.count_nonzero(conv.weight.grad[[0, 1, 3]]) > 0
+        for weights in (conv.weight, bn.weight, bn.bias):
+            assert torch.count_nonzero(weights.grad[2]) == 0 and torch.count_nonzero(weights.grad[[0, 1, 3]]) > 0
         opt.step()
     assert torch.equal(conv.weight[2], before[2]) and not torch.equal(conv.weight[0], before[0])
     assert torch.count_nonzero(capture(model.eval(), "conv1", torch.randn(2, 2000))[:, 2]) == 0

@@ -77,18 +77,20 @@ def test_class_strategy_checks_the_closed_method_and_the_stored_ranking():
         select_units([record("l", 0, closed_concepts=ranked("rain", "train"))], {"name": "class", "target": "rain"}, "head")
 
 
-def test_concept_selects_by_whole_word_and_caps_by_match_count():
+def test_concept_selects_nouns_by_whole_word_and_caps_by_match_count():
     records = [
         record("l1", 0, nouns=["train"]),                                # substring of nothing we ask
-        record("l1", 1, open_concepts=["rain", "raindrops"]),
-        record("l1", 2, nouns=["drops"], open_concepts=["drop"]),
-        record("l2", 0, open_concepts=["rains"], nouns=["water"]),
+        record("l1", 1, nouns=["rain", "raindrops"]),
+        record("l1", 2, nouns=["drops", "drop"]),
+        record("l2", 0, open_concepts=["rains"], nouns=["water"]),       # rain only among its adjectives
         record("l2", 1, adjectives=["rain"]),                              # not a searched field
         record("head", 0, nouns=["rain"]),
     ]
     sel = select_units(records, {"name": "concept", "words": ["rain"], "target": "rain"}, "head")
-    assert sel.units == [("l1", 1), ("l2", 0)] and sel.prunable == 5
-    assert sel.reasons[("l1", 1)] == "matches rain"
+    assert sel.units == [("l1", 1)] and sel.prunable == 5  # the paper's OCP: nouns only
+    assert sel.reasons[("l1", 1)] == "matches rain" and sel.note == "words rain in nouns: 1 units"
+    node = {"name": "concept", "words": ["rain"], "target": "rain", "fields": ["open_concepts", "nouns"]}
+    assert select_units(records, node, "head").units == [("l1", 1), ("l2", 0)]  # adjectives too, when asked
     # null words: the target class name's words (the paper's OCP, word-level): water_drops -> water, drops
     sel = select_units(records, {"name": "concept", "target": "water_drops", "words": None}, "head")
     assert sel.units == [("l1", 2), ("l2", 0)]
@@ -97,15 +99,37 @@ def test_concept_selects_by_whole_word_and_caps_by_match_count():
     assert select_units(records, node, "head").units == [("l1", 2)]  # drops + drop = 2 terms vs water = 1
 
 
-def test_empty_selection_fails_with_the_words_the_descriptions_use_unless_allowed():
+def test_default_concept_config_searches_nouns_only():
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+    assert OmegaConf.load(CONF / "prune" / "concept.yaml").fields == ["nouns"]
+    assert OmegaConf.load(CONF / "prune" / "random.yaml").fields == ["nouns"]
+
+
+def test_empty_selection_says_why_and_falls_back_on_the_words_of_the_class_top_units():
     records = [record("l1", u, nouns=["hum"], top_clips=["t1", "t2"]) for u in range(3)]
     records.append(record("l1", 3, nouns=["ringing"], top_clips=["o1", "o2"]))
+    records.append(record("l1", 4, nouns=["hum"], top_clips=["o1", "o2"]))
     label_of = {"t1": "train", "t2": "train", "o1": "rain", "o2": "rain"}
-    with pytest.raises(ValueError, match="selected no units from d.jsonl; words its top units' descriptions do use: hum"):
+    with pytest.raises(ValueError, match="selected no units from d.jsonl for train: no unit's nouns name train; "
+                                         "words its top units use: hum \\(prune.fallback_words=N uses them\\)"):
         select_units(records, {"name": "concept", "target": "train"}, "head", "d.jsonl", label_of)
     sel = select_units(records, {"name": "concept", "target": "train", "allow_empty": True}, "head")
-    assert len(sel) == 0 and sel.by_layer() == {}
-    assert target_vocabulary(records, "train", label_of) == [("hum", 3, 0)]
+    assert len(sel) == 0 and sel.by_layer() == {} and sel.note == "no unit's nouns name train"
+    assert target_vocabulary(records, "train", label_of) == [("hum", 3, 1)]
+    # with a fallback: the words most specific to the class's top units (every unit using them is pruned)
+    node = {"name": "concept", "target": "train", "fallback_words": 2}
+    sel = select_units(records, node, "head", "d.jsonl", label_of)
+    assert sel.units == [("l1", 0), ("l1", 1), ("l1", 2), ("l1", 4)] and sel.strategy == "concept(fallback 2)"
+    assert sel.note == "no unit's nouns name train; used the words its top units use: hum: 4 units"
+    # random like it: the same count, and the same note
+    rand = select_units(records, node | {"name": "random", "like": "concept"}, "head", "d.jsonl", label_of)
+    assert len(rand) == 4 and rand.note.startswith("as many as concept(fallback 2): no unit's nouns name train")
+    # no class-specific words either (no unit's top clips are mostly bells): the note says so
+    sel = select_units(records, node | {"target": "bell", "allow_empty": True}, "head", "d.jsonl", label_of)
+    assert len(sel) == 0 and sel.note == ("no unit's nouns name bell, and the units whose top clips are mostly "
+                                          "bell use no word more often than the other units")
 
 
 def test_adjective_strategy_matches_exact_normalised_adjectives():

@@ -59,7 +59,7 @@ def concept_for_a_class(tiny: dict) -> tuple[str, str]:
 
 
 def selectivity(adapter, loader, units: dict, target: int, num_classes: int) -> float:
-    """ΔA−ΔR (probability units) of masking `units`, measured with the real masks on the held-out split."""
+    """ΔR−ΔA (probability units) of masking `units`, measured with the real masks on the held-out split."""
     before, labels = predict_logits(adapter, loader)
     with UnitMasks(adapter, units):
         after, _ = predict_logits(adapter, loader)
@@ -88,7 +88,7 @@ def test_concept_pruning_forgets_its_class_random_does_not_and_retraining_keeps_
     # random units, same count per layer: no selective forgetting of this class (five seeds)
     data = build(cfg.data)
     data.prepare_data()
-    adapter, _ = load_adapter(tiny["ckpt"])
+    adapter, _ = load_adapter(tiny["ckpt"], cfg.model)
     loader = DataLoader(data.dataset("test"), batch_size=64)
     records = load_records(tiny["descriptions"])
     node = OmegaConf.to_container(cfg.prune, resolve=True) | {"name": "random", "like": "concept", "per_layer": True}
@@ -103,7 +103,7 @@ def test_concept_pruning_forgets_its_class_random_does_not_and_retraining_keeps_
     units = json.loads((out / "pruned_units.json").read_text())
     assert len(units) == m["prune/n_pruned"] and all(word in u["reason"] or "matches" in u["reason"] for u in units)
     assert result["target"] == target and (out / "per_class_drop.png").read_bytes()[:4] == b"\x89PNG"
-    exported, ckpt = load_adapter(tmp_path / "unlearned.pt")
+    exported, ckpt = load_adapter(tmp_path / "unlearned.pt", cfg.model)
     first = units[0]
     assert torch.count_nonzero(exported.layer_module(first["layer"]).weight[first["unit"]]) == 0
     assert ckpt["config"]["unlearn"]["prune"]["target"] == target
@@ -119,7 +119,7 @@ def test_concept_pruning_forgets_its_class_random_does_not_and_retraining_keeps_
 
 @pytest.mark.slow
 def test_a_dissection_of_another_checkpoint_is_refused(tiny, tmp_path):
-    adapter, ckpt = load_adapter(tiny["ckpt"])
+    adapter, ckpt = load_adapter(tiny["ckpt"], compose_cfg("train", tiny["root"], DATA).model)
     with torch.no_grad():
         adapter.layer_module("head").bias.add_(1.0)
     other = save_checkpoint(tmp_path / "other.pt", adapter, ckpt["config"], ckpt["class_names"])
@@ -146,7 +146,9 @@ def test_multirun_writes_one_table_and_one_wandb_group(tiny, tmp_path):
     tables = sorted(p.name for p in sweep.glob("unlearning_table.*"))
     assert tables == ["unlearning_table.csv", "unlearning_table.md"]
     table = (sweep / "unlearning_table.md").read_text()
-    assert "| concept | 2 | 2 |" in table and "| random(like concept) | 2 | 2 |" in table
+    assert "| concept(fallback 3) | 2 | 2 |" in table and "| random(like concept) | 2 | 2 |" in table
+    lines = table.split("Selections:\n")[1].splitlines()  # one line per job: what each selection rests on
+    assert len(lines) == 4 and all(" units; " in line for line in lines), lines
     groups, job_types = set(), []
     for run in offline_runs(sweep):
         (info,) = [r.run for r in records(next(run.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"]

@@ -87,6 +87,28 @@ def test_rank_reorder_hand_computed():
     torch.testing.assert_close(rank_reorder(Pr, Ar, top_fraction=1.0), expected)
 
 
+def test_rank_reorder_faithful_indexes_by_the_argsort_not_the_rank():
+    # issue 11 item 5b. t = [8, 4, 2, 1]; concept 0's scores have ascending ranks [1, 2, 3, 0] (argsort
+    # [3, 0, 1, 2]), concept 1's ranks [3, 2, 0, 1] (argsort [2, 3, 1, 0]); t ascending = [1, 2, 4, 8].
+    # rank (corrected): reorg0 = [2, 4, 8, 1] -> |[6, 0, -6, 0]|^3 mean 108; reorg1 = [8, 4, 1, 2] -> mean 0.5
+    # argsort (original): reorg0 = [8, 1, 2, 4] -> |[0, 3, 0, -3]|^3 mean 13.5; reorg1 = [4, 8, 2, 1] -> mean 32
+    # Both concepts have the same mean score and baseline, so S0 / S1 is the ratio of the errors.
+    Pr = torch.tensor([[0.2, 0.4], [0.3, 0.3], [0.4, 0.1], [0.1, 0.2]])
+    Ar = torch.tensor([[8.0], [4.0], [2.0], [1.0]])
+    S = rank_reorder(Pr, Ar, top_fraction=1.0)
+    assert float(S[0, 0] / S[0, 1]) == pytest.approx(108 / 0.5)
+    F = rank_reorder(Pr, Ar, top_fraction=1.0, faithful=True, generator=torch.Generator().manual_seed(0))
+    assert float(F[0, 0] / F[0, 1]) == pytest.approx(13.5 / 32)
+    # the original's divisor is relu(mean score) ** 0.5: a concept scored <= 0 on the top clips gets -inf
+    F = rank_reorder(-Pr, Ar, top_fraction=1.0, faithful=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(F, torch.full((1, 2), -float("inf")))
+
+
+def test_cos_faithful_zero_column_is_nan():
+    S = cos(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), torch.tensor([[1.0], [1.0]]), faithful=True)
+    assert torch.isnan(S[0, 0]) and S[0, 1] == pytest.approx(3 / (5 ** 0.5 * 2 ** 0.5))
+
+
 def test_rank_reorder_too_few_clips():
     P5, A5 = torch.rand(5, 3), torch.rand(5, 2)
     with pytest.raises(ValueError, match="needs >= 2 top clips"):

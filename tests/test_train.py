@@ -23,7 +23,7 @@ def test_train_writes_checkpoint_and_offline_wandb_run(compose_in, tmp_path, mon
     assert 0.0 <= metrics["test/acc"] <= 1.0
     ckpt = load_checkpoint(metrics["checkpoint_path"])  # weights_only=True inside
     assert ckpt["class_names"][0] == "pure_tone" and ckpt["config"]["model"]["name"] == "cnn"
-    adapter, _ = load_adapter(metrics["checkpoint_path"])
+    adapter, _ = load_adapter(metrics["checkpoint_path"], cfg.model)
     assert adapter(torch.zeros(2, 16000)).shape == (2, 10)
     (run,) = offline_runs(tmp_path / "run")
     logged = read_run(run)
@@ -92,8 +92,9 @@ def test_cli_multirun_gives_one_wandb_run_per_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_ast_tiny_one_epoch(tmp_path):
+def test_cli_ast_tiny_one_epoch(tmp_path, compose_in):
     run_cli("train.py", ["model=ast_tiny", "trainer.max_epochs=1", f"paths.root_dir={tmp_path}",
                          "data.index.clips_per_class=5"], cwd=tmp_path)
-    adapter, ckpt = load_adapter(tmp_path / "checkpoints" / "synth-ast_tiny-scratch-s0.pt")
+    adapter, ckpt = load_adapter(tmp_path / "checkpoints" / "synth-ast_tiny-scratch-s0.pt",
+                                 compose_in("train", ["model=ast_tiny"]).model)
     assert ckpt["config"]["model"]["name"] == "ast_tiny" and adapter.layers()["head"] == 10

@@ -93,7 +93,7 @@ def similarity_rows(acts: Tensor, unit_gt: Sequence[str | None], concepts: Seque
                     continue
                 S = scores_from_p(acts, cs.P, sim, p_is_prob=cs.p_is_prob, faithful=flag,
                                   **dict((params or {}).get(sim, {})))
-                ranked = [[c for c, _ in r] for r in top_concepts(S, concepts, k=5)]
+                ranked = [[c for c, _ in r] for r in top_concepts(S, concepts, k=5, faithful=flag)]
                 acc = accuracy_from_ranked(ranked, unit_gt, encoder, extra, n_concepts=len(concepts))
                 rows.append({"method": method, "similarity": sim, "faithful": bool(flag), **acc, "note": ""})
     return rows

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            declared = _declared_beyond_file(f.extra_info)
+            data, sr = f.read(dtype="float32", always_2d=True), f.samplerate
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
         raise AudioError(f"{path}: cannot read audio ({type(e).__name__}: {e})") from e
+    if declared:
+        raise AudioError(f"{path}: truncated audio file: its header declares {declared[0]} bytes of samples but "
+                         f"only {declared[1]} are in the file ({data.shape[0]} frames readable)")
     if data.ndim != 2 or data.shape[1] < 1:
         raise AudioError(f"{path}: expected [frames, channels] audio, got shape {data.shape}")
     if data.shape[0] == 0:
@@ -34,6 +40,20 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
         wave = resample(wave, sr, sample_rate)
         sr = sample_rate
     return wave, sr
+
+
+# libsndfile's header log notes a chunk size larger than what the file holds: "data : 32000 (should be 15978)"
+_CHUNK_BEYOND_FILE = re.compile(r"^\s*(?:data|SSND) : (\d+) \(should be (\d+)\)", re.MULTILINE)
+_UNKNOWN_SIZE = (0, 0xFFFFFFFF)  # streamed WAVs whose writer could not seek back to fill in the size
+
+
+def _declared_beyond_file(header_log: str) -> tuple[int, int] | None:
+    """(declared, present) sample-data bytes when the header promises more than the file holds (a cut-off file)."""
+    found = _CHUNK_BEYOND_FILE.search(header_log)
+    if found is None:
+        return None
+    declared, present = int(found[1]), int(found[2])
+    return (declared, present) if declared > present and declared not in _UNKNOWN_SIZE else None
 
 
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:

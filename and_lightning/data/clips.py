@@ -45,7 +45,8 @@ class DatasetIndex:
 
 
 class ClipDataset(Dataset):
-    """Loads each record as a mono waveform at `sample_rate`, cropped/padded to `clip_seconds`."""
+    """Loads each record as a mono waveform at `sample_rate`, cropped/zero-padded to `clip_seconds`; "length" is
+    the number of samples before padding (adapters that `uses_lengths` leave the padding out)."""
 
     def __init__(self, records: Sequence[ClipRecord], sample_rate: int, clip_seconds: float):
         self.records = list(records)
@@ -60,6 +61,7 @@ class ClipDataset(Dataset):
         wave, _ = load_audio(rec.path, self.sample_rate)
         return {
             "audio": fix_length(wave, self.num_samples),
+            "length": torch.tensor(min(wave.shape[-1], self.num_samples), dtype=torch.long),
             "label": torch.tensor(rec.label, dtype=torch.long),
             "clip_id": rec.clip_id,
         }

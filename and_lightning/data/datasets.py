@@ -103,6 +103,16 @@ def load_folder(root: str | os.PathLike, extensions: Sequence[str] = (".wav", ".
     return _index_class_folders(name or f"folder:{root.name}", root, exts, num_folds, recursive=True)
 
 
+def folder_classes(root: str | os.PathLike) -> list[str]:
+    """The class names `load_folder(root)` indexes, in label order (sorted subfolder names). conf/data/folder.yaml
+    and conf/concepts/folder.yaml read them as `${folder_classes:<root>}` (data.num_classes, the concept set)."""
+    base = _existing_root(root, "one subfolder per class holding audio files")
+    names = [d.name for d in _class_dirs(base)]
+    if not names:
+        raise DatasetError(f"{base}: no class subfolders found (expected {base}/<class>/<clip>.wav)")
+    return names
+
+
 def stratified_folds(paths_by_class: dict[str, list[str]], num_folds: int) -> dict[str, int]:
     """Map each path to fold `i % num_folds + 1`, `i` being its rank in its class's sorted path list."""
     if num_folds < 1:
@@ -113,16 +123,17 @@ def stratified_folds(paths_by_class: dict[str, list[str]], num_folds: int) -> di
 def _index_class_folders(name: str, base: Path, extensions: Sequence[str], num_folds: int,
                          recursive: bool) -> DatasetIndex:
     exts = _normalise_extensions(extensions)
-    class_dirs = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                        key=lambda p: p.name)
+    class_dirs = _class_dirs(base)
     if not class_dirs:
         raise DatasetError(f"{base}: no class subfolders found (expected {base}/<class>/<clip>{exts[0]})")
     files_by_class: dict[str, list[str]] = {}
     for d in class_dirs:
-        found = d.rglob("*") if recursive else d.iterdir()
-        rel = [p.relative_to(base).as_posix() for p in found
-               if p.is_file() and p.suffix.lower() in exts
-               and not any(part.startswith(".") for part in p.relative_to(base).parts)]
+        found = [p for p in (d.rglob("*") if recursive else d.iterdir()) if p.suffix.lower() in exts
+                 and not any(part.startswith(".") for part in p.relative_to(base).parts)]
+        broken = [f"{p} -> {os.readlink(p)}" for p in found if p.is_symlink() and not p.exists()]
+        if broken:
+            raise DatasetFileNotFoundError(f"{d}: symbolic link(s) to missing files: {_listing(broken)}")
+        rel = [p.relative_to(base).as_posix() for p in found if p.is_file()]
         if not rel:
             raise DatasetError(f"{d}: class folder holds no audio files with extensions {list(exts)}")
         files_by_class[d.name] = rel
@@ -138,6 +149,11 @@ def _index_class_folders(name: str, base: Path, extensions: Sequence[str], num_f
             records.append(ClipRecord(clip_id=clip_id, path=str(base / rel), label=label, fold=folds[rel],
                                       meta={"class": cls, "rel_path": rel}))
     return _index(name, records, class_names, base)
+
+
+def _class_dirs(base: Path) -> list[Path]:
+    """The class subfolders of `base` (hidden ones aside), sorted by name: label i is the i-th."""
+    return sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def _existing_root(root: str | os.PathLike, expected: str) -> Path:

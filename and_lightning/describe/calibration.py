@@ -15,9 +15,11 @@ reproduction.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,16 +57,49 @@ def _split(mask: Tensor, items: Sequence[str]) -> tuple[list[str], list[str]]:
     return keep, drop
 
 
+def _original_cross_removal(high: Sequence[str], low: Sequence[str], high_emb: Tensor, low_emb: Tensor,
+                            threshold: float) -> tuple[list[str], list[str]]:
+    """The original's loop (`sentence_utils.remove_mutual_information`), run as it ran: it removes sentences
+    (by value, the first equal one) from the lists it is iterating over, while the embeddings it zips with
+    are not removed, so after a removal later sentences are paired with other sentences' embeddings and some
+    pairs are skipped. The cosine is its float32 numpy dot / (norm * norm)."""
+    kept_high, kept_low = list(high), list(low)
+    for a, ea in zip(kept_high, high_emb.float().numpy()):
+        for b, eb in zip(kept_low, low_emb.float().numpy()):
+            if (np.dot(ea, eb) / (np.linalg.norm(ea) * np.linalg.norm(eb))).item() > threshold:
+                if a in kept_high:
+                    kept_high.remove(a)
+                if b in kept_low:
+                    kept_low.remove(b)
+    return kept_high, kept_low
+
+
+def _removed(items: Sequence[str], kept: Sequence[str]) -> list[str]:
+    left = Counter(kept)
+    out = []
+    for s in items:
+        if left[s]:
+            left[s] -= 1
+        else:
+            out.append(s)
+    return out
+
+
 def calibrate_sentences(
-    high: Sequence[str], low: Sequence[str], high_emb: Tensor, low_emb: Tensor, threshold: float = DEFAULT_THRESHOLD
+    high: Sequence[str], low: Sequence[str], high_emb: Tensor, low_emb: Tensor, threshold: float = DEFAULT_THRESHOLD,
+    faithful: bool = False,
 ) -> Calibrated:
-    """Cross-removal on already split and embedded sentences (embeddings unit-norm, rows aligned)."""
+    """Cross-removal on already split and embedded sentences (embeddings unit-norm, rows aligned).
+    `faithful`: the original's loop (`_original_cross_removal`) instead of the masks."""
     if len(high) != len(high_emb) or len(low) != len(low_emb):
         raise ValueError(
             f"sentences and embeddings differ in number: high {len(high)} vs {len(high_emb)}, low {len(low)} vs {len(low_emb)}"
         )
     if not high or not low:
         return Calibrated(list(high), list(low), [], [])
+    if faithful:
+        kh, kl = _original_cross_removal(high, low, high_emb, low_emb, threshold)
+        return Calibrated(kh, kl, _removed(high, kh), _removed(low, kl))
     keep_h, keep_l = cross_removal_masks(high_emb.float() @ low_emb.float().T, threshold)
     kh, dh = _split(keep_h, high)
     kl, dl = _split(keep_l, low)
@@ -77,11 +112,13 @@ def calibrate_many(
     threshold: float = DEFAULT_THRESHOLD,
     min_tokens: int = 5,
     junk_phrases: tuple[str, ...] = JUNK_PHRASES,
+    faithful: bool = False,
 ) -> list[Calibrated]:
     """Module B for many neurons: `pairs` are (high summary, low summary) texts. All sentences are
-    embedded in one `encoder.encode` call (the encoder de-duplicates), then each neuron is calibrated."""
+    embedded in one `encoder.encode` call (the encoder de-duplicates), then each neuron is calibrated.
+    `faithful`: the original's sentence split and removal loop (pass threshold=ORIGINAL_THRESHOLD too)."""
     split = [
-        (summary_sentences(h, min_tokens, junk_phrases), summary_sentences(l, min_tokens, junk_phrases))
+        (summary_sentences(h, min_tokens, junk_phrases, faithful), summary_sentences(l, min_tokens, junk_phrases, faithful))
         for h, l in pairs
     ]
     unique = list(dict.fromkeys(s for hs, ls in split for s in (*hs, *ls)))
@@ -91,10 +128,10 @@ def calibrate_many(
     def embed(sentences: list[str]) -> Tensor:
         return emb[[row[s] for s in sentences]] if sentences else emb[:0]
 
-    return [calibrate_sentences(hs, ls, embed(hs), embed(ls), threshold) for hs, ls in split]
+    return [calibrate_sentences(hs, ls, embed(hs), embed(ls), threshold, faithful) for hs, ls in split]
 
 
 def calibrate(high_summary: str, low_summary: str, encoder: SentenceEncoder, threshold: float = DEFAULT_THRESHOLD,
-              min_tokens: int = 5) -> Calibrated:
+              min_tokens: int = 5, faithful: bool = False) -> Calibrated:
     """Module B for one neuron."""
-    return calibrate_many([(high_summary, low_summary)], encoder, threshold, min_tokens)[0]
+    return calibrate_many([(high_summary, low_summary)], encoder, threshold, min_tokens, faithful=faithful)[0]

@@ -54,8 +54,10 @@ def scores_from_p(
     """S [M, C] = sim_fn(P [N, C], acts [N, M]) for one layer (all its neurons in one call).
 
     `sim_fn` is a name in SIMILARITIES (flags passed as needed) or a callable f(P, A) -> S.
-    Only with `faithful=True` and `faithful_top_k=K`: each neuron is scored on its own top-K clips
-    alone (the original's hidden-layer DB, spec §5.2), one neuron at a time.
+    `faithful=True` with a probability P (`p_is_prob`, DB) scores as the original's DB: one call per neuron
+    on the clips it stored, in descending activation order: its top `faithful_top_k` clips (hidden layers,
+    spec §5.2) or all clips (`faithful_top_k=None`, the head). One neuron per call makes wpmi's marginal
+    log p(c) that neuron's own log p(c|n), so wpmi becomes 0.4 log p(c|n) and soft_wpmi exactly 0.
     """
     if acts.ndim != 2 or P.ndim != 2 or acts.shape[0] != P.shape[0]:
         raise ValueError(f"expected acts [N, M] and P [N, C] with the same N, got {tuple(acts.shape)} and {tuple(P.shape)}")
@@ -70,9 +72,9 @@ def scores_from_p(
     if not callable(sim_fn) and sim_fn not in SIMILARITIES:
         raise ValueError(f"unknown similarity {sim_fn!r}; expected one of {sorted(SIMILARITIES)} or a callable")
     acts = acts.float()
-    if faithful_top_k is None:
+    if faithful_top_k is None and not (faithful and p_is_prob):
         return run(P, acts)
-    k = min(faithful_top_k, acts.shape[0])
+    k = acts.shape[0] if faithful_top_k is None else min(faithful_top_k, acts.shape[0])
     idx = torch.topk(acts, k=k, dim=0).indices  # [k, M]
     return torch.cat([run(P[idx[:, m]], acts[idx[:, m], m:m + 1]) for m in range(acts.shape[1])])
 
@@ -99,21 +101,30 @@ def tab_scores(
     return scores_from_p(acts, P, sim_fn, p_is_prob=False, faithful=faithful, **params)
 
 
-def top_concepts(S: Tensor, concept_names: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
-    """Per neuron, its k best concepts as (name, score), best first; ties go to the earlier concept,
-    NaN scores rank last."""
+def _ranked_concepts(S: Tensor, k: int, faithful: bool) -> Tensor:
+    """[M, k] concept indices, best first: ties go to the earlier concept and NaN ranks last; `faithful`:
+    `torch.topk`'s order, as the original (NaN ranks first; ties in the kernel's order, e.g. concepts
+    35, 32, 33, 34, 31 for a constant row of 50 with torch 2.11 on CPU)."""
+    if faithful:
+        return torch.topk(S.float(), k, dim=1).indices
+    ranked = torch.nan_to_num(S.float(), nan=-float("inf"))
+    return torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def top_concepts(S: Tensor, concept_names: Sequence[str], k: int = 5,
+                 faithful: bool = False) -> list[list[tuple[str, float]]]:
+    """Per neuron, its k best concepts as (name, score), best first (order of ties and NaN: `_ranked_concepts`)."""
     if S.ndim != 2 or S.shape[1] != len(concept_names):
         raise ValueError(f"S must be [M, {len(concept_names)}] for {len(concept_names)} concepts, got {tuple(S.shape)}")
     k = min(k, S.shape[1])
-    ranked = torch.nan_to_num(S.float(), nan=-float("inf"))
-    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :k]
+    order = _ranked_concepts(S, k, faithful)
     vals = S.float().gather(1, order)
     return [[(concept_names[c], float(v)) for c, v in zip(row_i.tolist(), row_v.tolist())] for row_i, row_v in zip(order, vals)]
 
 
 # --- last-layer metrics (spec §5.5) ---------------------------------------------------------------------
 def topk_accuracy(S: Tensor, gt_index: Tensor | Sequence[int], k: int) -> float:
-    """Fraction of neurons whose ground-truth concept index is among their top-k scores.
+    """Fraction of neurons whose ground-truth concept index is among their top-k scores (`_ranked_concepts`).
     Neurons with a negative gt index (no ground truth) are left out."""
     gt = torch.as_tensor(gt_index, dtype=torch.long)
     if gt.shape != (S.shape[0],):
@@ -121,8 +132,7 @@ def topk_accuracy(S: Tensor, gt_index: Tensor | Sequence[int], k: int) -> float:
     valid = gt >= 0
     if not valid.any():
         raise ValueError("no neuron has a ground-truth concept (all gt_index < 0)")
-    ranked = torch.nan_to_num(S.float(), nan=-float("inf"))
-    top = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :k]
+    top = _ranked_concepts(S, min(k, S.shape[1]), faithful=False)
     hit = (top == gt.unsqueeze(1)).any(dim=1)
     return float(hit[valid].float().mean())
 

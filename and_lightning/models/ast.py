@@ -5,7 +5,7 @@ normalisation) so a whole batch is featurised on the model's device in one go.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torchaudio.compliance.kaldi as kaldi
@@ -66,11 +66,16 @@ class KaldiFbank(nn.Module):
 
 
 class ASTAdapter(TargetAdapter):
-    """AST classifier; logical layers `block{i}.attn_out|fc1|fc2` (pre-residual / pre-GELU Linear) and `head`.
+    """AST classifier; logical layers `block{i}.attn_out|fc1|fc2` and `head`.
+
+    `attn_out` and `fc2` are the Linear outputs added to the residual stream; `fc1` units are the MLP's hidden
+    neurons as fc2 reads them, GELU(fc1 output) (`pre_activation` recordings: the fc1 output, as the original).
 
     `pretrained`: a hub id or local directory for `from_pretrained` (the head is re-initialised when
     `num_classes` differs from the checkpoint's); otherwise a random model from `ASTConfig(**config)`.
     """
+
+    uses_lengths = True
 
     def __init__(
         self,
@@ -106,11 +111,22 @@ class ASTAdapter(TargetAdapter):
         self.fbank = KaldiFbank(self.sample_rate, self.num_mel_bins)
         self.head_path = f"net.{HEAD_PATH}"
 
-    def preprocess(self, wave: torch.Tensor, sr: int | None = None) -> torch.Tensor:
-        """Waveforms [B, T] -> normalised fbank [B, max_length, num_mel_bins] (zero-padded before normalising)."""
+    def preprocess(self, wave: torch.Tensor, sr: int | None = None,
+                   lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Waveforms [B, T] -> normalised fbank [B, max_length, num_mel_bins] (zero-padded before normalising).
+
+        AST reads a fixed `max_length` frames and attends to all of them, padding included, as in training, so a
+        clip's values never depend on the other clips of a batch. `lengths` (samples of each clip at the model's
+        rate before zero padding) zero the frames past a clip's end, as ASTFeatureExtractor pads the clip alone:
+        a clip padded in a batch then gets the features it gets alone (a padded waveform's frames are log-floor).
+        """
         if sr is not None and sr != self.sample_rate:
             wave = resample(wave, sr, self.sample_rate)
         fbank = self.fbank(wave)
+        if lengths is not None:
+            frames = ((lengths.to(fbank.device) - self.fbank.window_size) // self.fbank.window_shift + 1).clamp_min(0)
+            past_end = torch.arange(fbank.shape[1], device=fbank.device)[None, :] >= frames[:, None]
+            fbank = fbank.masked_fill(past_end[..., None], 0.0)
         n = fbank.shape[1]
         if n < self.max_length:
             fbank = nn.functional.pad(fbank, (0, 0, 0, self.max_length - n))
@@ -118,8 +134,8 @@ class ASTAdapter(TargetAdapter):
             fbank = fbank[:, : self.max_length]
         return (fbank - self.mean) / (self.std * 2)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.net(input_values=self.preprocess(wave)).logits
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(input_values=self.preprocess(wave, lengths=lengths)).logits
 
     def layer_paths(self) -> dict[str, str]:
         paths = {
@@ -129,3 +145,8 @@ class ASTAdapter(TargetAdapter):
         }
         paths["head"] = self.head_path
         return paths
+
+    def unit_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        mlp = BLOCK_PATHS["fc1"].rsplit(".", 1)[0]  # the MLP holding fc1 and its activation
+        return {f"block{i}.fc1": self.net.get_submodule(mlp.format(i=i)).activation_fn
+                for i in range(self.net.config.num_hidden_layers)}

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torchaudio.compliance.kaldi as kaldi
@@ -30,6 +30,7 @@ FBANK_MEAN = 15.41663  # BEATs.preprocess defaults (AudioSet statistics of the x
 FBANK_STD = 6.55582
 WAVE_SCALE = 2**15  # BEATs scales [-1, 1] waveforms to the 16-bit integer range before the fbank
 WINDOW_SAMPLES = 400  # one 25 ms frame at 16 kHz
+HOP_SAMPLES = 160  # 10 ms frame shift
 POOLINGS = ("mean", "per_token")
 # fields that change regularisation only; `config` may override them on top of a checkpoint's cfg
 TRAINING_FIELDS = {"dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
@@ -45,12 +46,25 @@ def beats_fbank(wave: torch.Tensor) -> torch.Tensor:
     if wave.dim() != 2 or wave.shape[-1] < WINDOW_SAMPLES:
         raise ValueError(f"beats_fbank: expected waveforms [B, T] with T >= {WINDOW_SAMPLES} samples (one 25 ms "
                          f"frame at 16 kHz), got shape {tuple(wave.shape)}")
+    work = torch.promote_types(wave.dtype, torch.float32)  # float64 stays float64; half is computed in float32
     fbanks = [
-        kaldi.fbank(clip.float().unsqueeze(0) * WAVE_SCALE, num_mel_bins=NUM_MEL_BINS,
+        kaldi.fbank(clip.to(work).unsqueeze(0) * WAVE_SCALE, num_mel_bins=NUM_MEL_BINS,
                     sample_frequency=SAMPLE_RATE, frame_length=25, frame_shift=10)
         for clip in wave
     ]
-    return (torch.stack(fbanks) - FBANK_MEAN) / (2 * FBANK_STD)
+    return ((torch.stack(fbanks) - FBANK_MEAN) / (2 * FBANK_STD)).to(wave.dtype)
+
+
+def fbank_frames(lengths: torch.Tensor) -> torch.Tensor:
+    """Whole 25 ms / 10 ms fbank frames in clips of `lengths` samples at 16 kHz: 1 + (T - 400) // 160, or 0."""
+    return torch.where(lengths >= WINDOW_SAMPLES, 1 + (lengths - WINDOW_SAMPLES) // HOP_SAMPLES, 0)
+
+
+def mean_over_tokens(x: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+    """[B, tokens, D] -> [B, D]: the mean over each clip's tokens, padding (bool [B, tokens]) left out."""
+    if padding is None:
+        return x.mean(dim=1)
+    return x.masked_fill(padding.unsqueeze(-1), 0.0).sum(dim=1) / (~padding).sum(dim=1, keepdim=True)
 
 
 @dataclass
@@ -103,7 +117,8 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any], source: str) -
 
 
 class BEATsAdapter(TargetAdapter):
-    """BEATs classifier; logical layers `block{i}.fc1` (pre-GELU), `block{i}.fc2` (pre-residual) and `head` (`fc`).
+    """BEATs classifier; logical layers `block{i}.fc1` (GELU(fc1 output), what fc2 reads; `pre_activation`
+    recordings: the fc1 output, as the original), `block{i}.fc2` (pre-residual) and `head` (`fc`).
 
     `checkpoint`: an official BEATs checkpoint or a MyBeatsModel state dict (see the module docstring); `config`:
     BEATsConfig fields, the whole architecture for a random model, or regularisation overrides (dropout,
@@ -113,7 +128,12 @@ class BEATsAdapter(TargetAdapter):
     averages the logits, as the original MyBeatsModel did. The logits are identical (the head is linear), but
     with "per_token" the head's hook sees per-token logits [B, tokens, C], so the probe's `token0` reduction
     reproduces the original code's fc activations (token 0 only) for faithful runs.
+    Padding: `forward(wave, lengths)` leaves the tokens past each clip's `lengths` samples out of attention and
+    pooling (the official `padding_mask`), so a clip zero-padded in a batch gets the values it gets alone;
+    `valid_positions` tells the probe which tokens of the hooked layers to reduce over.
     """
+
+    uses_lengths = True
 
     head_path = "fc"
 
@@ -129,6 +149,7 @@ class BEATsAdapter(TargetAdapter):
             raise ValueError(f"BEATsAdapter: pooling must be one of {POOLINGS}, got '{pooling}'")
         self.sample_rate = SAMPLE_RATE
         self.pooling = pooling
+        self.padding: torch.Tensor | None = None  # bool [B, tokens] of the latest forward pass; None: no padding
         loaded = read_beats_checkpoint(checkpoint) if checkpoint else None
         values = merge_config(loaded.cfg if loaded else {}, dict(config or {}), str(checkpoint))
         self.config = BEATsConfig.from_dict(values)
@@ -159,15 +180,26 @@ class BEATsAdapter(TargetAdapter):
             wave = resample(wave, sr, self.sample_rate)
         return beats_fbank(wave)
 
-    def tokens(self, wave: torch.Tensor) -> torch.Tensor:
-        """16 kHz waveforms [B, T] -> token features [B, (frames // 16) * 8, D] (time-major)."""
-        return self.beats.extract_features(self.preprocess(wave))
+    def tokens(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """16 kHz waveforms [B, T] -> token features [B, (frames // 16) * 8, D] (time-major). With `lengths`
+        (samples of each clip before zero padding) the tokens past a clip's end are padding: `self.padding`."""
+        fbank = self.preprocess(wave)
+        padding = None if lengths is None else self.beats.token_padding(fbank, fbank_frames(lengths))
+        self.padding = padding if padding is not None and bool(padding.any()) else None
+        return self.beats.extract_features(fbank, self.padding)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(wave)
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tokens(wave, lengths)
         if self.pooling == "mean":
-            return self.fc(x.mean(dim=1))
-        return self.fc(x).mean(dim=1)
+            return self.fc(mean_over_tokens(x, self.padding))
+        return mean_over_tokens(self.fc(x), self.padding)
+
+    def valid_positions(self, positions: int) -> torch.Tensor | None:
+        """bool [B, tokens], True for the clip's own tokens, when the latest forward pass had padding and a layer's
+        positions are the tokens (fc1, fc2, a per_token head); None otherwise."""
+        if self.padding is None or self.padding.shape[1] != positions:
+            return None
+        return ~self.padding
 
     def layer_paths(self) -> dict[str, str]:
         paths = {
@@ -177,3 +209,6 @@ class BEATsAdapter(TargetAdapter):
         }
         paths["head"] = self.head_path
         return paths
+
+    def unit_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        return {f"block{i}.fc1": layer.activation for i, layer in enumerate(self.beats.encoder.layers)}

@@ -6,6 +6,10 @@ Module names follow the official code, so official checkpoints (`{"cfg": dict, "
 self_attn_layer_norm, fc1, fc2, final_layer_norm}`, `encoder.layer_norm`, and `predictor` for fine-tuned models.
 Tensors are batch-first [B, tokens, dim] throughout (the official code switches to fairseq's [T, B, D] inside the
 encoder; the arithmetic is the same), so hooks on `fc1`/`fc2` see [B, tokens, units].
+
+Padding (`padding`: bool [B, tokens], True for tokens of a clip's zero padding), as the official `padding_mask`:
+padded tokens are zeroed before the convolutional position embedding and never attended to, so the other tokens
+of a clip padded in a batch equal those of the clip alone (`token_padding` says which tokens those are).
 """
 from __future__ import annotations
 
@@ -189,7 +193,8 @@ class MultiheadAttention(nn.Module):
         buckets = relative_position_bucket(positions[None, :] - positions[:, None], self.num_buckets, self.max_distance)
         return self.relative_attention_bias(buckets).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None,
+                padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, dim = x.shape
         q, k, v = (proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))  # [B, H, T, hd]
@@ -203,6 +208,10 @@ class MultiheadAttention(nn.Module):
                 gate_a, gate_b = gates.chunk(2, dim=-1)  # [B, H, T, 1] each
                 attn_bias = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * attn_bias
             attn_bias = attn_bias.to(q.dtype)
+        if padding is not None:  # padded keys get -inf: softmax over the clip's own tokens only
+            key_mask = torch.zeros(b, 1, 1, t, dtype=q.dtype, device=q.device).masked_fill(
+                padding[:, None, None, :], float("-inf"))
+            attn_bias = key_mask if attn_bias is None else attn_bias + key_mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, dim)), position_bias
@@ -232,12 +241,13 @@ class TransformerSentenceEncoderLayer(nn.Module):
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout3(self.fc2(self.dropout2(self.activation(self.fc1(x)))))
 
-    def forward(self, x: torch.Tensor, pos_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, pos_bias: torch.Tensor | None,
+                padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.layer_norm_first:
-            attn, pos_bias = self.self_attn(self.self_attn_layer_norm(x), pos_bias)
+            attn, pos_bias = self.self_attn(self.self_attn_layer_norm(x), pos_bias, padding)
             x = x + self.dropout1(attn)
             return x + self._ffn(self.final_layer_norm(x)), pos_bias
-        attn, pos_bias = self.self_attn(x, pos_bias)
+        attn, pos_bias = self.self_attn(x, pos_bias, padding)
         x = self.self_attn_layer_norm(x * self.deep_norm_alpha + self.dropout1(attn))
         x = self.final_layer_norm(x * self.deep_norm_alpha + self._ffn(x))
         return x, pos_bias
@@ -279,8 +289,10 @@ class TransformerEncoder(nn.Module):
                                      (attn.out_proj, beta), (layer.fc1, beta), (layer.fc2, beta)):
                     nn.init.xavier_normal_(linear.weight, gain=gain)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, D] -> [B, T, D]."""
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, D] -> [B, T, D]; `padding` (bool [B, T]) marks tokens of zero padding."""
+        if padding is not None:  # the position conv then sees zeros past each clip's end, as for the clip alone
+            x = x.masked_fill(padding.unsqueeze(-1), 0.0)
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
@@ -290,7 +302,7 @@ class TransformerEncoder(nn.Module):
             if self.gradient_decay != 1.0:
                 x = GradMultiply.apply(x, self.gradient_decay)
             if not self.training or torch.rand(()).item() > self.layerdrop:
-                x, pos_bias = layer(x, pos_bias)
+                x, pos_bias = layer(x, pos_bias, padding)
         return self.layer_norm(x) if self.layer_norm_first else x
 
 
@@ -317,8 +329,22 @@ class BEATs(nn.Module):
         else:
             self.predictor = None
 
-    def extract_features(self, fbank: torch.Tensor) -> torch.Tensor:
-        """[B, frames, mel] -> [B, tokens, D]; a remainder of frames shorter than one patch is dropped."""
+    def token_padding(self, fbank: torch.Tensor, valid_frames: torch.Tensor) -> torch.Tensor:
+        """bool [B, tokens], True for the tokens of fbank [B, frames, mel] that lie past a clip's `valid_frames`.
+
+        A clip alone has `valid_frames // P` time patches (the remainder is dropped); the tokens of its later time
+        patches (each P frames x mel // P tokens, time-major) are padding. A clip shorter than one patch keeps
+        its first, partly padded patch.
+        """
+        patch = self.cfg.input_patch_size
+        per_patch = fbank.shape[2] // patch
+        patches = (valid_frames.to(fbank.device) // patch).clamp_min(1)
+        time_of_token = torch.arange((fbank.shape[1] // patch) * per_patch, device=fbank.device) // per_patch
+        return time_of_token[None, :] >= patches[:, None]
+
+    def extract_features(self, fbank: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, frames, mel] -> [B, tokens, D]; a remainder of frames shorter than one patch is dropped.
+        `padding` (bool [B, tokens], from `token_padding`) marks tokens of zero padding."""
         patch = self.cfg.input_patch_size
         if fbank.dim() != 3 or fbank.shape[1] < patch or fbank.shape[2] < patch:
             raise ValueError(f"BEATs: expected fbank [B, frames, mel] with at least {patch} frames and mel bins "
@@ -328,4 +354,4 @@ class BEATs(nn.Module):
         x = self.layer_norm(x.flatten(2).transpose(1, 2))  # tokens t * (mel // P) + f
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
-        return self.encoder(self.dropout_input(x))
+        return self.encoder(self.dropout_input(x), padding)

@@ -3,12 +3,13 @@
 Four conv blocks (conv-BN-ReLU-pool) named conv1..conv4, mean and max pooling over time (frequency bands are
 kept, so the head knows where in the spectrum energy lies: plain global pooling makes pitch nearly invisible;
 the max keeps brief or modulated events visible) and a linear head `fc`.
-Dissectable layers are the conv outputs (pre-BN, like the paper's pre-nonlinearity hooks) and the logits.
+Dissectable layers are the conv blocks' channels as the next layer reads them (BatchNorm, then ReLU, before
+pooling; `pre_activation` recordings stop before the ReLU) and the logits.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -22,13 +23,13 @@ NORMS = ("batchnorm", "clip")
 
 
 class ConvBlock(nn.Sequential):
-    """conv 3x3 -> BatchNorm -> ReLU -> 2x2 max-pool; the hookable conv is `.conv`."""
+    """conv 3x3 -> BatchNorm -> ReLU -> 2x2 max-pool; a unit is a channel of relu(bn(conv(x)))."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()  # not in place: hooks on `bn` (the logical layer) keep its output
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
 
 
@@ -58,7 +59,8 @@ class SmallCNNNet(nn.Module):
 
 
 class SmallCNN(TargetAdapter):
-    """Small log-mel CNN classifier; logical layers `conv1`..`convN` (conv outputs) and `head` (logits).
+    """Small log-mel CNN classifier; logical layers `conv1`..`convN` (block channels after BatchNorm and ReLU)
+    and `head` (logits).
 
     `norm="batchnorm"` (default) normalises each mel bin with running statistics learned in training;
     `norm="clip"` standardises each clip's log-mel (loudness-invariant).
@@ -104,6 +106,9 @@ class SmallCNN(TargetAdapter):
         return self.net(self.preprocess(wave))
 
     def layer_paths(self) -> dict[str, str]:
-        paths = {f"conv{i + 1}": f"net.conv{i + 1}.conv" for i in range(self.net.num_blocks)}
+        paths = {f"conv{i + 1}": f"net.conv{i + 1}.bn" for i in range(self.net.num_blocks)}
         paths["head"] = self.head_path
         return paths
+
+    def unit_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        return {f"conv{i + 1}": torch.relu for i in range(self.net.num_blocks)}

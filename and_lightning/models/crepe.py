@@ -50,7 +50,11 @@ def frame_audio(wave: torch.Tensor, hop_length: int) -> torch.Tensor:
 
 
 class CrepeAdapter(TargetAdapter):
-    """Pretrained CREPE; logical layers `conv1`..`conv6` (pre-ReLU conv outputs) and `classifier` (360 bins).
+    """Pretrained CREPE; logical layers `conv1`..`conv6` and `classifier` (360 bins).
+
+    CREPE's blocks run conv -> ReLU -> BatchNorm -> max-pool, so a unit `conv<i>` is a channel of the BatchNorm
+    output: what the pooling and the next conv read (zeroing it silences the channel; a zeroed conv output
+    would still emit BatchNorm(0) != 0).
 
     There is no separate classification head: `head_path` is the pitch classifier. The batch norms always use
     their stored statistics (CREPE's were converted with momentum 0), even when the adapter is in train mode.
@@ -99,6 +103,6 @@ class CrepeAdapter(TargetAdapter):
         return bin_frequencies()
 
     def layer_paths(self) -> dict[str, str]:
-        paths = {f"conv{i}": f"net.conv{i}" for i in range(1, 7)}
+        paths = {f"conv{i}": f"net.conv{i}_BN" for i in range(1, 7)}
         paths["classifier"] = self.head_path
         return paths

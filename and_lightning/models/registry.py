@@ -5,6 +5,7 @@ import fnmatch
 from collections.abc import Iterable
 
 from and_lightning.models.base import TargetAdapter, UnknownLayerError
+from and_lightning.models.generic import require_adapter
 
 GLOB_CHARS = "*?["
 
@@ -17,7 +18,7 @@ def resolve_layers(adapter: TargetAdapter, spec: str | Iterable[str]) -> list[st
     - a name or a list of names; names may be shell globs (`block1?.fc1`, `conv*`), expanded in model order.
     Unknown names and globs that match nothing raise UnknownLayerError listing the available names.
     """
-    available = list(adapter.layer_paths())
+    available = list(require_adapter(adapter).layer_paths())
     if isinstance(spec, str):
         if spec == "all":
             return available

@@ -1,5 +1,5 @@
 """Aggregate a pruning multirun from each job's `unlearn_result.json`: paper Table 4 (strategy x Avg pruned,
-ΔA, ΔR, ΔA−ΔR, in logit and probability units) and the Fig. 4 ablation curve (accuracy vs % pruned per
+ΔA, ΔR, ΔR−ΔA, in logit and probability units) and the Fig. 4 ablation curve (accuracy vs % pruned per
 strategy). `AggregateCallback` runs it when a Hydra multirun ends and logs both to the sweep's W&B group.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from and_lightning.prune.forgetting import SELECTIVITY
 from and_lightning.prune.unlearn import RESULT_FILE
 from and_lightning.analysis.plots import save_png
 from and_lightning.store.atomic import write_text
@@ -30,16 +31,17 @@ CURVE_PNG = "ablation_curve.png"
 COLUMNS = [
     ("Avg pruned", "prune/n_pruned", 1), ("% pruned", "prune/pct_pruned", 2),
     ("ΔA logit", "pruned/delta_A_logit", 3), ("ΔR logit", "pruned/delta_R_logit", 3),
-    ("ΔA−ΔR logit", "pruned/selectivity_logit", 3),
+    (f"{SELECTIVITY} logit", "pruned/selectivity_logit", 3),
     ("ΔA prob", "pruned/delta_A_prob", 4), ("ΔR prob", "pruned/delta_R_prob", 4),
-    ("ΔA−ΔR prob", "pruned/selectivity_prob", 4),
+    (f"{SELECTIVITY} prob", "pruned/selectivity_prob", 4),
     ("acc before", "before/acc", 3), ("acc pruned", "pruned/acc", 3),
     ("target acc pruned", "pruned/acc_target", 3), ("rest acc pruned", "pruned/acc_rest", 3),
     ("target acc retrained", "retrained/acc_target", 3), ("rest acc retrained", "retrained/acc_rest", 3),
+    (f"{SELECTIVITY} prob retrained", "retrained/selectivity_prob", 4),
 ]
 NOTE = ("ΔA, ΔR: after − before of the mean own-class logit / softmax probability on the held-out split (target "
-        "class; mean over the other classes, each on its own clips), averaged over targets. ΔA−ΔR follows the "
-        "paper's Table 4: the target's drop minus the others' (= ΔR − ΔA here); positive = selective forgetting.")
+        f"class; mean over the other classes, each on its own clips), averaged over targets. {SELECTIVITY} > 0: the "
+        "target lost more than the rest (selective forgetting; the paper's Table 4 heads this column ΔA−ΔR).")
 
 
 def read_results(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -74,15 +76,23 @@ def _fmt(value: Any, decimals: int) -> str:
     return str(value)
 
 
-def table_markdown(rows: Sequence[dict]) -> str:
-    """The Table 4 layout as markdown (columns that are empty for every strategy are left out)."""
+def selection_lines(results: Sequence[dict]) -> list[str]:
+    """One line per job: strategy, target, units pruned and what the selection rests on (or why it is empty)."""
+    return [f"- {r['strategy']} / {r['target']}: {r['metrics']['prune/n_pruned']} units; {r.get('selection_note', '')}"
+            for r in results]
+
+
+def table_markdown(rows: Sequence[dict], selections: Sequence[str] = ()) -> str:
+    """The Table 4 layout as markdown (columns that are empty for every strategy are left out), then one
+    line per job's selection."""
     cols = [(c, d) for c, _, d in COLUMNS if any(not np.isnan(r[c]) for r in rows)]
     head = ["strategy", "jobs", "targets", *(c for c, _ in cols)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([r["strategy"], str(r["jobs"]), str(r["targets"]),
                                         *(_fmt(r[c], d) for c, d in cols)]) + " |")
-    return "\n".join(lines) + "\n\n" + NOTE + "\n"
+    text = "\n".join(lines) + "\n\n" + NOTE + "\n"
+    return text + ("\nSelections:\n" + "\n".join(selections) + "\n" if selections else "")
 
 
 def table_csv(rows: Sequence[dict]) -> str:
@@ -133,7 +143,8 @@ def aggregate(sweep_dir: str | os.PathLike, wandb_project: str | None = None) ->
     if not results:
         raise FileNotFoundError(f"{sweep_dir}: no {RESULT_FILE} from any job (did the multirun run unlearn jobs?)")
     rows = table_rows(results)
-    write_text(sweep_dir / TABLE_MD, table_markdown(rows))
+    markdown = table_markdown(rows, selection_lines(results))
+    write_text(sweep_dir / TABLE_MD, markdown)
     write_text(sweep_dir / TABLE_CSV, table_csv(rows))
     curve = ablation_chart(ablation_points(results), sweep_dir / CURVE_PNG)
     out: dict[str, Any] = {"table": str(sweep_dir / TABLE_MD), "csv": str(sweep_dir / TABLE_CSV),
@@ -141,7 +152,7 @@ def aggregate(sweep_dir: str | os.PathLike, wandb_project: str | None = None) ->
     groups = {r.get("wandb_group") for r in results} - {None}
     if wandb_project and len(groups) == 1:
         out["wandb_run_dir"] = _log_wandb(rows, curve, groups.pop(), wandb_project, sweep_dir)
-    print(table_markdown(rows))
+    print(markdown)
     return out
 
 

@@ -2,8 +2,9 @@
 
 Per class k, the model's confidence is the mean over clips of class k of its logit (or softmax probability)
 for k. ΔA = after − before for the target class; ΔR = the mean of after − before over the other classes,
-each on its own clips. The paper's Table 4 "ΔA−ΔR" column subtracts the DROPS (ΔA −10.73, ΔR −6.83 is
-reported as +3.90), so here `selectivity` = ΔR − ΔA: positive when the target lost more than the rest.
+each on its own clips (both negative when confidence drops, as in the paper's Table 4). The selectivity is
+ΔR − ΔA: positive when the target lost more than the rest, the sign of the paper's figure (its Table 4 heads
+that column "ΔA−ΔR" but reports ΔA −10.73, ΔR −6.83 as +3.90). It is labelled `SELECTIVITY` everywhere.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from and_lightning.analysis.plots import save_png
+
+SELECTIVITY = "ΔR−ΔA"  # the label of `deltas(...)["selectivity"]` in tables, logs and charts
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -35,7 +38,8 @@ def per_class_confidence(scores: np.ndarray, labels: np.ndarray, num_classes: in
 
 
 def deltas(before: np.ndarray, after: np.ndarray, target: int) -> dict[str, float]:
-    """ΔA (target), ΔR (mean over the other classes that have clips) and selectivity = ΔR − ΔA."""
+    """ΔA (target), ΔR (mean over the other classes that have clips) and selectivity = ΔR − ΔA (> 0: the
+    target lost more confidence than the rest)."""
     change = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
     if np.isnan(change[target]):
         raise ValueError(f"class {target} has no clips in the held-out split; cannot measure its forgetting")

@@ -1,8 +1,11 @@
-"""Unit masks by neuron INDEX: forward hooks that zero chosen output units of Linear / Conv layers.
+"""Unit masks by neuron INDEX: forward hooks that zero chosen output units of Linear / Conv / BatchNorm layers.
 
-Hooks leave the weights untouched, are removed with `remove()`, and also hold during training: the zeroed
-outputs pass no gradient, so the pruned units' weights get none. `bake()` writes the same masks into the
-weights (zero weight rows and bias entries, as the original AND did with `custom_from_mask`) for export.
+A unit is what the next layer reads (see `models/base.py`): the mask zeroes the layer module's output, and the
+activation that may follow it (ReLU, GELU: f(0) = 0) passes that 0 on, so a pruned unit contributes exactly
+nothing downstream, in eval and in training mode. Hooks leave the weights untouched, are removed with
+`remove()`, and also hold during training: the zeroed outputs pass no gradient, so the pruned units' weights
+get none. `bake()` writes the same masks into the weights (zero weight rows and bias entries, as the original
+AND did with `custom_from_mask`; for BatchNorm its scale and shift) for export.
 """
 from __future__ import annotations
 
@@ -11,18 +14,17 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from and_lightning.models.base import TargetAdapter
+from and_lightning.models.base import TargetAdapter, unit_count, unit_dim
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_MASKABLE = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
 
 
-def unit_dim(module: nn.Module, name: str = "") -> int:
-    """The output dimension that indexes units: last for Linear, 1 (channels) for Conv."""
-    if isinstance(module, nn.Linear):
-        return -1
-    if isinstance(module, _CONV):
-        return 1
-    raise TypeError(f"layer '{name}' is a {type(module).__name__}; unit masks apply to Linear and Conv1d/2d/3d")
+def maskable(module: nn.Module, name: str = "") -> nn.Module:
+    """`module` if unit masks apply to it (Linear, Conv, BatchNorm: one weight row per unit), else TypeError."""
+    if not isinstance(module, _MASKABLE):
+        raise TypeError(f"layer '{name}' is a {type(module).__name__}; unit masks apply to Linear, Conv and "
+                        "BatchNorm layers")
+    return module
 
 
 class UnitMasks:
@@ -33,9 +35,7 @@ class UnitMasks:
         self.pruned: dict[str, torch.Tensor] = {}  # layer -> bool [width], True = zeroed
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for layer, idx in units.items():
-            module = adapter.layer_module(layer)
-            unit_dim(module, layer)
-            width = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            width = unit_count(maskable(adapter.layer_module(layer), layer))
             idx = [int(i) for i in idx]
             bad = [i for i in idx if not 0 <= i < width]
             if bad:
@@ -53,7 +53,7 @@ class UnitMasks:
         if not self._handles:
             for layer, mask in self.pruned.items():
                 module = self.adapter.layer_module(layer)
-                self._handles.append(module.register_forward_hook(_zero_hook(mask, unit_dim(module, layer))))
+                self._handles.append(module.register_forward_hook(_zero_hook(mask, unit_dim(module))))
         return self
 
     def remove(self) -> None:
@@ -69,7 +69,8 @@ class UnitMasks:
 
     @torch.no_grad()
     def bake(self) -> None:
-        """Zero the pruned units' weight rows and bias entries in place (same outputs as the hooks)."""
+        """Zero the pruned units' weight rows and bias entries in place (the hooks' outputs, and a BatchNorm
+        layer's outputs in training mode too)."""
         for layer, mask in self.pruned.items():
             module = self.adapter.layer_module(layer)
             module.weight[mask.to(module.weight.device)] = 0
@@ -84,3 +85,25 @@ def _zero_hook(mask: torch.Tensor, dim: int):
         return output.masked_fill(mask.to(output.device).view(shape), 0)
 
     return hook
+
+
+@torch.no_grad()
+def pruned_unit_max(adapter: TargetAdapter, pruned: Mapping[str, torch.Tensor], audio: torch.Tensor) -> dict[str, float]:
+    """Per layer, the largest |value| of its pruned units (bool masks) on a batch, as the next layer reads
+    them (`adapter.unit_view`, through the layer's activation): 0.0 when they are silenced."""
+    seen: dict[str, float] = {}
+
+    def capture(layer: str, mask: torch.Tensor):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            units = adapter.unit_view(layer, output, len(audio))[:, mask.to(output.device)]
+            seen[layer] = float(units.abs().max()) if units.numel() else 0.0
+        return hook
+
+    handles = [adapter.layer_module(layer).register_forward_hook(capture(layer, mask))
+               for layer, mask in pruned.items()]
+    try:
+        adapter(audio)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

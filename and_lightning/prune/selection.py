@@ -28,6 +28,9 @@ STRATEGIES = ("class", "concept", "adjective", "attribute_count", "random")
 # MILAN-style ablation (spec §9.6): the captioner's most frequent "basic" adjectives in the paper.
 PAPER_BASIC_ADJECTIVES = ("clear", "high-pitched", "high", "loud")
 ATTRIBUTES = ("random", "basic_adj", "high_adj", "adjectives", "nouns", "verbs")
+# OCP (spec §10.1) keys on the nouns of a neuron's calibrated summary (sound sources), not on its adjectives.
+CONCEPT_FIELDS = ("nouns",)
+MATCHES = ("word", "substring")  # how a concept word matches a term: whole words, or the original's substring
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Selection:
     units: list[Unit]
     prunable: int  # how many units the strategy chose from (the hidden units of the dissected layers)
     reasons: dict[Unit, str] = field(default_factory=dict)
+    note: str = ""  # one line: what the selection rests on, or why it is empty
 
     def __len__(self) -> int:
         return len(self.units)
@@ -160,13 +164,18 @@ def class_candidates(records: Iterable[dict], target: str, top: int = 3, closed_
 
 
 def concept_candidates(records: Iterable[dict], words: Sequence[str],
-                       fields: Sequence[str] = ("open_concepts", "nouns")) -> list[Candidate]:
-    """Open-concept pruning (OCP, corrected): neurons whose `fields` contain a term matching any of `words`
-    as whole words (`words_match`). Priority: the number of distinct matched terms."""
+                       fields: Sequence[str] = CONCEPT_FIELDS, match: str = "word") -> list[Candidate]:
+    """Open-concept pruning (OCP, corrected): neurons whose `fields` (the paper's: the calibrated summary's
+    nouns) contain a term matching any of `words` as whole words (`words_match`). `match="substring"` is
+    the original's test instead, `term in word` (`noun in class_name`: "rain" matches "train", "use" matches
+    "mouse_click"). Priority: the number of distinct matched terms."""
+    if match not in MATCHES:
+        raise ValueError(f"prune.match={match}: expected one of {', '.join(MATCHES)}")
+    matches = words_match if match == "word" else lambda word, term: term in word
     out = []
     for r in records:
         terms = list(dict.fromkeys(t for f in fields for t in (r.get(f) or [])))
-        hits = sorted({t for t in terms if any(words_match(w, t) for w in words)})
+        hits = sorted({t for t in terms if any(matches(w, t) for w in words)})
         if hits:
             out.append((r, len(hits), "matches " + ", ".join(hits)))
     return out
@@ -265,7 +274,31 @@ def strategy_label(node: Mapping[str, Any]) -> str:
         return f"attribute_count({node.get('attribute')})"
     if name == "random" and node.get("like"):
         return f"random(like {node['like']})"
+    if name == "concept" and node.get("fallback_words"):
+        return f"concept(fallback {node['fallback_words']})"
     return str(name)
+
+
+def _concept(pool: list[dict], node: Mapping[str, Any],
+             label_of: Mapping[str, str] | None) -> tuple[list[Candidate], str]:
+    """Concept candidates for the target's words, falling back (with `fallback_words` > 0) on the words most
+    specific to the target's top units (`target_vocabulary`) when its own words name no unit; and the note."""
+    words, fields = concept_words(node), list(node.get("fields") or CONCEPT_FIELDS)
+    match = str(node.get("match") or "word")
+    found = concept_candidates(pool, words, fields, match)
+    said = f"words {', '.join(words)} in {'/'.join(fields)}"
+    if found or not node.get("target"):
+        return found, f"{said}: {len(found)} units"
+    vocab = [w for w, *_ in target_vocabulary(pool, str(node["target"]), label_of, fields)] if label_of else []
+    why = f"no unit's {'/'.join(fields)} name {', '.join(words)}"
+    n = int(node.get("fallback_words") or 0)
+    if not vocab:
+        return [], (f"{why}, and the units whose top clips are mostly {node['target']} use no word more often "
+                    "than the other units" if label_of else why)
+    if n <= 0:
+        return [], f"{why}; words its top units use: {', '.join(vocab[:10])} (prune.fallback_words=N uses them)"
+    found = concept_candidates(pool, vocab[:n], fields, match)
+    return found, f"{why}; used the words its top units use: {', '.join(vocab[:n])}: {len(found)} units"
 
 
 def _candidates(records: list[dict], node: Mapping[str, Any], name: str, source: str) -> list[Candidate]:
@@ -274,8 +307,6 @@ def _candidates(records: list[dict], node: Mapping[str, Any], name: str, source:
         if not target:
             raise ValueError("prune=class needs prune.target (a class name)")
         return class_candidates(records, str(target), int(node.get("top", 3)), node.get("closed_method"), source)
-    if name == "concept":
-        return concept_candidates(records, concept_words(node), list(node.get("fields") or ("open_concepts", "nouns")))
     if name == "adjective":
         return adjective_candidates(records, _as_list(node.get("adjectives"), "adjectives"))
     if name == "attribute_count":
@@ -298,7 +329,8 @@ def select_units(records: Sequence[dict], node: Mapping[str, Any], head: str, so
 
     `random` draws as many units as `max_units`/`max_fraction` allow, or, with `like: <strategy>`, as many
     as that strategy selects for the same target (per layer when `per_layer`). `label_of` (clip id -> class
-    name) only improves the error when a concept selects nothing (see `target_vocabulary`).
+    name) lets a concept whose words name no unit fall back on its top units' words (`fallback_words`), or
+    say which words those would be. The selection's `note` says in one line what it rests on or why it is empty.
     """
     name = str(node["name"])
     pool = prunable_records(records, head, bool(node.get("include_head", False)), node.get("layers"))
@@ -308,46 +340,51 @@ def select_units(records: Sequence[dict], node: Mapping[str, Any], head: str, so
     layer_order = {layer: i for i, layer in enumerate(dict.fromkeys(r["layer"] for r in records))}
     seed = int(node.get("seed") or 0)
     cap = budget(node, len(pool))
+    note = ""
     if name == "random" and node.get("like") and cap is None:
-        chosen = _random_like(pool, node, head, source, seed)
+        chosen, note = _random_like(pool, node, head, source, seed, label_of)
     else:
         if name in ("random", "attribute_count") and cap is None:
             raise ValueError(f"prune={name} needs a budget: prune.max_units or prune.max_fraction"
                              + (" (or prune.like=<strategy>)" if name == "random" else ""))
-        ranked = rank(_candidates(pool, node, name, source), seed)
+        if name == "concept":
+            candidates, note = _concept(pool, node, label_of)
+        else:
+            candidates = _candidates(pool, node, name, source)
+            if name == "class":
+                note = f"{len(candidates)} units have {node['target']} in their top-{node.get('top', 3)} closed concepts"
+        ranked = rank(candidates, seed)
         chosen = ranked if cap is None else ranked[:cap]
     units, reasons = _sorted_units(chosen, layer_order)
-    selection = Selection(strategy_label(node), units, len(pool), reasons)
+    selection = Selection(strategy_label(node), units, len(pool), reasons, note or f"{len(units)} units")
     if not units:
-        hint = ""
-        if name == "concept" and label_of and node.get("target"):
-            vocab = target_vocabulary(records, str(node["target"]), label_of)
-            hint = f"; words its top units' descriptions do use: {', '.join(w for w, *_ in vocab[:10]) or 'none'}"
-        message = f"prune={name} selected no units from {source}{hint}"
+        message = f"prune={name} selected no units from {source} for {node.get('target')}: {selection.note}"
         if not node.get("allow_empty", False):
             raise ValueError(message + " (set prune.allow_empty=true to measure an empty selection)")
         log.warning(message)
     return selection
 
 
-def _random_like(pool: list[dict], node: Mapping[str, Any], head: str, source: str, seed: int) -> list[Candidate]:
+def _random_like(pool: list[dict], node: Mapping[str, Any], head: str, source: str, seed: int,
+                 label_of: Mapping[str, str] | None) -> tuple[list[Candidate], str]:
     """Random units, as many as the `like` strategy picks (in each layer when `per_layer`, default)."""
     like = {**node, "name": node["like"], "like": None, "label": None, "allow_empty": True}
-    reference = select_units(pool, like, head, source)
+    reference = select_units(pool, like, head, source, label_of)
+    note = f"as many as {reference.strategy}: {reference.note}"
     shuffled = rank([(r, 0.0, f"random (count of {reference.strategy})") for r in pool], seed)
     if not node.get("per_layer", True):
-        return shuffled[:len(reference)]
+        return shuffled[:len(reference)], note
     want = Counter(layer for layer, _ in reference.units)
     chosen = []
     for c in shuffled:
         if want[c[0]["layer"]] > 0:
             want[c[0]["layer"]] -= 1
             chosen.append(c)
-    return chosen
+    return chosen, note
 
 
 def target_vocabulary(records: Sequence[dict], target: str, label_of: Mapping[str, str],
-                      fields: Sequence[str] = ("open_concepts", "nouns"), min_share: float = 0.6,
+                      fields: Sequence[str] = CONCEPT_FIELDS, min_share: float = 0.6,
                       head: str | None = None) -> list[tuple[str, int, int]]:
     """Words used by the units whose top clips are mostly of class `target`: (word, such units using it,
     other units using it), most specific first. Helps choose `prune.words` when the captioner does not

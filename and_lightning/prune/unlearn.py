@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
@@ -25,8 +26,8 @@ from and_lightning.data.clips import ClipDataset, ClipRecord
 from and_lightning.lit.classifier import ClassifierModule
 from and_lightning.models.base import TargetAdapter
 from and_lightning.models.registry import resolve_layers
-from and_lightning.prune.forgetting import drop_chart, forgetting, phase_metrics
-from and_lightning.prune.masks import UnitMasks, unit_dim
+from and_lightning.prune.forgetting import SELECTIVITY, drop_chart, forgetting, phase_metrics
+from and_lightning.prune.masks import UnitMasks, pruned_unit_max
 from and_lightning.prune.selection import (
     Selection, check_against_model, descriptions_file, load_records, select_units,
 )
@@ -45,7 +46,7 @@ def predict_logits(adapter: TargetAdapter, loader: DataLoader) -> tuple[np.ndarr
     adapter.eval()
     logits, labels = [], []
     for batch in loader:
-        logits.append(adapter(batch["audio"]).float())
+        logits.append(adapter.run(batch["audio"], batch.get("length")).float())
         labels.append(batch["label"])
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
@@ -61,7 +62,8 @@ def check_pairing(adapter: TargetAdapter, records: Sequence[dict], clips: Mappin
     data = ClipDataset([clips[r["top_clips"][0]] for r in rows], sample_rate, clip_seconds)
     adapter.eval()
     with torch.no_grad():
-        logits = adapter(torch.stack([data[i]["audio"] for i in range(len(data))]))
+        batch = next(iter(DataLoader(data, batch_size=len(data))))
+        logits = adapter.run(batch["audio"], batch["length"])
     for i, r in enumerate(rows):
         now, stored = float(logits[i, r["unit"]]), float(r["top_values"][0])
         if abs(now - stored) > 0.05 + 0.01 * abs(stored):  # stored as float16
@@ -72,8 +74,9 @@ def check_pairing(adapter: TargetAdapter, records: Sequence[dict], clips: Mappin
 
 def retrain(adapter: TargetAdapter, cfg: DictConfig, node: Mapping[str, Any], datamodule: Any,
             target: int | None, loggers: list, config: dict) -> int:
-    """Fine-tune every weight on the retained classes (clips whose label != target) with the masks in place;
-    returns the number of optimizer steps."""
+    """Fine-tune every weight on the retained classes (clips whose label != target) with the masks in place,
+    every module in training mode (dropout, BatchNorm statistics), with the configured callbacks but no
+    checkpointing (the result is measured and exported by `unlearn`); returns the number of optimizer steps."""
     index = datamodule.index
     kept = {split: [r for r in index.folds(datamodule.folds[split]) if r.label != target] for split in ("train", "val")}
     if not kept["train"]:
@@ -84,40 +87,29 @@ def retrain(adapter: TargetAdapter, cfg: DictConfig, node: Mapping[str, Any], da
               for split, recs in kept.items() if recs}
     module = ClassifierModule(adapter, len(index.class_names), instantiate(cfg.optimizer, lr=node["retrain_lr"]),
                               None, freeze_backbone=False, config=config)
+    callbacks = [c for c in map(instantiate, (cfg.get("callbacks") or {}).values()) if not isinstance(c, Checkpoint)]
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=int(node["retrain_epochs"]), logger=loggers or False,
-                                     callbacks=[], enable_checkpointing=False)
+                                     callbacks=callbacks, enable_checkpointing=False)
     trainer.fit(module, train_dataloaders=loader["train"], val_dataloaders=loader.get("val"))
     return int(trainer.global_step)
 
 
 def bake_and_verify(adapter: TargetAdapter, masks: UnitMasks, audio: torch.Tensor) -> dict[str, float]:
-    """Move the masks from hooks into the weights and check, on one batch, that the pruned units output
-    exactly zero and the logits are unchanged. Leaves the model baked with no hooks."""
+    """Move the masks from hooks into the weights and check, on one batch in eval mode, that the pruned units
+    are exactly zero where the next layer reads them and the logits are unchanged. Leaves the model baked with
+    no hooks."""
     adapter.eval()
     with torch.no_grad():
         hooked = adapter(audio)
     masks.remove()
     masks.bake()
-    seen: dict[str, float] = {}
-
-    def capture(layer: str, dim: int, mask: torch.Tensor):
-        def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            seen[layer] = float(output.movedim(dim, -1)[..., mask].abs().max()) if mask.any() else 0.0
-        return hook
-
-    handles = []
-    for layer, mask in masks.pruned.items():
-        module = adapter.layer_module(layer)
-        handles.append(module.register_forward_hook(capture(layer, unit_dim(module, layer), mask)))
-    try:
-        with torch.no_grad():
-            baked = adapter(audio)
-    finally:
-        for h in handles:
-            h.remove()
+    seen = pruned_unit_max(adapter, masks.pruned, audio)
+    with torch.no_grad():
+        baked = adapter(audio)
     zero = max(seen.values(), default=0.0)
     if zero != 0.0:
-        raise RuntimeError(f"baked masks leave pruned outputs non-zero (max |output| {zero}) in {sorted(seen)}")
+        raise RuntimeError(f"baked masks leave pruned units non-zero (max |value| {zero}) in "
+                           f"{sorted(k for k, v in seen.items() if v)}")
     return {"prune/baked_max_abs_pruned_output": zero,
             "prune/baked_max_logit_diff": float((baked - hooked).abs().max())}
 
@@ -164,7 +156,7 @@ def load_inputs(cfg: DictConfig, node: dict[str, Any]) -> Inputs:
         if not node.get(key):
             raise ValueError(f"prune.{key} is required (prune.descriptions: the descriptions.jsonl that "
                              "`python dissect.py` wrote for prune.ckpt)")
-    adapter, ckpt = load_adapter(node["ckpt"], field="prune.ckpt")
+    adapter, ckpt = load_adapter(node["ckpt"], cfg.model, field="prune.ckpt")
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     class_names = list(datamodule.class_names)
@@ -182,8 +174,8 @@ def load_inputs(cfg: DictConfig, node: dict[str, Any]) -> Inputs:
     if node.get("check_pairing", True):
         check_pairing(adapter, records, clips, head, datamodule.sample_rate, datamodule.clip_seconds, str(source))
     selection = select_units(records, node, head, str(source), {c: class_names[r.label] for c, r in clips.items()})
-    log.info("prune=%s target=%s: %d of %d units (%s)", selection.strategy, target_name, len(selection),
-             selection.prunable, {k: len(v) for k, v in selection.by_layer().items()})
+    log.info("prune=%s target=%s: %d of %d units (%s) | %s", selection.strategy, target_name, len(selection),
+             selection.prunable, {k: len(v) for k, v in selection.by_layer().items()}, selection.note)
     target = class_names.index(target_name) if target_name is not None else None
     return Inputs(adapter, ckpt, datamodule, class_names, target, records, source, selection)
 
@@ -228,12 +220,15 @@ def unlearn(cfg: DictConfig) -> dict[str, Any]:
             metrics["prune/export_ckpt"] = str(exported)
 
         rows = _unit_rows(selection, inp.records)
-        chart = drop_chart(per_class, class_names, target, out_dir / CHART_FILE,
-                           f"{selection.strategy}: {target_name or 'all classes'} ({len(selection)} units pruned)")
+        title = f"{selection.strategy}: {target_name or 'all classes'} ({len(selection)} units pruned)"
+        if target is not None:
+            title += f", {SELECTIVITY} {metrics['pruned/selectivity_prob']:+.3f} (prob)"
+        chart = drop_chart(per_class, class_names, target, out_dir / CHART_FILE, title)
         write_json(out_dir / UNITS_FILE, rows)
         wandb_info = _log(loggers, metrics, rows, chart, step)
         result = {"strategy": selection.strategy, "name": node["name"], "target": target_name,
-                  "seed": node.get("seed"), "class_names": class_names, "metrics": metrics,
+                  "seed": node.get("seed"), "selection_note": selection.note, "class_names": class_names,
+                  "metrics": metrics,
                   "per_class": per_class, "units_by_layer": selection.by_layer(), "ckpt": str(node["ckpt"]),
                   "descriptions": str(inp.source), **wandb_info}
         write_json(out_dir / RESULT_FILE, result)
@@ -261,13 +256,14 @@ def _log(loggers: list, metrics: dict[str, Any], rows: list[dict], chart: Path, 
 
 def _print(metrics: dict[str, Any], target: str | None, selection: Selection) -> None:
     phases = [p for p in ("before", "pruned", "retrained") if f"{p}/acc" in metrics]
-    print(f"pruned {len(selection)}/{selection.prunable} units ({selection.strategy}), target={target}")
+    print(f"pruned {len(selection)}/{selection.prunable} units ({selection.strategy}), target={target}: "
+          f"{selection.note}")
     for p in phases:
         line = f"  {p:9s} acc {metrics[f'{p}/acc']:.3f}"
         if target is not None:
             line += f"  target acc {metrics[f'{p}/acc_target']:.3f}  rest acc {metrics[f'{p}/acc_rest']:.3f}"
             if p != "before":
                 line += (f"  ΔA {metrics[f'{p}/delta_A_prob']:+.3f}  ΔR {metrics[f'{p}/delta_R_prob']:+.3f}  "
-                         f"ΔA−ΔR {metrics[f'{p}/selectivity_prob']:+.3f} (prob)  "
+                         f"{SELECTIVITY} {metrics[f'{p}/selectivity_prob']:+.3f} (prob)  "
                          f"{metrics[f'{p}/selectivity_logit']:+.3f} (logit)")
         print(line)

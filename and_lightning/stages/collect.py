@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import pickle
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from and_lightning.checkpoints import load_checkpoint, load_weights
 from and_lightning.data.clips import ClipDataset, ClipRecord, DatasetIndex
 from and_lightning.lit.probe import ProbeModule
 from and_lightning.lit.writers import ActivationWriter
@@ -61,6 +61,7 @@ def collect_activations(
     checkpoint: str | os.PathLike | None = None,
     shard_rows: int | None = None,
     reuse_only: bool = False,
+    pre_activation: bool = False,
 ) -> Path:
     """Collect activations of `layers` over every clip of `dataset` (in its order); return the store's path.
 
@@ -73,11 +74,13 @@ def collect_activations(
     - `top_k`: clips kept per unit and side. A reused store collected with another K keeps its own topk.npz;
       the requested K is then computed from the stored matrix (no forward pass): read it with
       `ActivationStore.open(path).topk(layer, k=top_k)`.
-    - `checkpoint`: optional weights to load into `adapter` first (a state_dict or a Lightning checkpoint whose
-      state_dict holds the adapter under some prefix, e.g. `model.`).
+    - `checkpoint`: optional weights to load into `adapter` first (a bare state dict, a `save_checkpoint` file or
+      a Lightning checkpoint with the adapter under `model.`; tensors and plain data only, never unpickled).
     - `shard_rows`: rows per shard (default: up to 16 MiB of float16 rows, at most 4096, a multiple of
       `batch_size`); a killed run restarts from its committed shards.
     - `reuse_only`: return an existing store, never collect (FileNotFoundError when there is none).
+    - `pre_activation`: record layer outputs before their activation (faithful runs), not as the next layer
+      reads them (see `TargetAdapter.unit_view`).
     Raises, before writing anything: UnknownLayerError (with the available names), ValueError for no clips or
     bad arguments, FileNotFoundError for a missing checkpoint or clip file.
     """
@@ -90,13 +93,13 @@ def collect_activations(
         raise ValueError(f"need clip_seconds > 0, batch_size >= 1, top_k >= 1, shard_rows >= 1; got "
                          f"{clip_seconds}, {batch_size}, {top_k}, {shard_rows}")
     if checkpoint is not None:
-        load_adapter_checkpoint(adapter, checkpoint)
-    probe = ProbeModule(adapter, model_order(adapter, layers), reduction)
+        load_weights(adapter, load_checkpoint(checkpoint, "checkpoint")["state_dict"], f"checkpoint: {checkpoint}")
+    probe = ProbeModule(adapter, model_order(adapter, layers), reduction, pre_activation)
     for name in probe.layer_names:
         if "/" in name or "\\" in name or name in (".", ".."):
             raise ValueError(f"layer name '{name}' cannot name a folder (layer=<name>/ in the store)")
     preprocessing = {"sample_rate": sample_rate, "clip_seconds": float(clip_seconds),
-                     "num_samples": int(round(clip_seconds * sample_rate))}
+                     "num_samples": int(round(clip_seconds * sample_rate)), "pre_activation": bool(pre_activation)}
     model_hash, dataset_hash = model_fingerprint(adapter), dataset_fingerprint(records)
     key = store_key(model_hash, dataset_hash, probe.layer_names, reduction, preprocessing)
     store = Path(store_root) / key
@@ -187,30 +190,6 @@ def model_order(adapter: TargetAdapter, layers: Sequence[str]) -> list[str]:
 def default_shard_rows(widths: Mapping[str, int], batch_size: int) -> int:
     rows = min(MAX_SHARD_ROWS, SHARD_BYTES // (2 * max(1, sum(widths.values()))))
     return max(batch_size, rows // batch_size * batch_size)
-
-
-def load_adapter_checkpoint(adapter: nn.Module, path: str | os.PathLike) -> None:
-    """Load weights from a plain state_dict file or a Lightning checkpoint (adapter keys under any prefix)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # Lightning checkpoints may pickle hyper-parameters; this is the user's file
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
-    if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"{path}: expected a state_dict or a Lightning checkpoint with a 'state_dict'")
-    wanted = list(adapter.state_dict())
-    for key in state:
-        if key.endswith(wanted[0]):
-            prefix = key[: len(key) - len(wanted[0])]
-            if all(prefix + k in state for k in wanted):
-                adapter.load_state_dict({k: state[prefix + k] for k in wanted})
-                return
-    missing = [k for k in wanted if k not in state][:5]
-    raise ValueError(f"{path}: does not hold the weights of {type(adapter).__name__} under any key prefix "
-                     f"(e.g. missing {missing})")
 
 
 def _records(dataset: DatasetIndex | Sequence[ClipRecord]) -> list[ClipRecord]:

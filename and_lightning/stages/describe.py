@@ -5,17 +5,19 @@ goes through the LLM's disk cache, so a run killed mid-way resumes without repea
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from and_lightning.data.clips import ClipDataset, ClipRecord
 from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, calibrate_many
 from and_lightning.describe.closed_set import (
     db_probs, icl_prompt, map_to_concept, scores_from_p, tab_scores_matrix, top_concepts,
@@ -28,18 +30,56 @@ from and_lightning.describe.open_concepts import (
 from and_lightning.describe.lexicon import is_acoustic
 from and_lightning.describe.summaries import extractive_summary, group_by_clip_set, summary_messages
 from and_lightning.store.activations import ActivationStore
-from and_lightning.store.atomic import write_text
+from and_lightning.store.atomic import write_npy, write_text
 
 log = logging.getLogger(__name__)
+# The similarity the paper reads downstream for each method (spec §5.2, §5.3) when describe.closed_set.similarity
+# is null.
+METHOD_SIMILARITY = {"db": "cos_cubed", "tab": "soft_wpmi"}
+
+
+def similarity_name(closed_set: Mapping[str, Any]) -> str:
+    return closed_set["similarity"] or METHOD_SIMILARITY[closed_set["method"]]
+
+
+def require_audio_side(method: str, encoder: Any) -> None:
+    """TAB scores CLAP audio embeddings against concept text: the text encoder (class or instance) must have
+    an audio side (`encode_audio`)."""
+    if method == "tab" and not hasattr(encoder, "encode_audio"):
+        name = encoder.__name__ if isinstance(encoder, type) else type(encoder).__name__
+        raise ValueError(f"describe.closed_set.method=tab needs a text encoder with an audio side, i.e. "
+                         f"text_encoder=clap; text_encoder is {name}, which encodes text only")
+
+
+def tab_audio_embedder(encoder: Any, clips: Sequence[ClipRecord], clip_seconds: float,
+                       path: str | os.PathLike) -> Callable[[], torch.Tensor] | None:
+    """() -> CLAP audio embeddings [N, d] of `clips` (each cut / padded to `clip_seconds`, read at the
+    encoder's rate), computed on the first call and kept in `path` for reruns; None when the encoder has no
+    audio side."""
+    if not hasattr(encoder, "encode_audio"):
+        return None
+    path = Path(path)
+
+    @functools.cache
+    def embed() -> torch.Tensor:
+        if path.is_file():
+            return torch.from_numpy(np.load(path))
+        data = ClipDataset(clips, encoder.audio_sample_rate, clip_seconds)
+        emb = encoder.encode_audio((data[i]["audio"] for i in range(len(data))), encoder.audio_sample_rate)
+        write_npy(path, emb.numpy())
+        return emb
+
+    return embed
 
 
 def closed_set_scores(store: ActivationStore, layer: str, P: torch.Tensor, dcfg: DictConfig, p_is_prob: bool,
                       head_layer: str | None) -> torch.Tensor:
-    """S [M, C] for one layer over all clips (faithful: hidden layers on their top-k clips only)."""
+    """S [M, C] for one layer over all clips (faithful DB: hidden layers on their top-k clips only; the original
+    ran TAB on all clips of every layer, spec §5.2)."""
     acts = torch.from_numpy(np.asarray(store.acts(layer), dtype=np.float32))
     cs = dcfg.closed_set
-    faithful_k = cs.faithful_top_k if dcfg.faithful and layer != head_layer else None
-    return scores_from_p(acts, P, cs.similarity, p_is_prob=p_is_prob, faithful=dcfg.faithful,
+    faithful_k = cs.faithful_top_k if dcfg.faithful and cs.method == "db" and layer != head_layer else None
+    return scores_from_p(acts, P, similarity_name(cs), p_is_prob=p_is_prob, faithful=dcfg.faithful,
                          faithful_top_k=faithful_k, **dict(cs.similarity_params or {}))
 
 
@@ -86,7 +126,7 @@ def describe_layer(
     summaries = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats)
     calibrated = calibrate_many([(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)], encoder,
                                 threshold=ORIGINAL_THRESHOLD if dcfg.faithful else dcfg.calibration.threshold,
-                                min_tokens=dcfg.calibration.min_tokens)
+                                min_tokens=dcfg.calibration.min_tokens, faithful=dcfg.faithful)
     opens = [extract_open_concepts(c.high, acoustic=None, window=dcfg.open_concepts.negation_window)
              for c in calibrated]
     acoustic = acoustic_decisions([o.adjectives for o in opens], llm, dcfg.open_concepts.acoustic_filter)
@@ -97,7 +137,7 @@ def describe_layer(
         ranked = [[(map_to_concept(r, concepts, encoder), 1.0)] for r in replies]
     else:
         S = closed_set_scores(store, layer, P, dcfg, p_is_prob, head_layer)
-        ranked = top_concepts(S, concepts, k=int(dcfg.closed_set.top_n))
+        ranked = top_concepts(S, concepts, k=int(dcfg.closed_set.top_n), faithful=dcfg.faithful)
 
     records = []
     for u in units:
@@ -109,7 +149,7 @@ def describe_layer(
             "top_clips": t.top_ids[u].tolist(), "top_values": [float(v) for v in t.top_values[u]],
             "bottom_clips": t.bottom_ids[u].tolist(), "bottom_values": [float(v) for v in t.bottom_values[u]],
             "closed_concepts": [{"concept": c, "score": float(s)} for c, s in ranked[u]],
-            "closed_method": f"{method}/{dcfg.closed_set.similarity}" if method != "icl" else "icl",
+            "closed_method": f"{method}/{similarity_name(dcfg.closed_set)}" if method != "icl" else "icl",
             "summary_high": summaries[top_sets[u]], "summary_low": summaries[low_sets[u]],
             "calibrated_summary": list(cal.high), "removed_by_calibration": list(cal.removed_high),
             "description": description,
@@ -122,14 +162,15 @@ def describe_layer(
 
 
 def concept_matrix(method: str, captions: Mapping[str, str], clip_ids: Sequence[str], concepts: Sequence[str],
-                   encoder: Any, audio_embed: Any, scale: float) -> tuple[torch.Tensor | None, bool]:
-    """P [N, C] computed once per dataset: DB softmax(scale * cos(caption, concept)), TAB CLAP cosines."""
+                   encoder: Any, audio_embed: Callable[[], torch.Tensor] | None,
+                   scale: float) -> tuple[torch.Tensor | None, bool]:
+    """P [N, C] computed once per dataset: DB softmax(scale * cos(caption, concept)), TAB cos(CLAP audio, CLAP
+    text of the concept)."""
     if method == "db":
         cap = encoder.encode([captions[c] for c in clip_ids])
         return db_probs(cap, encoder.encode(list(concepts)), scale=scale), True
     if method == "tab":
-        audio_emb, text_emb = audio_embed()
-        return tab_scores_matrix(audio_emb, text_emb), False
+        return tab_scores_matrix(audio_embed(), encoder.encode(list(concepts))), False
     return None, False
 
 
@@ -142,13 +183,15 @@ def describe_stage(
     dcfg: DictConfig,
     out_dir: str | os.PathLike,
     head_layer: str | None,
-    audio_embed: Any = None,
+    audio_embed: Callable[[], torch.Tensor] | None = None,
 ) -> Path:
-    """Describe every layer of the store into `out_dir/descriptions.jsonl` (layers already done are reused)."""
+    """Describe every layer of the store into `out_dir/descriptions.jsonl` (layers already done are reused).
+    TAB needs `audio_embed`: () -> CLAP audio embeddings of `store.clip_ids` (`tab_audio_embedder`)."""
     out_dir = Path(out_dir)
     method = dcfg.closed_set.method
     if method == "icl" and llm is None:
         raise ValueError("describe.closed_set.method=icl needs an LLM (llm=openai or llm=hf), not llm=none")
+    require_audio_side(method, encoder)
     P, p_is_prob = None, False
     lines: list[str] = []
     for layer in tqdm(list(store.layers), desc="describe", unit="layer"):

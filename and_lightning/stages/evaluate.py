@@ -2,8 +2,10 @@
 
 `evaluate_stage` runs the tasks listed in `evaluate.tasks` (conf/evaluate/default.yaml) on a finished
 dissection and writes every table (CSV + Markdown) and plot (PNG) under `out_dir`, printing the per-layer
-numbers; `html_report_stage` writes the searchable static page. `needs_dissection` tells the caller whether
-any task reads the dissection (the CREPE `pitch` task builds its own probing tones and needs none).
+numbers; a task that does not apply to the dissection (e.g. last_layer when the output layer was not
+dissected) is skipped with its reason logged and kept in `evaluation.json`. `html_report_stage` writes the
+searchable static page. `needs_dissection` tells the caller whether any task reads the dissection (the CREPE
+`pitch` task builds its own probing tones and needs none).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from and_lightning.analysis.ground_truth import ground_truth_report
 from and_lightning.analysis.html_report import build_html_report
@@ -53,15 +56,20 @@ def _tasks(ecfg: Mapping[str, Any]) -> list[str]:
     return tasks
 
 
+class TaskSkipped(Exception):
+    """Raised by a task that does not apply to this dissection; the message says why."""
+
+
 @dataclass
 class EvaluateResult:
-    """What stage 4 produced: flat metrics (W&B keys), written tables/files and plots (name -> path), and
-    per-neuron scores keyed by (layer, unit) (for the reports)."""
+    """What stage 4 produced: flat metrics (W&B keys), written tables/files and plots (name -> path),
+    per-neuron scores keyed by (layer, unit) (for the reports), and the skipped tasks (name -> reason)."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)
     neuron_scores: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class LayerActs(Mapping):
@@ -95,14 +103,16 @@ def _fmt(v: float) -> str:
 # -------------------------------------------------------------------------------------------------- tasks
 def last_layer_task(lcfg: Mapping[str, Any], out: Path, store: Any, captions: Mapping[str, str],
                     records: Sequence[Mapping[str, Any]], class_names: Sequence[str], concepts: Sequence[str],
-                    head_layer: str, encoder: Any, llm: Any, audio_embed: Callable[[], tuple] | None,
+                    head_layer: str, encoder: Any, llm: Any, audio_embed: Callable[[], Tensor] | None,
                     model_name: str, result: EvaluateResult) -> None:
     """Paper Table 2 for the output layer: every method x similarity, next to the paper's AST numbers."""
+    if head_layer not in store.layers:
+        raise TaskSkipped(f"the output layer '{head_layer}' was not dissected (layers: {', '.join(store.layers)}); "
+                          "add it to layers= for Table 2")
     acts = np.asarray(store.acts(head_layer), dtype=np.float32)
     unit_gt = unit_ground_truth(acts.shape[1], class_names, concepts)
     if not any(unit_gt):
-        log.warning("last_layer: no output class of the model is in the concept set; Table 2 is skipped")
-        return
+        raise TaskSkipped("no output class of the model is in the concept set")
     scores: dict[str, ConceptScores] = {}
     rows: list[dict[str, Any]] = []
     for method in lcfg["methods"]:
@@ -115,10 +125,9 @@ def last_layer_task(lcfg: Mapping[str, Any], out: Path, store: Any, captions: Ma
             scores["db"] = ConceptScores(db_probs(cap, encoder.encode(list(concepts)), float(lcfg["scale"])), True)
         elif method == "tab":
             if audio_embed is None:
-                rows.append(skipped_row("tab", "no CLAP audio embedder (needs CLAP weights)"))
+                rows.append(skipped_row("tab", "no CLAP audio side in the text encoder (TAB needs text_encoder=clap)"))
                 continue
-            audio_emb, text_emb = audio_embed()
-            scores["tab"] = ConceptScores(tab_scores_matrix(audio_emb, text_emb), False)
+            scores["tab"] = ConceptScores(tab_scores_matrix(audio_embed(), encoder.encode(list(concepts))), False)
         elif method == "icl":
             if llm is None:
                 rows.append(skipped_row("icl", "no LLM configured (llm=none)"))
@@ -157,8 +166,7 @@ def ground_truth_task(gcfg: Mapping[str, Any], out: Path, acts: LayerActs, recor
     try:
         attrs = [clip_attributes(r) for r in clip_records]
     except ValueError as e:
-        log.warning("ground_truth: skipped, the probing set is not the synthetic set (%s)", e)
-        return
+        raise TaskSkipped(f"the probing set is not the synthetic set ({e})") from e
     rows, per_neuron = ground_truth_report(
         records, acts, attrs, ATTRIBUTES, threshold=float(gcfg["auroc_threshold"]), direction=gcfg["direction"],
         fields=list(gcfg["fields"]), shuffles=int(gcfg["shuffles"]), seed=seed)
@@ -300,44 +308,54 @@ def evaluate_stage(ecfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathL
                    clips: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
                    concepts: Sequence[str] | None = None, head_layer: str | None = None, encoder: Any = None,
                    llm: Any = None, split_dir: str | os.PathLike | None = None,
-                   audio_embed: Callable[[], tuple] | None = None, model_name: str = "", seed: int = 0,
+                   audio_embed: Callable[[], Tensor] | None = None, model_name: str = "", seed: int = 0,
                    ) -> EvaluateResult:
-    """Run `ecfg.tasks` and write their tables / plots under `out_dir`; returns metrics, files and images.
+    """Run `ecfg.tasks` and write their tables / plots under `out_dir`; returns metrics, files, images and the
+    skipped tasks with their reasons (also written to `out_dir/evaluation.json`).
 
     store: ActivationStore; records: descriptions.jsonl rows; captions: clip id -> caption; clips: clip id ->
     ClipRecord; split_dir: where the simulation's explain/score split is kept (the dissection folder, so every
-    evaluation of one dissection scores the same clips; default out_dir); audio_embed: () -> (CLAP audio
-    embeddings of store.clip_ids, CLAP text embeddings of concepts), for TAB.
+    evaluation of one dissection scores the same clips; default out_dir); audio_embed: () -> CLAP audio
+    embeddings of store.clip_ids, for TAB (its concept side is `encoder`, the same CLAP model).
     """
     if OmegaConf.is_config(ecfg):
         ecfg = OmegaConf.to_container(ecfg, resolve=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    done = out / "evaluation.json"  # the completion marker: removed first, written last
+    if not done.is_file() and any(out.glob("*.csv")):
+        log.warning("evaluate: %s holds tables of a run cut off before its end (no %s): redoing it", out, done.name)
+    done.unlink(missing_ok=True)
     result = EvaluateResult()
     tasks = _tasks(ecfg)
     acts = LayerActs(store, list(store.layers)) if store is not None else None
     for task in tasks:
-        if task == "last_layer":
-            _need(task, store=store, captions=captions, records=records, class_names=class_names, concepts=concepts,
-                  head_layer=head_layer, encoder=encoder)
-            last_layer_task(ecfg["last_layer"], out, store, captions, records, class_names, concepts, head_layer,
-                            encoder, llm, audio_embed, model_name, result)
-        elif task == "ground_truth":
-            _need(task, store=store, records=records, clips=clips)
-            ground_truth_task(ecfg["ground_truth"], out, acts, records, [clips[c] for c in store.clip_ids], seed,
-                              result)
-        elif task == "simulation":
-            _need(task, store=store, records=records, captions=captions, encoder=encoder)
-            simulation_task(ecfg["simulation"], out, Path(split_dir or out), acts, store, records, captions, encoder,
-                            llm, result)
-        elif task == "interpretability":
-            _need(task, records=records, captions=captions, encoder=encoder)
-            layers = list(store.layers) if store is not None else list(dict.fromkeys(r["layer"] for r in records))
-            interpretability_task(ecfg["interpretability"], out, layers, records, captions, encoder, seed, result)
-        elif task == "pitch":
-            _need(task, encoder=encoder)
-            pitch_task(ecfg["pitch"], out, encoder, seed, result)
-    write_json(out / "evaluation.json", {"metrics": result.metrics, "files": result.files, "images": result.images})
+        try:
+            if task == "last_layer":
+                _need(task, store=store, captions=captions, records=records, class_names=class_names,
+                      concepts=concepts, head_layer=head_layer, encoder=encoder)
+                last_layer_task(ecfg["last_layer"], out, store, captions, records, class_names, concepts, head_layer,
+                                encoder, llm, audio_embed, model_name, result)
+            elif task == "ground_truth":
+                _need(task, store=store, records=records, clips=clips)
+                ground_truth_task(ecfg["ground_truth"], out, acts, records, [clips[c] for c in store.clip_ids], seed,
+                                  result)
+            elif task == "simulation":
+                _need(task, store=store, records=records, captions=captions, encoder=encoder)
+                simulation_task(ecfg["simulation"], out, Path(split_dir or out), acts, store, records, captions,
+                                encoder, llm, result)
+            elif task == "interpretability":
+                _need(task, records=records, captions=captions, encoder=encoder)
+                layers = list(store.layers) if store is not None else list(dict.fromkeys(r["layer"] for r in records))
+                interpretability_task(ecfg["interpretability"], out, layers, records, captions, encoder, seed, result)
+            elif task == "pitch":
+                _need(task, encoder=encoder)
+                pitch_task(ecfg["pitch"], out, encoder, seed, result)
+        except TaskSkipped as e:
+            log.warning("evaluate: task '%s' skipped: %s", task, e)
+            result.skipped[task] = str(e)
+    write_json(done, {"metrics": result.metrics, "files": result.files, "images": result.images,
+                      "skipped": result.skipped})
     return result
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,12 +16,20 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# temporary files are named .<target name>.<host>-<pid>.<random>.tmp, so the first write into a folder can delete
+# those whose process is gone (killed before its rename); another host's are never touched
+_OWNER = f"{socket.gethostname()}-"
+_TEMP = re.compile(rf"^\..+\.{re.escape(_OWNER)}(\d+)\.[^.]+\.tmp$")
+_swept: set[Path] = set()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_OWNER}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -29,6 +39,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete the temporary files that killed processes of this host left in `folder` (once per process)."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
+    for entry in os.scandir(folder):
+        found = _TEMP.match(entry.name)
+        if found and not _alive(int(found[1])):
+            Path(entry.path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

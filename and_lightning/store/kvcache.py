@@ -5,6 +5,10 @@ never leaves a corrupt file. Keys are sha256 hex strings (see `and_lightning.sto
 are any JSON-serialisable object. One instance may be shared by the async tasks and threads of a process;
 several processes may open the same file (sqlite locking, `busy_timeout`). Keep the file on a local disk:
 sqlite's WAL mode does not work on network file systems.
+
+Processes sharing a cache share work through `claim(key)`: whoever holds an entry's claim computes it, the others
+skip it and read it from the cache once the claim is released. Claims are `filelock` locks (flock), released by
+the operating system when their holder dies, so a killed run never leaves a stale claim behind.
 """
 from __future__ import annotations
 
@@ -13,12 +17,28 @@ import os
 import re
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
+
+from filelock import FileLock, Timeout
 
 from and_lightning.store.hashing import hash_obj
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+IDENTITY_FIELDS = ("_target_", "name", "model", "prompt")
+
+
+def semantic_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a backend's config (a mapping with `_target_`) that changes its results, for keys: `_target_`,
+    name, model, prompt and the fields its class lists in `semantic_fields` (sampling parameters), never how the
+    results are fetched (server, timeouts, retries, concurrency, cache paths). A class listing none keeps all."""
+    from hydra.utils import get_class
+
+    fields = getattr(get_class(cfg["_target_"]), "semantic_fields", None)
+    if fields is None:
+        return dict(cfg)
+    return {k: cfg[k] for k in (*IDENTITY_FIELDS, *fields) if k in cfg}
 
 
 class CacheError(RuntimeError):
@@ -32,6 +52,7 @@ class KVCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._claims: dict[str, FileLock] = {}
         try:
             self._db = sqlite3.connect(
                 str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
@@ -66,6 +87,27 @@ class KVCache:
         blob = json.dumps(value, sort_keys=True)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, blob))
+
+    @contextmanager
+    def claim(self, key: str) -> Iterator[bool]:
+        """Claim `key` without waiting: yields True while this process holds the claim, False when another process
+        or thread holds it (then skip the entry, and look for it in the cache later). Keys share 256 lock files
+        (`<cache>.claims/<first two hex digits>.lock`); a thread's tasks share its claims."""
+        with self._lock:
+            lock = self._claims.get(key[:2])
+            if lock is None:
+                folder = self.path.with_name(self.path.name + ".claims")
+                folder.mkdir(exist_ok=True)
+                lock = self._claims[key[:2]] = FileLock(folder / f"{key[:2]}.lock")
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
 
     def __contains__(self, key: object) -> bool:
         with self._lock:

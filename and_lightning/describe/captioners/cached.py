@@ -30,10 +30,9 @@ def audio_sha256(clip: Clip) -> str:
 
 
 def caption_key(captioner: Captioner, audio_hash: str) -> str:
-    """The cache key of one caption."""
-    return hash_obj(
-        {"captioner": captioner.name, "model": captioner.model, "prompt": captioner.prompt, "audio": audio_hash}
-    )
+    """The cache key of one caption: what the caption depends on (never how it is fetched)."""
+    return hash_obj({"captioner": captioner.name, "model": captioner.model, "prompt": captioner.prompt,
+                     "params": captioner.params(), "audio": audio_hash})
 
 
 def caption_clips(captioner: Captioner, clips: Iterable[Clip], cache: KVCache, chunk_size: int = 64) -> Captions:

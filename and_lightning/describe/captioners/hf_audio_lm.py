@@ -1,6 +1,7 @@
 """Captioner running a Qwen2-Audio-family model locally with transformers (AutoProcessor +
 Qwen2AudioForConditionalGeneration), batched generate. `model` is a local directory or a hub id
 (e.g. Qwen/Qwen2-Audio-7B-Instruct; the hub needs network). The Whisper feature extractor keeps at most 30 s.
+A caption that is not readable text (`schema.valid_reply`) is an error, never cached.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from and_lightning.data.audio_io import resample
 from and_lightning.describe.captioners.base import Captioner, Clip
+from and_lightning.describe.llm.schema import InvalidReply, shown, valid_reply
 
 DEFAULT_PROMPT = (
     "Describe this audio clip in detail: the sound sources and events, and its acoustic properties "
@@ -22,6 +24,7 @@ class HFAudioLMCaptioner(Captioner):
     """Captions clips with a local audio-language model; loads it on the first `caption` call."""
 
     name = "hf_audio_lm"
+    semantic_fields = ("max_new_tokens", "temperature", "top_p", "seed", "dtype")
 
     def __init__(
         self,
@@ -104,5 +107,10 @@ class HFAudioLMCaptioner(Captioner):
                     **sampling,
                 )
             new_tokens = out[:, inputs["input_ids"].shape[1]:]
-            captions.extend(t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True))
+            for clip, reply in zip(batch, processor.batch_decode(new_tokens, skip_special_tokens=True)):
+                try:
+                    captions.append(valid_reply(reply, None))
+                except InvalidReply as e:  # a local model repeats itself: no retry, and nothing invalid is cached
+                    raise ValueError(f"hf_audio_lm (model {self.model!r}): the caption of clip {clip.clip_id} is not "
+                                     f"valid: {e.reason}; reply: {shown(reply)}") from None
         return captions

@@ -1,8 +1,9 @@
 """Captioner for any OpenAI-compatible server that accepts `input_audio` chat parts (OpenAI audio models, vLLM
 serving Qwen2-Audio / Ultravox, llama.cpp omni models): one chat request per clip, base64 16-bit WAV.
 
-Requests go through `OpenAIChatLLM`, so concurrency, retries, timeout and the API key (from the env var named by
-`api_key_env`) behave exactly as for the summary LLM.
+Requests go through `OpenAIChatLLM`, so concurrency, retries, timeout, reply validation (a caption must be readable
+text) and the API key (from the env var named by `api_key_env`) behave exactly as for the summary LLM. With a
+`cache_path`, each caption is cached the moment it arrives, so a batch that fails part-way keeps its answers.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class OpenAIAudioCaptioner(Captioner):
     """Captions each clip with an audio chat model behind an OpenAI-compatible `/v1/chat/completions`."""
 
     name = "openai_audio"
+    semantic_fields = ("sample_rate", "temperature", "seed", "max_tokens")
 
     def __init__(
         self,
@@ -51,14 +53,13 @@ class OpenAIAudioCaptioner(Captioner):
         max_tokens: int | None = 256,
         concurrency: int = 16,
         max_retries: int = 5,
-        backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
+        reply_retries: int = 2,
+        reply_backoff: float = 0.5,
         timeout: float = 120.0,
         cache_path: str | None = None,
     ):
-        self.model = model
-        self.prompt = prompt
-        self.sample_rate = sample_rate
+        self.model, self.prompt, self.sample_rate = model, prompt, sample_rate
+        self.temperature, self.seed, self.max_tokens = temperature, seed, max_tokens
         self.llm = OpenAIChatLLM(
             model=model,
             name=self.name,
@@ -69,8 +70,8 @@ class OpenAIAudioCaptioner(Captioner):
             max_tokens=max_tokens,
             concurrency=concurrency,
             max_retries=max_retries,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
+            reply_retries=reply_retries,
+            reply_backoff=reply_backoff,
             timeout=timeout,
             cache_path=cache_path,
         )
@@ -93,7 +94,7 @@ class OpenAIAudioCaptioner(Captioner):
             {"type": "text", "text": self.prompt},
             {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
         ]
-        return ChatRequest([{"role": "user", "content": content}])
+        return ChatRequest([{"role": "user", "content": content}], kind="caption")
 
     def caption(self, clips: list[Clip]) -> list[str]:
-        return [str(c).strip() for c in self.llm.complete_many([self.request(c) for c in clips])]
+        return self.llm.complete_many([self.request(c) for c in clips])

@@ -1,21 +1,25 @@
 """The chat-LLM interface: cached, de-duplicated `complete` / `complete_many` over a backend's `_complete_uncached`.
 
-A reply is cached on disk under sha256(backend, model, messages, params, schema) as soon as it arrives, so a
-rerun of the same config sends nothing twice and a failed run keeps what finished.
+A reply is validated (`schema.valid_reply`) and only then cached on disk under sha256(backend, model, messages,
+params, schema), as soon as it arrives, so a rerun of the same config sends nothing twice, a failed run keeps what
+finished, and nothing invalid is ever cached or served from a cache.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
+from and_lightning.describe.llm.schema import InvalidReply, valid_reply
 from and_lightning.store.hashing import hash_obj
 from and_lightning.store.kvcache import KVCache
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
-_MISSING = object()
+MISSING = object()  # "no cached reply"
 
 
 class LLMError(RuntimeError):
@@ -31,7 +35,7 @@ class LLMRequestError(LLMError):
 
 
 class LLMReplyError(LLMRequestError):
-    """A structured request kept getting replies that are not valid JSON or miss fields of the schema."""
+    """A request kept getting replies that fail validation (empty or garbage text, invalid JSON, wrong fields)."""
 
 
 class LLMNotConfiguredError(LLMError):
@@ -40,10 +44,16 @@ class LLMNotConfiguredError(LLMError):
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion to make: OpenAI-style `messages`, and a JSON schema for structured output, or None."""
+    """One chat completion to make: OpenAI-style `messages`, a JSON schema for structured output (None: text), and
+    what kind of request it is for error messages (`kind`; default: the schema's title, or "text")."""
 
     messages: list[dict]
     schema: dict | None = None
+    kind: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.kind or str((self.schema or {}).get("title") or "text")
 
 
 @dataclass
@@ -65,7 +75,7 @@ def as_request(item: ChatRequest | Sequence[dict] | tuple | dict) -> ChatRequest
     if isinstance(item, ChatRequest):
         return item
     if isinstance(item, dict) and "messages" in item:
-        return ChatRequest(list(item["messages"]), item.get("schema"))
+        return ChatRequest(list(item["messages"]), item.get("schema"), item.get("kind"))
     if isinstance(item, tuple) and len(item) == 2:
         return ChatRequest(list(item[0]), item[1])
     if isinstance(item, list) and all(isinstance(m, dict) and "role" in m for m in item):
@@ -88,20 +98,24 @@ def run_sync(make_coro: Callable[[], Awaitable[T]]) -> T:
 
 @dataclass
 class ChatLLM:
-    """Base of every chat backend. Subclasses set `name`, implement `params()` and `_complete_uncached`."""
+    """Base of every chat backend. Subclasses set `name` and `semantic_fields`, implement `_complete_uncached`."""
 
     model: str
     cache_path: str | os.PathLike | None = None
     stats: LLMStats = field(default_factory=LLMStats, init=False, repr=False)
 
     name = "base"
+    # The fields besides `model` that change a reply (sampling parameters): with the backend name and the model,
+    # they key every cache; how a reply is fetched (server, timeouts, retries, concurrency, cache paths) never does.
+    # None: not declared, so every config field counts for the dissection key (`store.kvcache.semantic_config`).
+    semantic_fields = None  # a tuple of field names (a class attribute, not a dataclass field)
 
     def __post_init__(self) -> None:
         self.cache = KVCache(self.cache_path) if self.cache_path else None
 
     def params(self) -> dict:
-        """The sampling parameters that change a reply; part of the cache key."""
-        return {}
+        """The values of `semantic_fields`."""
+        return {f: getattr(self, f) for f in self.semantic_fields or ()}
 
     def request_key(self, request: ChatRequest) -> str:
         """sha256 of (backend, model, messages, params, schema): the cache key of one request."""
@@ -114,6 +128,19 @@ class ChatLLM:
                 "schema": request.schema,
             }
         )
+
+    def cached(self, key: str, request: ChatRequest) -> Any:
+        """The cached reply to `request`, or `MISSING`. A cached reply that fails validation (written by an older
+        version) counts as missing, and is replaced when the request is answered."""
+        value = self.cache.get(key, MISSING) if self.cache is not None else MISSING
+        if value is MISSING:
+            return value
+        try:
+            return valid_reply(value, request.schema)
+        except InvalidReply as e:
+            log.warning("%s: ignoring an invalid cached %s reply in %s (%s)", self.describe(), request.label,
+                        self.cache.path, e.reason)
+            return MISSING
 
     def complete(self, messages: list[dict], schema: dict | None = None) -> str | dict:
         """One reply: a string, or the parsed dict when `schema` is given."""
@@ -133,15 +160,19 @@ class ChatLLM:
             if key in results or key in todo:
                 self.stats.deduplicated += 1
                 continue
-            cached = self.cache.get(key, _MISSING) if self.cache is not None else _MISSING
-            if cached is _MISSING:
+            cached = self.cached(key, req)
+            if cached is MISSING:
                 todo[key] = req
             else:
                 self.stats.cache_hits += 1
                 results[key] = cached
 
-        def on_result(key: str, value: Any) -> None:
+        def on_result(key: str, value: Any, fresh: bool = True) -> None:
+            """Record a reply: `fresh` (validated, just received: cached now) or read from the cache."""
             results[key] = value
+            if not fresh:
+                self.stats.cache_hits += 1
+                return
             self.stats.completed += 1
             if self.cache is not None:
                 self.cache.put(key, value)
@@ -158,9 +189,10 @@ class ChatLLM:
         return [results[k] for k in keys]
 
     async def _complete_uncached(
-        self, items: list[tuple[str, ChatRequest]], on_result: Callable[[str, Any], None]
+        self, items: list[tuple[str, ChatRequest]], on_result: Callable[..., None]
     ) -> None:
-        """Answer every (key, request); call `on_result(key, reply)` as each finishes; raise LLMError on failure."""
+        """Answer every (key, request) with a reply that passed `valid_reply`; call `on_result(key, reply)` as each
+        finishes; raise LLMError on failure."""
         raise NotImplementedError
 
     def describe(self) -> str:

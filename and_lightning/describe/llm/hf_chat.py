@@ -1,8 +1,9 @@
 """Chat LLM run locally with transformers: AutoModelForCausalLM + the tokenizer's chat template, batched generate.
 
 `model` is a local directory or a hub id (the hub needs network; set HF_HUB_OFFLINE=1 on offline machines).
-Structured requests get the schema as an instruction and the reply is validated; with sampling a bad reply is
-regenerated up to `max_retries` times, with greedy decoding (temperature 0) a retry would repeat it, so it fails.
+Structured requests get the schema as an instruction. Every reply is validated (`schema.valid_reply`); with
+sampling an invalid reply is regenerated up to `max_retries` times, with greedy decoding (temperature 0) a retry
+would repeat it, so it fails at once.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest, LLMError, LLMReplyError
-from and_lightning.describe.llm.schema import InvalidReply, parse_reply
+from and_lightning.describe.llm.schema import InvalidReply, shown, valid_reply
 
 
 def with_schema_instruction(messages: list[dict], schema: dict) -> list[dict]:
@@ -41,14 +42,12 @@ class HFChatLLM(ChatLLM):
     device: str = "cpu"
     dtype: str = "float32"
 
+    semantic_fields = ("temperature", "top_p", "seed", "max_new_tokens", "dtype")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._model: Any = None
         self._tokenizer: Any = None
-
-    def params(self) -> dict:
-        sampling = {"temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {}
-        return {"seed": self.seed, "max_new_tokens": self.max_new_tokens, "greedy": self.temperature <= 0, **sampling}
 
     def _load(self) -> None:
         if self._model is not None:
@@ -94,12 +93,12 @@ class HFChatLLM(ChatLLM):
         return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     async def _complete_uncached(
-        self, items: list[tuple[str, ChatRequest]], on_result: Callable[[str, Any], None]
+        self, items: list[tuple[str, ChatRequest]], on_result: Callable[..., None]
     ) -> None:
         attempts = self.max_retries + 1 if self.temperature > 0 else 1
         for start in range(0, len(items), self.batch_size):
             pending = items[start : start + self.batch_size]
-            last_error: dict[str, str] = {}
+            last_error: dict[str, InvalidReply] = {}
             for attempt in range(attempts):
                 conversations = [
                     r.messages if r.schema is None else with_schema_instruction(r.messages, r.schema)
@@ -110,14 +109,13 @@ class HFChatLLM(ChatLLM):
                 texts = await asyncio.to_thread(self.generate, conversations, self.seed + attempt)
                 failed = []
                 for (key, req), text in zip(pending, texts):
-                    if req.schema is None:
-                        on_result(key, text.strip())
-                        continue
                     try:
-                        on_result(key, parse_reply(text.strip(), req.schema))
+                        value = valid_reply(text, req.schema)
                     except InvalidReply as e:
                         failed.append((key, req))
-                        last_error[key] = str(e)
+                        last_error[key] = e
+                        continue
+                    on_result(key, value)
                 pending = failed
                 if not pending:
                     break
@@ -127,8 +125,10 @@ class HFChatLLM(ChatLLM):
                     if self.temperature > 0
                     else "greedy decoding (temperature 0) would repeat the same reply, so it was not retried"
                 )
+                key, req = pending[0]
+                error = last_error[key]
                 raise LLMReplyError(
-                    f"{self.describe()}: {len(pending)} structured request(s) got no valid JSON reply ({why}); "
-                    f"last error: {last_error[pending[0][0]]}",
+                    f"{self.describe()}: {len(pending)} request(s) got no valid reply ({why}); the first, a "
+                    f"{req.label} request: {error.reason}; its reply: {shown(error.reply)}",
                     backend=self.name, model=self.model, status="invalid_reply",
                 )

@@ -1,7 +1,9 @@
 """Chat LLM over any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp) through `openai.AsyncOpenAI`.
 
 The API key is read from the environment variable NAMED by `api_key_env` when a batch starts; it is never an
-attribute, a config value, a cache key or a log line. The SDK's own retries are off: `AsyncRetryingLLM` retries.
+attribute, a config value, a cache key or a log line. Timeouts, dropped connections, 408/409/429 and 5xx are
+retried by the openai client itself (`max_retries`, exponential backoff, honouring Retry-After); a reply that is
+not a chat completion or fails validation is requested again by `AsyncRetryingLLM`.
 """
 from __future__ import annotations
 
@@ -14,27 +16,19 @@ from typing import Any, AsyncIterator
 import openai
 
 from and_lightning.describe.llm.base import ChatRequest, LLMRequestError
-from and_lightning.describe.llm.client import AsyncRetryingLLM, PermanentError, TransientError
-from and_lightning.describe.llm.schema import response_format
+from and_lightning.describe.llm.client import AsyncRetryingLLM
+from and_lightning.describe.llm.schema import InvalidReply, response_format, shown
 
 log = logging.getLogger(__name__)
 
 NO_KEY_PLACEHOLDER = "EMPTY"  # what vLLM / Ollama / llama.cpp accept when they run without authentication
-_RETRYABLE_STATUS = {408, 409, 429}
-
-
-def _retry_after(response: Any) -> float | None:
-    try:
-        return float(response.headers.get("retry-after"))
-    except (AttributeError, TypeError, ValueError):
-        return None
 
 
 def _error_text(error: openai.APIStatusError) -> str:
     body = error.body
     if isinstance(body, dict):
         body = body.get("message", body)
-    return str(body if body else error.message)[:300]
+    return str(body if body else error.message)
 
 
 @dataclass
@@ -46,19 +40,12 @@ class OpenAIChatLLM(AsyncRetryingLLM):
     api_key_env: str | None = "OPENAI_API_KEY"
     temperature: float = 0.0
     top_p: float | None = None
+    seed: int | None = 0
     max_tokens: int | None = None
     strict_schema: bool = True
     extra_body: dict | None = None
 
-    def params(self) -> dict:
-        return {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "max_tokens": self.max_tokens,
-            "strict_schema": self.strict_schema,
-            "extra_body": dict(self.extra_body) if self.extra_body else None,
-        }
+    semantic_fields = ("temperature", "top_p", "seed", "max_tokens", "strict_schema", "extra_body")
 
     def describe(self) -> str:
         return f"{self.name} backend (model {self.model!r} at {self.base_url or 'the OpenAI API'})"
@@ -77,13 +64,27 @@ class OpenAIChatLLM(AsyncRetryingLLM):
         log.info("%s: environment variable %s is not set; sending a placeholder key", self.describe(), self.api_key_env)
         return NO_KEY_PLACEHOLDER
 
+    async def _count_attempt(self, request: Any) -> None:
+        """Every HTTP request the client sends, its own retries included, counts in `stats`."""
+        self.stats.requests_sent += 1
+        if request.headers.get("x-stainless-retry-count", "0") != "0":
+            self.stats.retries += 1
+
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[openai.AsyncOpenAI]:
         client = openai.AsyncOpenAI(
-            api_key=self._api_key(), base_url=self.base_url, timeout=self.timeout, max_retries=0
+            api_key=self._api_key(), base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [self._count_attempt]}),
         )
         async with client:
             yield client
+
+    def _failed(self, request: ChatRequest, what: str, status: Any, retried: bool) -> LLMRequestError:
+        tries = (f"after {self.max_retries + 1} attempts (max_retries={self.max_retries})" if retried
+                 else "(not retried: retrying cannot fix this)")
+        return LLMRequestError(f"{self.describe()}: {request.label} request failed {tries}: {what}",
+                               backend=self.name, model=self.model, status=status,
+                               attempts=self.max_retries + 1 if retried else 1)
 
     async def _send(self, client: openai.AsyncOpenAI, request: ChatRequest) -> str:
         kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages, "temperature": self.temperature}
@@ -98,18 +99,22 @@ class OpenAIChatLLM(AsyncRetryingLLM):
         if request.schema is not None:
             kwargs["response_format"] = response_format(request.schema, self.strict_schema)
         try:
-            reply = await client.chat.completions.create(**kwargs)
+            raw = await client.chat.completions.with_raw_response.create(**kwargs)
         except openai.APITimeoutError as e:
-            raise TransientError(f"no reply within the {self.timeout}s timeout", status="timeout") from e
+            raise self._failed(request, f"no reply within the {self.timeout}s timeout", "timeout", True) from e
         except openai.APIConnectionError as e:
-            raise TransientError(f"connection failed ({e.__cause__ or e})", status="connection") from e
+            raise self._failed(request, f"connection failed ({e.__cause__ or e})", "connection", True) from e
         except openai.APIStatusError as e:
-            what = f"HTTP {e.status_code}: {_error_text(e)}"
-            if e.status_code in _RETRYABLE_STATUS or e.status_code >= 500:
-                raise TransientError(what, status=e.status_code, retry_after=_retry_after(e.response)) from e
+            what = f"HTTP {e.status_code}, reply: {shown(_error_text(e))}"
             if e.status_code in (401, 403):
                 what += f" (check the key in the environment variable {self.api_key_env})"
-            raise PermanentError(what, status=e.status_code) from e
-        if not reply.choices or reply.choices[0].message.content is None:
-            raise TransientError("the reply has no message content", status="empty_reply")
-        return reply.choices[0].message.content
+            retried = e.status_code in (408, 409, 429) or e.status_code >= 500  # what the openai client retries
+            raise self._failed(request, what, e.status_code, retried) from e
+        body = raw.http_response.text
+        try:
+            content = raw.parse().choices[0].message.content
+        except (ValueError, TypeError, LookupError, AttributeError, openai.APIResponseValidationError) as e:
+            raise InvalidReply(f"the response is not a chat completion ({type(e).__name__})", body) from e
+        if not isinstance(content, str):
+            raise InvalidReply("the reply has no message content", body)
+        return content

@@ -1,28 +1,44 @@
-"""Structured LLM replies: the `response_format` for a JSON schema, and parsing + validation of the reply.
+"""What a valid LLM reply is, checked by pydantic: a structured reply must match the request's JSON schema, a text
+reply (summary, caption) must be readable text of sane length. Also the `response_format` of a JSON schema.
 
-The validator covers the JSON-schema subset that structured outputs use (type, properties, required,
-additionalProperties, items, enum, minItems/maxItems, minimum/maximum) so no extra dependency is needed.
+A request's JSON schema (the structured-outputs subset: object, array, string with enum, integer / number with
+minimum / maximum, boolean, null) is turned into a strict pydantic model once; `valid_reply` checks both a fresh
+reply (text) and a cached one (the parsed value), so a reply that fails is never cached nor served from a cache.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
-from typing import Any
+from typing import Annotated, Any, Literal, Optional, Union
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,),
-    "array": (list,),
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "null": (type(None),),
-}
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, create_model
+
+MAX_TEXT_CHARS = 20_000  # a summary or caption longer than this is a runaway generation, not an answer
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+_UNREADABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")  # control characters, undecodable bytes
 
 
 class InvalidReply(ValueError):
-    """A reply that is not valid JSON or does not match the requested schema."""
+    """A reply that does not give the request what it needs; `reply` holds the reply as received."""
+
+    def __init__(self, reason: str, reply: Any = None):
+        super().__init__(reason)
+        self.reason, self.reply = reason, reply
+
+
+def _readable(text: str) -> str:
+    if _UNREADABLE.search(text):
+        raise ValueError("holds control characters or undecodable bytes")
+    if not any(c.isalpha() for c in text):
+        raise ValueError("holds no words")
+    return text
+
+
+TextReply = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_readable)
+]
+_TEXT = TypeAdapter(TextReply, config=ConfigDict(strict=True))
 
 
 def response_format(schema: dict, strict: bool = True) -> dict:
@@ -31,61 +47,73 @@ def response_format(schema: dict, strict: bool = True) -> dict:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}}
 
 
-def _type_ok(value: Any, type_name: str) -> bool:
-    if type_name not in _TYPES:
-        raise ValueError(f"unsupported JSON-schema type {type_name!r}; expected one of {sorted(_TYPES)}")
-    if isinstance(value, bool) and type_name in ("integer", "number"):
-        return False
-    return isinstance(value, _TYPES[type_name])
+def _annotation(schema: dict, name: str) -> Any:
+    """The pydantic type of one JSON-schema node."""
+    if "enum" in schema:
+        return Literal[tuple(schema["enum"])]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return Union[tuple(_annotation({**schema, "type": k}, name) for k in kind)]
+    if kind == "object":
+        required = set(schema.get("required", []))
+        fields = {
+            field: (_annotation(sub, f"{name}_{field}"), ...) if field in required
+            else (Optional[_annotation(sub, f"{name}_{field}")], None)
+            for field, sub in schema.get("properties", {}).items()
+        }
+        extra = "forbid" if schema.get("additionalProperties") is False else "allow"
+        return create_model(name, __config__=ConfigDict(strict=True, extra=extra), **fields)
+    if kind == "array":
+        item = _annotation(schema.get("items", {}), f"{name}_item")
+        return Annotated[list[item], Field(min_length=schema.get("minItems"), max_length=schema.get("maxItems"))]
+    if kind in ("integer", "number"):
+        return Annotated[int if kind == "integer" else float, Field(ge=schema.get("minimum"), le=schema.get("maximum"))]
+    simple = {"string": str, "boolean": bool, "null": None, None: Any}
+    if kind not in simple:
+        raise ValueError(f"unsupported JSON-schema type {kind!r}; expected object, array, string, integer, number, "
+                         "boolean or null")
+    return simple[kind]
 
 
-def schema_errors(value: Any, schema: dict, path: str = "$") -> list[str]:
-    """Every way `value` fails `schema`, as readable strings naming the JSON path; [] if it conforms."""
-    errors: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else list(types)
-        if not any(_type_ok(value, t) for t in types):
-            return [f"{path}: expected {' or '.join(types)}, got {type(value).__name__} {json.dumps(value)[:60]}"]
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for field in schema.get("required", []):
-            if field not in value:
-                errors.append(f"{path}: missing required field {field!r}")
-        if schema.get("additionalProperties") is False:
-            for field in value:
-                if field not in props:
-                    errors.append(f"{path}: unexpected field {field!r}")
-        for field, sub in props.items():
-            if field in value:
-                errors.extend(schema_errors(value[field], sub, f"{path}.{field}"))
-    if isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            errors.append(f"{path}: {len(value)} items, expected at least {schema['minItems']}")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append(f"{path}: {len(value)} items, expected at most {schema['maxItems']}")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                errors.extend(schema_errors(item, schema["items"], f"{path}[{i}]"))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{path}: {value} is below the minimum {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{path}: {value} is above the maximum {schema['maximum']}")
-    return errors
+@functools.lru_cache(maxsize=64)
+def _adapter(schema_json: str) -> TypeAdapter:
+    schema = json.loads(schema_json)
+    if schema.get("type") != "object":
+        raise ValueError(f"a structured request's JSON schema must describe an object, got type {schema.get('type')!r}")
+    return TypeAdapter(_annotation(schema, str(schema.get("title", "reply"))))
 
 
-def parse_reply(content: str, schema: dict) -> Any:
-    """Parse `content` as JSON (a surrounding ``` fence is tolerated) and check it against `schema`."""
-    match = _FENCE.match(content)
-    text = match.group(1) if match else content
+def reply_adapter(schema: dict) -> TypeAdapter:
+    """The pydantic validator of replies to a request with this JSON schema (an object; strict types;
+    `additionalProperties: false` forbids extra fields), built once per schema."""
+    return _adapter(json.dumps(schema, sort_keys=True))
+
+
+def _one_line(error: ValidationError) -> str:
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg'].removeprefix('Value error, ')}"
+             for e in error.errors()[:3]]
+    return "; ".join(parts) + (f" (+{error.error_count() - 3} more)" if error.error_count() > 3 else "")
+
+
+def shown(reply: Any, limit: int = 200) -> str:
+    """A reply as one line for an error message: repr of its first `limit` characters."""
+    text = reply if isinstance(reply, str) else json.dumps(reply)
+    return repr(text[:limit]) + (f" (+{len(text) - limit} more characters)" if len(text) > limit else "")
+
+
+def valid_reply(reply: Any, schema: dict | None) -> Any:
+    """The reply as the caller gets it: stripped text when `schema` is None, else the parsed JSON object (a
+    surrounding ``` fence is tolerated). `reply` is the raw text, or an already parsed value read from a cache.
+    Raises InvalidReply naming what is wrong."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidReply(f"reply is not valid JSON ({e.msg} at char {e.pos}): {content[:120]!r}") from e
-    errors = schema_errors(value, schema)
-    if errors:
-        raise InvalidReply(f"reply does not match the schema: {'; '.join(errors[:5])}")
-    return value
+        if schema is None:
+            return _TEXT.validate_python(reply)
+        adapter = reply_adapter(schema)
+        if isinstance(reply, str):
+            match = _FENCE.match(reply)
+            value = adapter.validate_json(match.group(1) if match else reply)
+        else:
+            value = adapter.validate_python(reply)
+        return adapter.dump_python(value, exclude_unset=True)
+    except ValidationError as e:
+        raise InvalidReply(_one_line(e), reply) from None

@@ -1,9 +1,11 @@
-"""Tiny random chat models built offline (no hub): a byte-level BPE tokenizer trained on a few sentences with a
-ChatML template, and a 2-layer Llama. For tests and debug configs of the `hf` backends; their output is noise.
+"""Tiny random chat models built offline (no hub): a byte-level BPE tokenizer (printable ASCII) trained on a few
+sentences with a ChatML template, and a 2-layer Llama. For tests and debug configs of the `hf` backends; their
+output is noise.
 """
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 
 CHATML_TEMPLATE = (
@@ -34,8 +36,11 @@ def build_tiny_tokenizer(extra_special_tokens: list[str] = (), vocab_size: int =
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    # Printable ASCII only (as byte-level symbols): random weights then emit readable noise, which passes reply
+    # validation, instead of stray UTF-8 continuation bytes and control characters.
+    printable = [piece for piece, _ in tok.pre_tokenizer.pre_tokenize_str(string.printable.strip() + " \n")]
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=sorted(set("".join(printable)))
     )
     tok.train_from_iterator(_CORPUS, trainer)
     return PreTrainedTokenizerFast(
