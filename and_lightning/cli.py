@@ -93,11 +93,11 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 def one_line(e: BaseException) -> str:
     """The message of `e` on one line: the reason, not the wrapper, of Hydra's instantiation errors; the option list
     of its unknown-option errors; the original error of a DataLoader worker's."""
-    if isinstance(e, InstantiationException) and e.__cause__ is not None:
-        return one_line(e.__cause__)
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, _bad_input_types()):
+        return one_line(e.__cause__)  # else Hydra's own text: the target, the error and the config key
     if isinstance(e, MissingConfigException) and e.options:
         return f"{_lines(e)[0]}; available: {', '.join(e.options)}"
-    text = "; ".join(_lines(e))
+    text = _join(_lines(e))
     if isinstance(e, OverrideParseException):
         text = f"cannot parse the override {e.override!r}: {_lines(e)[0]}"
     if isinstance(e, HydraException) and isinstance(e.__cause__, OmegaConfBaseException):
@@ -111,3 +111,11 @@ def _lines(e: BaseException) -> list[str]:
         text = text.strip().splitlines()[-1].split(": ", 1)[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("object_type")]
     return lines or [type(e).__name__]
+
+
+def _join(lines: list[str]) -> str:
+    """"a:" + "b" -> "a: b"; "a." + "b" -> "a; b"."""
+    text = lines[0]
+    for line in lines[1:]:
+        text = f"{text} {line}" if text.endswith(":") else f"{text.removesuffix('.')}; {line}"
+    return text

@@ -81,8 +81,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     data = build(cfg.data)
     records = data.index.folds(cfg.data.predict_folds)
     if cfg.describe.k > len(records):
-        raise ValueError(f"describe.k={cfg.describe.k}: expected at most the number of probing clips "
-                         f"({len(records)} in data.predict_folds={cfg.data.predict_folds})")
+        raise ValueError(f"describe.k={cfg.describe.k}: expected at most the number of probing clips ({len(records)})")
     class_names = class_names or data.class_names
     store = ActivationStore.open(collect_activations(
         adapter, records, data.sample_rate, data.clip_seconds, layers, cfg.reduction, cfg.store_dir,

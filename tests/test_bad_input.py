@@ -87,8 +87,10 @@ CASES = [
          r"audio/a: symbolic link\(s\) to missing files: \S+/dangling_symlink\.wav -> \S+moved_away\.wav",
          dangling_symlink),
     # settings
-    case("batch_size_abc", "dissect.py", ["data.batch_size=abc"], r"data\.batch_size='abc': input should be a valid integer$"),
-    case("batch_size_abc_train", "train.py", ["data.batch_size=abc"], r"data\.batch_size='abc': input should be a valid integer$"),
+    case("batch_size_abc", "dissect.py", ["data.batch_size=abc"],
+         r"data\.batch_size='abc': input should be a valid integer$"),
+    case("batch_size_abc_train", "train.py", ["data.batch_size=abc"],
+         r"data\.batch_size='abc': input should be a valid integer$"),
     case("batch_size_0", "dissect.py", ["data.batch_size=0"], r"data\.batch_size=0: input should be greater than 0"),
     case("num_workers_negative", "dissect.py", ["data.num_workers=-1"], r"data\.num_workers=-1: input should be "
          r"greater than or equal to 0"),
@@ -99,7 +101,7 @@ CASES = [
     case("seed_abc", "dissect.py", ["seed=abc"], r"seed='abc': input should be a valid integer"),
     case("k_0", "dissect.py", ["describe.k=0"], r"describe\.k=0: input should be greater than 0"),
     case("k_above_clips", "dissect.py", [*SYNTH, "ckpt_path=null", "describe.k=21"],
-         r"describe\.k=21: expected at most the number of probing clips \(20 in data\.predict_folds=None\)"),
+         r"describe\.k=21: expected at most the number of probing clips \(20\)"),
     case("unknown_layer", "dissect.py", [*SYNTH, "ckpt_path=null", "layers=[conv9]"],
          r"unknown layer 'conv9' for SmallCNN; available: conv1"),
     case("unknown_stage", "dissect.py", ["stage=describ"], r"stage=describ: expected one of all, collect"),
@@ -135,17 +137,17 @@ def make_folder_dataset(root: Path, bad: Case) -> None:
         bad.bad_file(root / "audio" / "a" / f"{bad.id}.wav")
 
 
-def run_case(c: Case, root: Path) -> subprocess.CompletedProcess:
+def run_case(c: Case, root: Path) -> tuple[Path, subprocess.CompletedProcess]:
     make_folder_dataset(root, c)
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DIR", "HYDRA_FULL_ERROR"):
         env.pop(var, None)
-    return subprocess.run(c.argv(root), cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    return root, subprocess.run(c.argv(root), cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory):
-    """Every selected case's subprocess, run concurrently once for the module: {case id: CompletedProcess}."""
+    """Every selected case's subprocess, run concurrently once for the module: {case id: (its root, its run)}."""
     wanted = [i.callspec.params["c"] for i in request.session.items
               if i.module is request.module and hasattr(i, "callspec") and "c" in i.callspec.params]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
@@ -156,15 +158,24 @@ def runs(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
-def test_bad_input_ends_in_one_clear_line(c, runs, tmp_path_factory):
+def test_bad_input_ends_in_one_clear_line(c, runs):
     RESULTS[c.id] = False
-    proc = runs[c.id]
+    root, proc = runs[c.id]
     lines = proc.stderr.strip().splitlines() or [""]
     assert proc.returncode != 0, f"accepted: exit 0\n{proc.stdout[-2000:]}"
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines[-1].startswith("error: ") and re.search(c.names, lines[-1]), lines[-1]
-    root = Path(proc.args[2].split("=", 1)[1])
     finished = [p for pattern in COMPLETE_LOOKING for p in root.rglob(pattern)]
-    exported = [p for p in (root / "checkpoints").glob("*.pt")] if (root / "checkpoints").is_dir() else []
+    exported = list(root.glob("checkpoints/*.pt"))
     assert not finished and not exported, finished + exported
     RESULTS[c.id] = True
+
+
+def test_hydra_full_error_keeps_the_traceback(tmp_path):
+    """The one-line report is the default; HYDRA_FULL_ERROR=1 shows where the error was raised."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "dissect.py"), f"paths.root_dir={tmp_path}", "data.batch_size=0",
+                           f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0 and "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "ValueError: data.batch_size=0: input should be greater than 0"

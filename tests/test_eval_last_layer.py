@@ -88,6 +88,14 @@ def test_similarity_rows_hand_case_matches_the_shared_metric_helpers():
         assert r["top1"] == pytest.approx(100 * topk_accuracy(S, [0, 1, 2], 1))
 
 
+def test_rank_reorder_on_too_few_clips_is_a_skipped_row_not_a_crash():
+    acts, P = labelled_case()  # 6 clips: int(6 * 0.05) = 0 top clips
+    rows = similarity_rows(acts, ["a", "b", "c"], ["a", "b", "c"], {"labels": ConceptScores(P, True)}, ENC,
+                           similarities=["cos", "rank_reorder"])
+    assert [(r["similarity"], math.isnan(r["top1"])) for r in rows] == [("cos", False), ("rank_reorder", True)]
+    assert rows[1]["note"] == "skipped: rank_reorder needs >= 2 top clips; int(6 * 0.05) = 0"
+
+
 def test_unit_ground_truth_and_paper_columns():
     assert unit_ground_truth(4, ["dog", "cat", "rain"], ["cat", "dog"]) == ["dog", "cat", None, None]
     rows = with_paper_columns([{"method": "db", "similarity": "cos_cubed"}, {"method": "icl", "similarity": "-"},

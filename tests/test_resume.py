@@ -76,8 +76,8 @@ def test_killed_training_resumes_from_its_last_epoch_with_the_same_result(tmp_pa
 def test_a_resume_point_of_other_settings_is_not_used():
     run = {"seed": 0, "strategy": {"lr": 1e-3}, "trainer": {"max_epochs": 4, "default_root_dir": "/logs/run1"},
            "paths": {"output_dir": "/logs/run1"}, "logger": {"csv": {"save_dir": "/logs/run1"}}, "tags": []}
-    later = {**run, "trainer": {"max_epochs": 4, "default_root_dir": "/logs/run2"}, "paths": {"output_dir": "/logs/run2"},
-             "logger": {}, "tags": ["again"]}
+    later = {**run, "trainer": {"max_epochs": 4, "default_root_dir": "/logs/run2"},
+             "paths": {"output_dir": "/logs/run2"}, "logger": {}, "tags": ["again"]}
     assert differences(run, later) == []  # where it logs is not what it trains
     other = {**later, "strategy": {"lr": 1e-2}, "trainer": {"max_epochs": 8, "default_root_dir": "/logs/run2"}}
     assert differences(run, other) == ["strategy.lr", "trainer.max_epochs"]

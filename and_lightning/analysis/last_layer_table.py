@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 from torch import Tensor
 
 from and_lightning.describe.closed_set import TextEncoderLike, concept_cosine, scores_from_p, top_concepts
+from and_lightning.describe.similarity import TooFewClipsError
 
 SIMILARITY_NAMES = ("cos", "cos_cubed", "wpmi", "soft_wpmi", "rank_reorder")
 TABLE_COLUMNS = ["model", "method", "similarity", "faithful", "top1", "top5", "cos", "units", "note"]
@@ -91,8 +92,12 @@ def similarity_rows(acts: Tensor, unit_gt: Sequence[str | None], concepts: Seque
             for flag in faithful:
                 if flag and sim in ("cos", "cos_cubed"):
                     continue
-                S = scores_from_p(acts, cs.P, sim, p_is_prob=cs.p_is_prob, faithful=flag,
-                                  **dict((params or {}).get(sim, {})))
+                try:
+                    S = scores_from_p(acts, cs.P, sim, p_is_prob=cs.p_is_prob, faithful=flag,
+                                      **dict((params or {}).get(sim, {})))
+                except TooFewClipsError as e:  # a small probing set: say so in the table, keep the other rows
+                    rows.append({**skipped_row(method, str(e)), "similarity": sim, "faithful": bool(flag)})
+                    continue
                 ranked = [[c for c, _ in r] for r in top_concepts(S, concepts, k=5, faithful=flag)]
                 acc = accuracy_from_ranked(ranked, unit_gt, encoder, extra, n_concepts=len(concepts))
                 rows.append({"method": method, "similarity": sim, "faithful": bool(flag), **acc, "note": ""})

@@ -150,6 +150,10 @@ def soft_wpmi(
     return _marginal_pmi(log_p, lam)
 
 
+class TooFewClipsError(ValueError):
+    """rank_reorder asked for fewer than 2 top clips (too small a probing set for its top fraction)."""
+
+
 def rank_reorder(
     P: Tensor,
     A: Tensor,
@@ -174,7 +178,7 @@ def rank_reorder(
     n = int(A.shape[0] * top_fraction)
     M, C = A.shape[1], P.shape[1]
     if n < 2:
-        raise ValueError(f"rank_reorder needs >= 2 top clips; int({A.shape[0]} * {top_fraction}) = {n}")
+        raise TooFewClipsError(f"rank_reorder needs >= 2 top clips; int({A.shape[0]} * {top_fraction}) = {n}")
     idx = _top_clip_index(A, n)  # [n, M]
     t = A.gather(0, idx)  # [n, M] descending
     t_asc = t.flip(0)

@@ -9,8 +9,9 @@ the unit, i.e. what the next layer reads. That module is either
   the BatchNorm): the units are its outputs; pruning zeroes the module before it, which the activation passes on
   as 0, and `pre_activation` recordings read that module's output.
 
-The net is run once on a short noise clip (in eval mode, no gradients) to find each activation's input module and
-check the layers: each runs once per forward pass, in the order given, and the last has one unit per class.
+The net is run once on a noise clip of `trace_seconds` (the data's clip length; eval mode, no gradients) to find
+each activation's input module and check the layers: each runs once per forward pass, in the order given, and the
+last has one unit per class.
 Subclass `GenericAdapter` and override `preprocess` for a net that wants features rather than waveforms.
 """
 from __future__ import annotations
@@ -25,14 +26,13 @@ from and_lightning.data.audio_io import resample
 from and_lightning.models.base import TargetAdapter, unit_count
 
 MASKABLE = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
-TRACE_SECONDS = 1.0  # length of the noise clip the net is traced on
 
 
 class GenericAdapter(TargetAdapter):
     """Wraps `net` (an nn.Module, or a config mapping with its `_target_`) with the layers named in `layers`."""
 
     def __init__(self, net: nn.Module | Mapping[str, Any], layers: Mapping[str, str], num_classes: int | None = None,
-                 sample_rate: int = 16000, trace_seconds: float = TRACE_SECONDS):
+                 sample_rate: int = 16000, trace_seconds: float = 1.0):
         super().__init__()
         self.net = net if isinstance(net, nn.Module) else build_net(net)
         if not isinstance(self.net, nn.Module):

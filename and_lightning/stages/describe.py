@@ -22,7 +22,7 @@ from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, calibrate_man
 from and_lightning.describe.closed_set import (
     db_probs, icl_prompt, map_to_concept, scores_from_p, tab_scores_matrix, top_concepts,
 )
-from and_lightning.describe.llm.base import ChatLLM
+from and_lightning.describe.llm.base import ChatLLM, ChatRequest
 from and_lightning.describe.open_concepts import (
     ACOUSTIC_FILTER_SCHEMA, acoustic_filter_messages, apply_acoustic_filter, extract_open_concepts,
     parse_acoustic_answer, words_needing_decision,
@@ -90,7 +90,7 @@ def summarise(clip_sets: Sequence[tuple[str, ...]], captions: Mapping[str, str],
     texts = [[captions[c] for c in s] for s in unique]
     if llm is None:
         return {s: extractive_summary(t, min_share=min_share, clean=clean) for s, t in zip(unique, texts)}
-    replies = llm.complete_many([summary_messages(t, clean=clean) for t in texts])
+    replies = llm.complete_many([ChatRequest(summary_messages(t, clean=clean), kind="summary") for t in texts])
     return dict(zip(unique, (str(r).strip() for r in replies)))
 
 
