@@ -31,7 +31,7 @@ from conftest import CONF, compose_cfg
 from fixtures_audio import make_esc50, make_folder, make_gtzan, make_urbansound8k
 from openai_server import OpenAITestServer, last_user_text
 from test_captioner_hf_audio_lm import tiny_qwen2_audio_dir  # noqa: F401  (a fixture, used by name)
-from tiny_hf import tiny_clap, tiny_tokenizer
+from tiny_hf import tiny_clap, tiny_clip
 
 pytestmark = pytest.mark.slow
 
@@ -131,21 +131,7 @@ def server():
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory) -> str:
     """A tiny random CLIP checkpoint (FAKE weights, real CLIPModel) with the tiny word-level tokenizer."""
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    tok, vocab_size = tiny_tokenizer()
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=24, projection_dim=8, bos_token_id=0,
-                         eos_token_id=2, pad_token_id=1),
-        vision_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                           image_size=8, patch_size=4, projection_dim=8),
-        projection_dim=8)
-    path = tmp_path_factory.mktemp("tiny_clip")
-    CLIPModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from and_lightning.describe.calibration import calibrate
 from and_lightning.describe.closed_set import map_to_concept
 
-from tiny_hf import tiny_clap, tiny_tokenizer
+from tiny_hf import tiny_clap, tiny_clip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -84,20 +84,7 @@ def test_tiny_clap_text_and_audio_towers(tiny_clap_dir):
 
 
 def test_tiny_clip_text_encoder(tmp_path):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    tok, vocab_size = tiny_tokenizer()
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=12, projection_dim=8, bos_token_id=0,
-                         eos_token_id=2, pad_token_id=1),
-        vision_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                           image_size=8, patch_size=4, projection_dim=8),
-        projection_dim=8,
-    )
-    CLIPModel(cfg).save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    tiny_clip(tmp_path, max_positions=12)
     clip_cfg = OmegaConf.load(CONF / "text_encoder" / "clip.yaml")
     clip_cfg.model = str(tmp_path)
     enc = instantiate(clip_cfg)

@@ -1,6 +1,6 @@
 """Tiny transformers checkpoints built offline from config classes (FAKE: random weights, real model code):
-a word-level tokenizer, and a CLAP model (both towers) saved with that tokenizer and a ClapFeatureExtractor,
-which `text_encoder=clap text_encoder.model=<dir>` loads like a hub checkpoint."""
+a word-level tokenizer, a CLAP model (both towers) saved with that tokenizer and a ClapFeatureExtractor, which
+`text_encoder=clap text_encoder.model=<dir>` loads like a hub checkpoint, and a CLIP model for `text_encoder=clip`."""
 from __future__ import annotations
 
 import os
@@ -53,3 +53,22 @@ def tiny_clap(tmp_path_factory) -> str:
     ClapFeatureExtractor(feature_size=16, max_length_s=1).save_pretrained(tmp)
     shutil.move(tmp, d)
     return str(d)
+
+
+def tiny_clip(path: Path, max_positions: int = 24) -> str:
+    """Save a tiny random CLIP checkpoint (8-d projections, `max_positions` text positions) with the tiny tokenizer
+    into `path`; returns it as a string."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    tok, vocab_size = tiny_tokenizer()
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=max_positions, projection_dim=8,
+                         bos_token_id=0, eos_token_id=2, pad_token_id=1),
+        vision_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                           image_size=8, patch_size=4, projection_dim=8),
+        projection_dim=8)
+    CLIPModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
