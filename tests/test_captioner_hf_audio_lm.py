@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from and_lightning.describe.captioners.base import Clip
 from and_lightning.describe.captioners.hf_audio_lm import HFAudioLMCaptioner
-from and_lightning.describe.llm.tiny import build_tiny_tokenizer
+from tiny_llm import build_tiny_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -10,7 +10,6 @@ import yaml
 
 from and_lightning.describe.closed_set import (
     concept_cosine,
-    concept_texts,
     db_probs,
     db_scores,
     icl_prompt,
@@ -46,12 +45,6 @@ def _toy(seed=0, N=60, C=4, d=8):
     target = [2, 0, 3]
     acts = torch.stack([(labels == t).float() * 3 + 0.5 * torch.randn(N, generator=g) for t in target], dim=1)
     return labels, concept_emb, caption_emb, acts, target
-
-
-def test_concept_texts_space_underscores_unless_faithful():
-    names = ["pure_tone", "dog", "vacuum_cleaner", "church__bells "]
-    assert concept_texts(names) == ["pure tone", "dog", "vacuum cleaner", "church bells"]
-    assert concept_texts(names, faithful=True) == names
 
 
 def test_db_probs_is_softmax_of_scaled_cosine():

@@ -149,7 +149,7 @@ def data_roots(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def stand_ins(server, tiny_clip_dir, tiny_qwen2_audio_dir, data_roots, tmp_path_factory) -> dict[tuple, list[str]]:
     """(group, option) -> overrides that run it offline in seconds; every `???` of an option must be given here."""
-    from and_lightning.describe.llm.tiny import save_tiny_chat_model
+    from tiny_llm import save_tiny_chat_model
 
     chat = save_tiny_chat_model(tmp_path_factory.mktemp("tiny_chat"))
     tiny_ast = "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"

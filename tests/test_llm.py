@@ -230,7 +230,7 @@ def test_build_llm_rejects_configs_without_target():
 # --- hf backend on a tiny random Llama ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_chat_dir(tmp_path_factory):
-    from and_lightning.describe.llm.tiny import save_tiny_chat_model
+    from tiny_llm import save_tiny_chat_model
 
     return str(save_tiny_chat_model(tmp_path_factory.mktemp("tiny_chat")))
 

@@ -26,15 +26,6 @@ class TextEncoderLike(Protocol):
         """[len(texts), d] unit-norm embeddings."""
 
 
-def concept_texts(names: Sequence[str], faithful: bool = False) -> list[str]:
-    """The strings to embed for the concepts of DB / TAB: underscores become spaces ("pure_tone" -> "pure tone"),
-    the words a caption uses; `faithful` keeps the names as written, as the original encoded them. Measured
-    on the offline default (synthetic set, acoustic-v2 captions, MiniLM, cos_cubed): last layer 100 % top-1
-    either way; with the acoustic-v1 captions top-5 rose from 60 % to 80 % with spaces. Table 2's "cos"
-    metric keeps encoding the names as given (`concept_cosine`), so an exact match still scores 1."""
-    return list(names) if faithful else [" ".join(n.replace("_", " ").split()) for n in names]
-
-
 def db_probs(caption_emb: Tensor, concept_emb: Tensor, scale: float = 100.0) -> Tensor:
     """P[j, c] = softmax_c(scale * cos(caption_j, concept_c)): [N, C], each row a distribution."""
     cap = F.normalize(caption_emb.float(), dim=-1)

@@ -1,5 +1,5 @@
 """Tiny random chat models built offline (no hub): a byte-level BPE tokenizer (printable ASCII) trained on a few
-sentences with a ChatML template, and a 2-layer Llama. For tests and debug configs of the `hf` backends; their
+sentences with a ChatML template, and a 2-layer Llama. For the tests of the `hf` backends (FAKE: random weights); their
 output is noise.
 """
 from __future__ import annotations
