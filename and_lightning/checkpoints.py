@@ -98,7 +98,7 @@ def check_model_config(ckpt: dict[str, Any], model_cfg: DictConfig, source: str,
     compared; a checkpoint without one is checked by its weights alone."""
     stored = ckpt["config"].get("model") or {}
     run = OmegaConf.to_container(model_cfg, resolve=True)
-    if "_target_" in stored and not _same(stored["_target_"], run.get("_target_")):
+    if "_target_" in stored and not same_value(stored["_target_"], run.get("_target_")):
         raise CheckpointError(
             f"{source} holds model={_short(stored.get('name'))} ({_short(stored.get('_target_'))}) but this run has "
             f"model={run.get('name')} ({run.get('_target_')}); pass model={_short(stored.get('name'))} or a "
@@ -152,15 +152,15 @@ def _differences(stored: dict, run: dict, prefix: str = "") -> list[tuple[str, A
         a, b = stored[key], run[key]
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
-        elif not _same(a, "***") and not _same(a, b):  # "***": a value masked by tracking.public_config
+        elif not same_value(a, "***") and not same_value(a, b):  # "***": a value masked by tracking.public_config
             out.append((f"{prefix}{key}", a, b))
     return out
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """Equal plain values (lists, scalars); anything else (a tensor in a crafted file) is never equal."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(map(_same, a, b))
+        return len(a) == len(b) and all(map(same_value, a, b))
     plain = (bool, int, float, str, type(None))
     return isinstance(a, plain) and isinstance(b, plain) and a == b
 

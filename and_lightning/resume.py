@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from and_lightning.checkpoints import CheckpointError, load_weights_only
+from and_lightning.checkpoints import CheckpointError, load_weights_only, same_value
 
 log = logging.getLogger(__name__)
 LAST = "last.ckpt"
@@ -72,20 +72,25 @@ def checkpoint_to_resume(resume: str, folder: Path, config: dict[str, Any]) -> s
         return None
     try:
         stored = load_weights_only(path, "resume")
+        if not (isinstance(stored, dict) and "state_dict" in stored and isinstance(stored.get("epoch"), int)
+                and isinstance(stored.get("global_step"), int)):
+            raise CheckpointError(f"resume: {path} is not a Lightning checkpoint (expected state_dict, epoch, "
+                                  "global_step)")
     except CheckpointError as e:
         if resume != "auto":
             raise
         log.warning("not resuming: %s; training from scratch", e)
         return None
-    differ = differences(((stored.get("hyper_parameters") or {}).get("config")) or {}, config)
+    hparams = stored.get("hyper_parameters")
+    saved = hparams.get("config") if isinstance(hparams, dict) else None
+    differ = differences(saved if isinstance(saved, dict) else {}, config)
     if differ and resume == "auto":
         log.warning("not resuming from %s: it was written with other settings (%s); training from scratch",
                     path, ", ".join(differ[:5]))
         return None
     if differ:
         log.warning("resume=%s was written with other settings: %s", path, ", ".join(differ[:5]))
-    log.info("resuming from %s: %d epoch(s) done, global step %d", path, stored.get("epoch", -1) + 1,
-             stored.get("global_step", 0))
+    log.info("resuming from %s: %d epoch(s) done, global step %d", path, stored["epoch"] + 1, stored["global_step"])
     return str(path)
 
 
@@ -97,7 +102,7 @@ def finished(folder: Path) -> None:
 def differences(stored: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """Dotted keys of the training settings in which two run configs differ."""
     a, b = _training_settings(stored), _training_settings(config)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    return sorted(k for k in a.keys() | b.keys() if not same_value(a.get(k, "<unset>"), b.get(k, "<unset>")))
 
 
 def _training_settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from and_lightning.checkpoints import load_checkpoint
-from and_lightning.resume import differences, resume_dir
+from and_lightning.checkpoints import CheckpointError, load_checkpoint
+from and_lightning.resume import LAST, checkpoint_to_resume, differences, resume_dir
 from and_lightning.stages.evaluate import evaluate_stage
 from and_lightning.store.atomic import write_json
 from and_lightning.training import train
@@ -82,6 +82,24 @@ def test_a_resume_point_of_other_settings_is_not_used():
     other = {**later, "strategy": {"lr": 1e-2}, "trainer": {"max_epochs": 8, "default_root_dir": "/logs/run2"}}
     assert differences(run, other) == ["strategy.lr", "trainer.max_epochs"]
     assert differences(run, {k: v for k, v in run.items() if k != "seed"}) == ["seed"]
+
+
+@pytest.mark.parametrize("payload", [
+    [1, 2, 3],  # not a checkpoint at all
+    {"state_dict": {}, "epoch": "0", "global_step": 3},  # counters of the wrong type
+    {"state_dict": {}, "epoch": 0, "global_step": 3, "hyper_parameters": {"config": {"seed": torch.zeros(2)}}},
+    {"state_dict": {}, "epoch": 0, "global_step": 3, "hyper_parameters": ["not", "a", "dict"]},
+])
+def test_a_malformed_resume_point_is_skipped_or_a_clear_error(payload, tmp_path, caplog):
+    torch.save(payload, tmp_path / LAST)
+    config = {"seed": 0}
+    assert checkpoint_to_resume("auto", tmp_path, config) is None  # trains from scratch, says why
+    assert "not resuming" in caplog.text
+    if isinstance(payload, dict) and isinstance(payload["epoch"], int):  # a checkpoint of other settings
+        assert checkpoint_to_resume(str(tmp_path / LAST), tmp_path, config) == str(tmp_path / LAST)
+    else:
+        with pytest.raises(CheckpointError, match="is not a Lightning checkpoint"):
+            checkpoint_to_resume(str(tmp_path / LAST), tmp_path, config)
 
 
 WRITER = """
