@@ -97,6 +97,10 @@ class TargetAdapter(nn.Module):
         return x
 
 
+# modules whose outputs are units (one weight row / channel each): what a logical layer names, what masks zero
+UNIT_MODULES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
+
+
 def unit_dim(module: nn.Module) -> int:
     """The output dimension that indexes a layer's units: last for Linear, 1 (channels) otherwise."""
     return -1 if isinstance(module, nn.Linear) else 1

@@ -23,10 +23,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from and_lightning.data.audio_io import resample
-from and_lightning.models.base import TargetAdapter, unit_count
-
-MASKABLE = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
-
+from and_lightning.models.base import UNIT_MODULES, TargetAdapter, unit_count
 
 class GenericAdapter(TargetAdapter):
     """Wraps `net` (an nn.Module, or a config mapping with its `_target_`) with the layers named in `layers`."""
@@ -94,7 +91,7 @@ class GenericAdapter(TargetAdapter):
                                  f"{type(self.net).__name__}; name a module that runs exactly once")
             i = order.index(path)
             module = self.net.get_submodule(path)
-            if isinstance(module, MASKABLE):
+            if isinstance(module, UNIT_MODULES):
                 resolved[name] = (path, None)
                 continue
             resolved[name] = (_input_module(calls, i, self.net, name), path)
@@ -163,7 +160,7 @@ def _input_module(calls: list[tuple[str, Any, Any]], i: int, net: nn.Module, nam
     """The Linear / Conv / BatchNorm module whose output (the very tensor) call `i` took as input."""
     path, x, _ = calls[i]
     for earlier, _, out in reversed(calls[:i]):
-        if out is x and isinstance(net.get_submodule(earlier), MASKABLE):
+        if out is x and isinstance(net.get_submodule(earlier), UNIT_MODULES):
             return earlier
     kind = type(net.get_submodule(path)).__name__
     raise ValueError(f"model.layers.{name}: '{path}' is a {kind}, neither a Linear, Conv or BatchNorm module nor an "

@@ -14,14 +14,13 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from and_lightning.models.base import TargetAdapter, unit_count, unit_dim
+from and_lightning.models.base import UNIT_MODULES, TargetAdapter, unit_count, unit_dim
 
-_MASKABLE = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
 
 
 def maskable(module: nn.Module, name: str = "") -> nn.Module:
     """`module` if unit masks apply to it (Linear, Conv, BatchNorm: one weight row per unit), else TypeError."""
-    if not isinstance(module, _MASKABLE):
+    if not isinstance(module, UNIT_MODULES):
         raise TypeError(f"layer '{name}' is a {type(module).__name__}; unit masks apply to Linear, Conv and "
                         "BatchNorm layers")
     return module
