@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from and_lightning.analysis.last_layer import last_layer_accuracy
 from and_lightning.checkpoints import build, load_adapter
+from and_lightning.describe.captioners.labels import NOT_COMPARABLE
 from and_lightning.describe.llm.factory import build_llm
 from and_lightning.models.registry import resolve_layers
 from and_lightning.stages.caption import caption_stage, read_captions
@@ -89,6 +90,9 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         top_k=cfg.describe.k, reuse_only="collect" not in stages, pre_activation=cfg.describe.faithful))
     out = dissection_dir(cfg, store)
     result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out), "layers": layers}
+    label_captions = getattr(get_class(cfg.captioner._target_), "uses_labels", False)
+    if label_captions:  # every metric below is computed with captions that name the classes
+        result.update(captions="labels", note=NOT_COMPARABLE)
     if stages == ("collect",):
         return _finish(cfg, result)
 
@@ -96,7 +100,8 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     captions_path = out / "captions.jsonl"
     if "caption" in stages:
         captions = caption_stage(store, by_id, instantiate(cfg.captioner), Path(cfg.paths.cache_dir) / "captions.sqlite",
-                                 captions_path, cfg.describe.k, all_clips=cfg.describe.closed_set.method == "db")
+                                 captions_path, cfg.describe.k, all_clips=cfg.describe.closed_set.method == "db",
+                                 class_names=data.class_names)
     else:
         captions = read_captions(captions_path)
     if stages == ("caption",):
@@ -113,13 +118,16 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     descriptions = read_descriptions(descriptions_path)
     result["descriptions"] = str(descriptions_path)
     metrics = _last_layer_metrics(descriptions, head, class_names, list(cfg.concepts.concepts), encoder)
+    if label_captions and metrics:
+        print(f"  ({NOT_COMPARABLE})")
     _print_examples(descriptions, head, cfg.report.print_examples)
     ev = None
     if "evaluate" in stages:
         ev = evaluate_stage(cfg.evaluate, Path(cfg.paths.output_dir) / "evaluate", store=store, records=descriptions,
                             captions=captions, clips=by_id, class_names=class_names,
                             concepts=list(cfg.concepts.concepts), head_layer=head, encoder=encoder, llm=llm,
-                            split_dir=out, audio_embed=audio_embed, model_name=cfg.model.name, seed=cfg.seed)
+                            split_dir=out, audio_embed=audio_embed, model_name=cfg.model.name, seed=cfg.seed,
+                            label_captions=label_captions)
         metrics.update(ev.metrics)
         result["evaluate"] = {"files": ev.files, "images": ev.images, "skipped": ev.skipped}
     result["metrics"] = metrics
@@ -142,9 +150,9 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
 def _last_layer_metrics(descriptions: list[dict], head: str, class_names: list[str], concepts: list[str],
                         encoder: Any) -> dict[str, float]:
     """Table-2 accuracy of the output layer when the concept set names the model's classes."""
-    rows = [r for r in descriptions if r["layer"] == head]
+    rows = [r for r in descriptions if r["layer"] == head and r["closed_concepts"]]  # none: ICL reply unusable
     if not rows:
-        log.info("last-layer accuracy skipped: the output layer '%s' was not dissected", head)
+        log.info("last-layer accuracy skipped: the output layer '%s' was not dissected or has no concepts", head)
         return {}
     if not set(class_names) <= set(concepts):
         return {}

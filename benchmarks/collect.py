@@ -178,9 +178,8 @@ def main() -> None:
             print(f"  peak RSS (ru_maxrss): {small['peak_mib']:.1f} MiB for N={args.n}, {large['peak_mib']:.1f} MiB "
                   f"for 4N={4 * args.n}: 4N/N = {large['peak_mib'] / small['peak_mib']:.3f}")
             print(f"    above the RSS before collecting: +{small['peak_mib'] - small['before_mib']:.1f} MiB (N), "
-                  f"+{large['peak_mib'] - large['before_mib']:.1f} MiB (4N); the 4N matrix would take "
-                  f"{4 * args.n * width * 4 / 2**20:.0f} MiB in float32, {4 * args.n * width * 2 / 2**20:.0f} MiB "
-                  f"in float16")
+                  f"+{large['peak_mib'] - large['before_mib']:.1f} MiB (4N); the 4N store's two float32 matrices "
+                  f"(values, tie-break statistic) would take {4 * args.n * width * 8 / 2**20:.0f} MiB")
 
 if __name__ == "__main__":
     main()

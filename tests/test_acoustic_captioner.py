@@ -388,11 +388,51 @@ def test_reverberant_and_dry(captioner):
     assert "dry" in words(dry) and "reverberant" not in words(dry), dry
 
 
-def test_loud_and_quiet(captioner):
-    loud, quiet = caption_of(captioner, tone(440, 0.8)), caption_of(captioner, tone(440, 0.005))
+def fitted(signals: list[np.ndarray], **reference) -> AcousticCaptioner:
+    """A captioner fitted on a probing set of these signals."""
+    cap = AcousticCaptioner(reference=reference)
+    cap.use_reference(cap.fit_reference(Clip(f"p{i}", x.astype(np.float32), SR) for i, x in enumerate(signals)))
+    return cap
+
+
+def test_fit_reference_takes_the_percentiles_of_the_set():
+    amps = [0.005, 0.01, 0.05, 0.1, 0.5, 0.8]
+    cap = fitted([tone(440, a) for a in amps] + [np.zeros(SR)])  # a silent clip does not count
+    levels = 20 * np.log10(np.asarray(amps) / np.sqrt(2))  # a sine's RMS is its amplitude / sqrt(2)
+    ref = cap.reference
+    assert ref["clips"] == 6 and ref["percentiles"] == [25.0, 75.0]
+    assert ref["active_rms_dbfs"] == pytest.approx(np.percentile(levels, [25, 75]), abs=0.1)
+    assert ref["centroid_hz"] == pytest.approx([440, 440], abs=5)
+    assert cap.prompt.startswith("reference:") and AcousticCaptioner().prompt == ""
+    assert fitted([tone(440, a) for a in amps], high_percentile=90.0).prompt not in ("", cap.prompt)
+
+
+def test_loud_and_quiet_are_relative_to_the_probing_set():
+    cap = fitted([tone(440, a) for a in (0.005, 0.01, 0.05, 0.1, 0.5, 0.8)])
+    loud, quiet, middle = (caption_of(cap, tone(440, a)) for a in (0.8, 0.005, 0.05))
     assert "loud" in words(loud) and "quiet" not in words(loud), loud
     assert "quiet" in words(quiet) and "loud" not in words(quiet), quiet
-    assert not ({"loud", "quiet"} & words(caption_of(captioner, tone(440, 0.05)))), "moderate level is unnamed"
+    assert not ({"loud", "quiet"} & words(middle)), middle
+    # the same clip is loud among quieter clips, and its caption has another cache key
+    soft_set = fitted([tone(440, a) for a in (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)])
+    assert "loud" in words(caption_of(soft_set, tone(440, 0.05))) and soft_set.prompt != cap.prompt
+    # no probing set, no relative words
+    assert not ({"loud", "quiet"} & words(caption_of(AcousticCaptioner(), tone(440, 0.8))))
+
+
+def test_a_flat_spectrum_is_noisy_and_brightness_is_the_centroid():
+    """Spectral flatness names noise ("noisy", or the sound is a hiss), never brightness, which follows the spectral
+    centroid (issue 13: a flatness unit was described as "bright"). Cuts given by hand, as a probing set would."""
+    cap = AcousticCaptioner()
+    cap.use_reference({"active_rms_dbfs": None, "centroid_hz": [500.0, 2500.0], "flatness": [0.001, 0.01]})
+    in_noise = caption_of(cap, tone(600, 0.5) + white(0.1, seed=2))  # flatness 0.045, centroid 850 Hz
+    assert "noisy" in words(in_noise) and "tone" in words(in_noise) and "bright" not in words(in_noise), in_noise
+    assert "noisy" not in words(caption_of(cap, tone(600))), "a clean tone is not noisy"
+    train = caption_of(cap, clicks(10))  # flatness 1, centroid 4 kHz
+    assert {"noisy", "bright", "clicks"} <= words(train), train
+    hiss, low_hiss = caption_of(cap, white()), caption_of(cap, lowpass(white(seed=3), 1200))  # 4000 / 640 Hz
+    assert {"hiss", "bright"} <= words(hiss) and "dark" not in words(hiss), hiss
+    assert "hiss" in words(low_hiss) and not ({"bright", "dark"} & words(low_hiss)), low_hiss
 
 
 def test_slow_swell_is_not_tremolo(captioner):
@@ -493,7 +533,8 @@ def test_captions_are_one_or_two_sentences_and_deterministic(captioner):
     assert captioner.caption([Clip("other-id", clips[0].wave, SR)]) == first[:1]
 
 
-def test_wording_varies_across_clips(captioner):
+def test_wording_varies_across_clips():
+    captioner = fitted([tone(440, a) for a in (0.01, 0.02, 0.05)])  # the clips below are loud: two adjectives
     texts = captioner.caption([Clip(str(f), tone(f).astype(np.float32), SR) for f in range(400, 480, 5)])
     openings = {" ".join(t.split()[:2]) for t in texts}
     assert len(set(texts)) == len(texts) and len(openings) >= 2, texts
@@ -513,16 +554,53 @@ def test_bad_audio_is_rejected_with_the_clip_id(captioner):
 
 def test_thresholds_validation_and_cache_key():
     assert AcousticCaptioner().prompt == ""
-    changed = AcousticCaptioner(thresholds={"loud_dbfs": -25.0})
+    changed = AcousticCaptioner(thresholds={"high_pitch_hz": 2000.0})
     assert changed.prompt.startswith("settings:") and changed.prompt != AcousticCaptioner(fmin=60.0).prompt
-    assert changed.thresholds.loud_dbfs == -25.0
+    assert AcousticCaptioner(reference={"clips": 100}).prompt not in ("", changed.prompt)
+    assert changed.thresholds.high_pitch_hz == 2000.0
     with pytest.raises(ValueError, match="unknown key.*lowd_dbfs"):
         AcousticCaptioner(thresholds={"lowd_dbfs": -25.0})
+    with pytest.raises(ValueError, match="captioner.reference: unknown key.*percentile"):
+        AcousticCaptioner(reference={"percentile": 80})
+    with pytest.raises(ValueError, match="low_percentile <= high_percentile"):
+        AcousticCaptioner(reference={"low_percentile": 80.0, "high_percentile": 20.0})
     with pytest.raises(ValueError, match="fmin < fmax"):
         AcousticCaptioner(fmin=500.0, fmax=100.0)
-    # a threshold really changes the words: with loud_dbfs raised above the clip's level it is no longer loud
-    quiet_world = AcousticCaptioner(thresholds={"loud_dbfs": 0.0})
-    assert "loud" not in words(caption_of(quiet_world, tone(440, 0.5)))
+    # a threshold really changes the words: with high_pitch_hz above 1.5 kHz a 1.5 kHz tone is mid-pitched
+    assert "high-pitched" in words(caption_of(AcousticCaptioner(), tone(1500)))
+    assert "mid-pitched" in words(caption_of(changed, tone(1500)))
+
+
+def test_the_caption_stage_fits_the_reference_once_per_probing_set(tmp_path):
+    """The reference comes from the probing set's clips, is cached with the captions (a second fit measures
+    nothing), and enters the caption cache key: the same clip in another probing set gets its own caption."""
+    from and_lightning.data.audio_io import save_audio
+    from and_lightning.data.clips import ClipRecord
+    from and_lightning.describe.captioners.cached import caption_key
+    from and_lightning.stages.caption import fit_to_probing_set
+    from and_lightning.store.kvcache import KVCache
+
+    def probing_set(name: str, amps: list[float]) -> dict[str, ClipRecord]:
+        records = {}
+        for i, a in enumerate(amps):
+            save_audio(tmp_path / name / f"{i}.wav", tone(440, a), SR)
+            records[f"{name}{i}"] = ClipRecord(f"{name}{i}", str(tmp_path / name / f"{i}.wav"), 0, 1)
+        return records
+
+    cache = KVCache(tmp_path / "captions.sqlite")
+    loud_set = probing_set("a", [0.05, 0.1, 0.3, 0.5, 0.8, 0.9])
+    soft_set = probing_set("b", [0.001, 0.002, 0.005, 0.01, 0.02, 0.05])
+    first = AcousticCaptioner()
+    ref = fit_to_probing_set(first, loud_set, list(loud_set), SR, 1.0, cache)
+    assert ref == first.reference and ref["clips"] == 6 and len(first._measured) == 6
+    again = AcousticCaptioner()
+    assert fit_to_probing_set(again, loud_set, list(loud_set), SR, 1.0, cache) == ref and not again._measured
+    other = AcousticCaptioner()
+    fit_to_probing_set(other, soft_set, list(soft_set), SR, 1.0, cache)
+    clip = Clip("x", tone(440, 0.05).astype(np.float32), SR)  # in both sets: quiet in one, loud in the other
+    assert caption_key(first, "audio") == caption_key(again, "audio") != caption_key(other, "audio")
+    assert "quiet" in words(first.caption([clip])[0]) and "loud" in words(other.caption([clip])[0])
+    cache.close()
 
 
 def test_hydra_config_builds_the_default_captioner():
@@ -532,9 +610,10 @@ def test_hydra_config_builds_the_default_captioner():
     cfg = OmegaConf.load(REPO / "conf" / "captioner" / "acoustic.yaml")
     built = instantiate(cfg)
     assert isinstance(built, AcousticCaptioner)
-    assert (built.name, built.model, built.prompt) == ("acoustic", "acoustic-v2", "")
+    assert (built.name, built.model, built.prompt) == ("acoustic", "acoustic-v3", "")
     assert built.thresholds == AcousticThresholds()  # the YAML spells out every default
     assert set(cfg.thresholds) == set(AcousticThresholds.__dataclass_fields__)
+    assert OmegaConf.to_container(cfg.reference) == built.reference_settings
 
 
 if __name__ == "__main__":  # throughput on this machine: python tests/test_acoustic_captioner.py

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import lightning as L
@@ -121,9 +122,11 @@ def collect(adapter, records, root, layers=FAKE_LAYERS, reduction="mean", **kw):
     return collect_activations(adapter, records, None, 1.0, layers, reduction, root, **kw)
 
 
-def direct_acts(adapter: TargetAdapter, layers: list[str], records, reduction: str) -> dict[str, np.ndarray]:
-    """Reference: plain forward hooks on the adapter's modules (through the layer's activation, as the next layer
-    reads them: see test_models), one forward over all clips, reduced by hand."""
+def direct_acts(adapter: TargetAdapter, layers: list[str], records,
+                *reductions: tuple[str, bool]) -> list[dict[str, np.ndarray]]:
+    """Reference: plain forward hooks on the adapter's modules, one forward over all clips, reduced by hand once per
+    (reduction, through the layer's activation?) pair: with it, as the next layer reads them (see test_models);
+    without it, the module output itself."""
     waves = torch.stack([torch.from_numpy(sf.read(r.path, dtype="float32")[0]) for r in records])
     outputs, handles = {}, []
     for name in layers:
@@ -133,21 +136,25 @@ def direct_acts(adapter: TargetAdapter, layers: list[str], records, reduction: s
         adapter(waves)
     for h in handles:
         h.remove()
-    result = {}
-    for name, out in outputs.items():
+    return [{name: reduce_by_hand(adapter, name, out, reduction, activation) for name, out in outputs.items()}
+            for reduction, activation in reductions]
+
+
+def reduce_by_hand(adapter: TargetAdapter, name: str, out: torch.Tensor, reduction: str,
+                   activation: bool) -> np.ndarray:
+    if activation:
         out = adapter.unit_activations().get(name, lambda x: x)(out)
-        if isinstance(adapter.get_submodule(adapter.layer_paths()[name]), nn.Linear):
-            x, pos = out.reshape(out.shape[0], -1, out.shape[-1]), 1  # [B, positions, units]
-        else:
-            x, pos = out.reshape(out.shape[0], out.shape[1], -1), 2  # [B, units, positions]
-        if reduction == "mean":
-            y = x.mean(dim=pos)
-        elif reduction == "max":
-            y = x.max(dim=pos).values
-        else:  # cls / token0: the first position (AST's CLS token)
-            y = x.select(pos, 0)
-        result[name] = y.float().numpy()
-    return result
+    if isinstance(adapter.get_submodule(adapter.layer_paths()[name]), nn.Linear):
+        x, pos = out.reshape(out.shape[0], -1, out.shape[-1]), 1  # [B, positions, units]
+    else:
+        x, pos = out.reshape(out.shape[0], out.shape[1], -1), 2  # [B, units, positions]
+    if reduction == "mean":
+        y = x.mean(dim=pos)
+    elif reduction == "max":
+        y = x.max(dim=pos).values
+    else:  # cls / token0: the first position (AST's CLS token)
+        y = x.select(pos, 0)
+    return y.float().numpy()
 
 
 def store_bytes(path: Path) -> dict[str, bytes]:
@@ -161,23 +168,31 @@ def test_collection_equals_direct_hooks(model, reduction, clips, tmp_path):
     adapter = make()
     path = collect(adapter, clips, tmp_path, layers=layers, reduction=reduction, batch_size=5, top_k=4)
     store = ActivationStore.open(path)
-    expected = direct_acts(make(), layers, clips, reduction)
+    # the tie-break statistic: the same reduction before the layer's activation, or else the other pooling
+    with_activation = set(adapter.unit_activations())
+    other = "max" if reduction == "mean" else "mean"
+    expected, before, pooled, mean = direct_acts(make(), layers, clips, (reduction, True), (reduction, False),
+                                                 (other, True), ("mean", True))
+    expected_tie = {n: before[n] if n in with_activation else pooled[n] for n in layers}
     assert store.clip_ids == [r.clip_id for r in clips]
     assert list(store.layers) == layers and store.manifest["reduction"] == reduction
+    assert store.tie_break == {n: f"{reduction} of the unit's output before its activation" if n in with_activation
+                               else f"{other} over positions of the unit's output" for n in layers}
     for layer in layers:
-        acts = np.asarray(store.acts(layer))
-        assert acts.dtype == np.float16 and acts.shape == (N_CLIPS, store.layers[layer]) == expected[layer].shape
-        np.testing.assert_allclose(acts.astype(np.float32), expected[layer], rtol=2e-3, atol=2e-3)
+        acts, tie = np.asarray(store.acts(layer)), np.asarray(store.tiebreak(layer))
+        assert acts.dtype == np.float32 and acts.shape == (N_CLIPS, store.layers[layer]) == expected[layer].shape
+        np.testing.assert_allclose(acts, expected[layer], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(tie, expected_tie[layer], rtol=1e-5, atol=1e-6)
         tk = store.topk(layer)
-        order = np.argsort(-acts, axis=0, kind="stable")[:4].T
+        order = np.stack([np.lexsort((-tie[:, u], -acts[:, u]))[:4] for u in range(acts.shape[1])])
         assert np.array_equal(tk.top_rows, order)
-        assert np.array_equal(tk.bottom_rows, np.argsort(acts, axis=0, kind="stable")[:4].T)
+        assert np.array_equal(tk.bottom_rows, np.stack([np.lexsort((tie[:, u], acts[:, u]))[:4]
+                                                        for u in range(acts.shape[1])]))
         assert tk.top_ids.tolist() == np.asarray(store.clip_ids)[order].tolist()
         np.testing.assert_allclose(tk.mean, acts.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(tk.std, acts.astype(np.float64).std(0), rtol=1e-5, atol=1e-6)
     if reduction in ("cls", "token0") and model == "ast_tiny":
-        mean = direct_acts(make(), ["block1.fc2"], clips, "mean")["block1.fc2"]
-        assert not np.allclose(expected["block1.fc2"], mean)  # position 0 really differs from pooling
+        assert not np.allclose(expected["block1.fc2"], mean["block1.fc2"])  # position 0 really differs from pooling
 
 
 def test_reuse_runs_no_forward_pass_and_keys_follow_the_content(clips, tmp_path):
@@ -205,6 +220,63 @@ def test_reuse_runs_no_forward_pass_and_keys_follow_the_content(clips, tmp_path)
     assert first not in others and len(others) == 5
     stores = sorted(p.name for p in tmp_path.iterdir() if p.name != ".locks")
     assert stores == sorted([first.name] + [p.name for p in others])
+
+
+class DCAdapter(TargetAdapter):
+    """Fake for speed with planted units: a clip's 10 frame means x_t feed Linear(1, 2) then a ReLU, so
+    unit 0 = mean_t relu(2000 + 100 x_t) (2000.0 .. 2000.3: one float16 value) and unit 1 = mean_t relu(x_t),
+    exactly 0 on every clip whose frames are all <= 0 (its tie-break statistic: mean_t x_t)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sample_rate = SR
+        self.fc = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[100.0], [1.0]]))
+            self.fc.bias.copy_(torch.tensor([2000.0, 0.0]))
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.fc(wave.reshape(wave.shape[0], 10, -1).mean(dim=2, keepdim=True)).mean(dim=1)
+
+    def layer_paths(self) -> dict[str, str]:
+        return {"fc": "fc"}
+
+    def unit_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        return {"fc": torch.relu}
+
+
+def test_top_k_is_exact_in_float32_and_ties_go_by_the_tie_break_statistic(tmp_path):
+    """Through collect_activations: unit 0's top-3 are its 3 largest values though float16 would tie 4 of them;
+    unit 1's bottom-3 (4 clips at exactly 0) are the clips that stayed furthest below zero before the ReLU (not
+    the first clips), and the tie is counted."""
+    levels = [[-0.1] * 10, [-0.4] * 10, [0.0] * 10, [-0.3] * 5 + [-0.2] * 5, [0.2] * 10,
+              [0.001] * 10, [0.002] * 10, [0.003] * 10]
+    records = []
+    for i, frames in enumerate(levels):
+        sf.write(tmp_path / f"dc{i}.wav", np.repeat(np.float32(frames), SR // 10), SR, subtype="FLOAT")
+        records.append(ClipRecord(f"dc{i}", str(tmp_path / f"dc{i}.wav"), 0, 1))
+    store = ActivationStore.open(collect(DCAdapter().eval(), records, tmp_path / "store", layers=["fc"], top_k=3))
+    tk = store.topk("fc")
+    assert tk.top_ids[0].tolist() == ["dc4", "dc7", "dc6"]  # 2020, 2000.3, 2000.2 (float16: 2020, 2000, 2000)
+    assert tk.top_values[0, 1] == pytest.approx(2000.3, abs=1e-3) and tk.top_ties[0] == 0
+    assert tk.bottom_ids[1].tolist() == ["dc1", "dc3", "dc0"]  # all 0; before the ReLU -0.4, -0.25, -0.1 (dc2: 0)
+    assert tk.bottom_values[1].tolist() == [0.0, 0.0, 0.0]
+    assert tk.bottom_tiebreak[1].tolist() == pytest.approx([-0.4, -0.25, -0.1])
+    assert (tk.bottom_ties[1], tk.bottom_unresolved[1]) == (1, 0)  # dc2 left out, decided by the statistic
+    assert store.tie_break == {"fc": "mean of the unit's output before its activation"}
+
+
+def test_a_store_of_the_previous_format_is_never_reused(clips, tmp_path):
+    """A float16 store of format 1 found under a store key (restored from an old cache) is refused in one line,
+    naming it, instead of being read as if it held float32 values and tie-broken top-K."""
+    path = collect(make_fake(), clips, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    adapter = make_fake()
+    with pytest.raises(ValueError, match=rf"^{path / 'manifest.json'}: activation store format 1, this code reads "
+                                         rf"format 2 .*; delete {path} and collect again$"):
+        collect(adapter, clips, tmp_path)
+    assert adapter.rows_seen == 0
 
 
 def test_changed_audio_bytes_give_a_new_store(clips, tmp_path):
@@ -254,35 +326,38 @@ def test_probe_removes_its_hooks(clips):
     out = trainer.predict(probe, loader)
     assert [b["clip_id"] for b in out] == [["clip000", "clip001"], ["clip002", "clip003"]]
     assert out[0]["acts"]["conv"].dtype == torch.float32 and out[0]["acts"]["tokens"].shape == (2, 5)
+    assert out[0]["tiebreak"]["tokens"].shape == (2, 5)
     assert not adapter.conv._forward_hooks and not adapter.tokens._forward_hooks
 
 
-def test_writer_shards_nan_and_saturation(tmp_path):
-    """The writer on its own: shards every `shard_rows` rows, NaN refused (naming the layer), huge values clipped."""
+def test_writer_shards_and_refuses_nan(tmp_path):
+    """The writer on its own: shards every `shard_rows` rows, float32 kept exactly, NaN / inf refused (naming the
+    layer)."""
     widths = {"a": 2, "b": 3}
-    writer = ActivationWriter(tmp_path, {f"c{i}": i for i in range(10)}, widths, 2, shard_rows=4)
+    writer = ActivationWriter(tmp_path, {f"c{i}": i for i in range(10)}, widths, shard_rows=4)
 
     def batch(ids, a, b):
-        return {"clip_id": ids, "acts": {"a": torch.tensor(a, dtype=torch.float32),
-                                         "b": torch.tensor(b, dtype=torch.float32)}}
+        a, b = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+        return {"clip_id": ids, "acts": {"a": a, "b": b}, "tiebreak": {"a": a - 1, "b": b - 1}}
 
     writer.write_on_batch_end(None, None, batch(["c0", "c1", "c2"], [[1, 2]] * 3, [[0, 0, 0]] * 3), None, None, 0)
     assert writer.shards_written == 0
-    with pytest.warns(UserWarning, match="layer 'b': activations beyond"):
-        writer.write_on_batch_end(None, None, batch(["c3", "c4"], [[1, 2]] * 2, [[1e6, 0, 0]] * 2), None, None, 1)
+    writer.write_on_batch_end(None, None, batch(["c3", "c4"], [[1, 2]] * 2, [[1e6 + 0.5, 0, 0]] * 2), None, None, 1)
     assert writer.shards_written == 1  # 3 + 2 rows do not fit in 4: the first 3 became a shard
-    with pytest.raises(ValueError, match=r"layer\(s\) \['a'\] produced NaN activations for clips \['c5'\]"):
+    with pytest.raises(ValueError, match=r"layer\(s\) \['a'\] produced NaN or infinite acts for clips \['c5'\]"):
         writer.write_on_batch_end(None, None, batch(["c5"], [[float("nan"), 0]], [[0, 0, 0]]), None, None, 2)
+    with pytest.raises(ValueError, match=r"layer\(s\) \['b'\] produced NaN or infinite acts"):
+        writer.write_on_batch_end(None, None, batch(["c5"], [[0, 0]], [[float("inf"), 0, 0]]), None, None, 2)
     with pytest.raises(KeyError, match="'zz' is not in the collection's clip list"):
         writer.write_on_batch_end(None, None, batch(["zz"], [[0, 0]], [[0, 0, 0]]), None, None, 3)
-    with pytest.raises(ValueError, match=r"layer 'a': got activations of shape \(1, 3\), expected \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"layer 'a': got acts of shape \(1, 3\), expected \(1, 2\)"):
         writer.write_on_batch_end(None, None, batch(["c6"], [[0, 0, 0]], [[0, 0, 0]]), None, None, 4)
     writer.on_predict_end(None, None)
     shards = shard_files(tmp_path)
     assert writer.shards_written == 2 and len(shards) == 2
     with np.load(shards[1]) as z:  # the shard that starts at row 3
         assert z["rows"].tolist() == [3, 4] and z["layers"].tolist() == ["a", "b"]
-        assert z["acts"][:, 2].tolist() == [65504.0, 65504.0]  # clipped to the float16 maximum
+        assert z["acts"][:, 2].tolist() == [1e6 + 0.5] * 2 and z["tiebreak"][:, 2].tolist() == [1e6 - 0.5] * 2
 
 
 def test_resume_when_every_shard_is_done_assembles_without_forward(clips, tmp_path):
@@ -292,7 +367,7 @@ def test_resume_when_every_shard_is_done_assembles_without_forward(clips, tmp_pa
     shard_dir = partial_dir(store) / SHARDS
     adapter = make_fake()
     probe = ProbeModule(adapter, FAKE_LAYERS, "mean")
-    writer = ActivationWriter(shard_dir, {r.clip_id: i for i, r in enumerate(clips)}, probe.widths, 5, 8)
+    writer = ActivationWriter(shard_dir, {r.clip_id: i for i, r in enumerate(clips)}, probe.widths, 8)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer])
     trainer.predict(probe, DataLoader(ClipDataset(clips, SR, 1.0), batch_size=8), return_predictions=False)
     assert writer.shards_written == 3 and len(shard_files(shard_dir)) == 3

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from and_lightning.describe.calibration import calibrate, calibrate_many, cross_removal_masks
+from and_lightning.describe.calibration import calibrate, calibrate_many, cross_removal_masks, is_contrast
 from and_lightning.describe.lexicon import ALL_ACOUSTIC_ADJECTIVES, is_acoustic
 from and_lightning.describe.open_concepts import (
     acoustic_filter_messages,
@@ -280,6 +280,26 @@ def test_calibration_defaults_offline_and_faithful():
     enc = FakeTableEncoder({H1: [1, 0], L1: [0.6, 0.8]})
     assert calibrate(H1, L1, enc).high == [H1]
     assert calibrate(H1, L1, enc, threshold=ORIGINAL_THRESHOLD).high == []
+
+
+def test_contrasts_differ_in_an_attribute_value():
+    """Two sentences contrast when they name different values of one attribute (lexicon.ATTRIBUTE_VALUES)."""
+    assert is_contrast("Most of them are loud and steady.", "Most of them are quiet and steady.")
+    assert is_contrast("Most of them are rising chirps.", "Most of them are falling chirps.")
+    assert is_contrast("The clips get louder.", "The clips get quieter.")  # comparatives
+    assert is_contrast("Most of them are high-pitched.", "Most of them are mid-pitched.")
+    assert is_contrast("All of them have a noisy background.", "All of them have a clean background.")
+    assert not is_contrast("Most of them are loud and steady.", "Most of them are loud and steady.")  # a repeat
+    assert not is_contrast("Most of them are loud.", "Most of them are steady.")  # different attributes
+    assert not is_contrast("Most of them are loud and steady.", "Most of them are steady.")  # one value unsaid
+
+
+def test_calibration_keeps_a_contrast_above_the_threshold():
+    enc = FakeTableEncoder({"Most of them are loud and steady.": [1, 0], "Most of them are quiet and steady.": [0.99, 0.14]})
+    out = calibrate("Most of them are loud and steady.", "Most of them are quiet and steady.", enc)
+    assert out.high == ["Most of them are loud and steady."] and out.removed_high == [] and out.removed_low == []
+    faithful = calibrate("Most of them are loud and steady.", "Most of them are quiet and steady.", enc, faithful=True)
+    assert faithful.high == [] and faithful.removed_high == ["Most of them are loud and steady."]
 
 
 def test_calibration_with_empty_low_side_keeps_everything():

@@ -11,7 +11,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from and_lightning.describe.calibration import calibrate
+from and_lightning.describe.calibration import DEFAULT_THRESHOLD, ORIGINAL_THRESHOLD, calibrate
 from and_lightning.describe.closed_set import map_to_concept
 
 from tiny_hf import tiny_clap, tiny_clip
@@ -91,3 +91,18 @@ def test_tiny_clip_text_encoder(tmp_path):
     e = enc.encode(["a dog barks", "rain falls on the roof " * 10])  # 2nd truncated to 12 tokens
     assert e.shape == (2, 8) and enc.max_length == 12
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(2))
+
+
+def test_calibration_keeps_contrasts_and_removes_repeats(minilm):
+    """Module B (issue 13): a high-activation sentence that says the opposite of a low-activation one is what the
+    unit responds to, however close MiniLM puts the two; a true repeat is still removed, and `faithful` removes
+    contrasts as the original did."""
+    pairs = [("Most of them are loud and steady.", "Most of them are quiet and steady."),  # cosine 0.908
+             ("Most of them are loud rising chirps.", "Most of them are loud falling chirps.")]  # cosine 0.915
+    repeat = "All of them have a clean background."
+    for high, low in pairs:
+        assert float(minilm.encode([high])[0] @ minilm.encode([low])[0]) > DEFAULT_THRESHOLD  # the threshold alone removes
+        out = calibrate(f"{high} {repeat}", f"{low} {repeat}", minilm)
+        assert out.high == [high] and out.low == [low], out
+        assert out.removed_high == [repeat] == out.removed_low
+        assert calibrate(high, low, minilm, threshold=ORIGINAL_THRESHOLD, faithful=True).high == []

@@ -15,6 +15,7 @@ reproduction.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from and_lightning.describe.lexicon import attribute_values
 from and_lightning.describe.sentences import JUNK_PHRASES, summary_sentences
 
 DEFAULT_THRESHOLD = 0.9
@@ -49,6 +51,24 @@ def cross_removal_masks(sim: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
     a row/column is dropped iff any of its entries is > threshold."""
     hit = sim > threshold
     return ~hit.any(dim=1), ~hit.any(dim=0)
+
+
+def _values(sentence: str) -> set[tuple[str, int]]:
+    """The (attribute, value) pairs a sentence's words name."""
+    return {v for w in set(re.findall(r"[a-z][a-z-]*", sentence.lower())) for v in attribute_values(w)}
+
+
+def is_contrast(a: str, b: str) -> bool:
+    """Whether two sentences differ in the value of an attribute: one names a value the other does not, and
+    the other names another value of the same attribute ("loud and steady" / "quiet and steady")."""
+    va, vb = _values(a), _values(b)
+    only_a, only_b = va - vb, vb - va
+    return any(name == other and i != j for name, i in only_a for other, j in only_b)
+
+
+def contrast_matrix(high: Sequence[str], low: Sequence[str]) -> Tensor:
+    """[H, L] bool: which high/low sentence pairs are contrasts (`is_contrast`)."""
+    return torch.tensor([[is_contrast(h, lo) for lo in low] for h in high], dtype=torch.bool)
 
 
 def _split(mask: Tensor, items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -89,8 +109,8 @@ def calibrate_sentences(
     high: Sequence[str], low: Sequence[str], high_emb: Tensor, low_emb: Tensor, threshold: float = DEFAULT_THRESHOLD,
     faithful: bool = False,
 ) -> Calibrated:
-    """Cross-removal on already split and embedded sentences (embeddings unit-norm, rows aligned).
-    `faithful`: the original's loop (`_original_cross_removal`) instead of the masks."""
+    """Cross-removal on already split and embedded sentences (embeddings unit-norm, rows aligned); contrasting
+    pairs (`is_contrast`) never remove. `faithful`: the original's loop (`_original_cross_removal`) instead."""
     if len(high) != len(high_emb) or len(low) != len(low_emb):
         raise ValueError(
             f"sentences and embeddings differ in number: high {len(high)} vs {len(high_emb)}, low {len(low)} vs {len(low_emb)}"
@@ -100,7 +120,8 @@ def calibrate_sentences(
     if faithful:
         kh, kl = _original_cross_removal(high, low, high_emb, low_emb, threshold)
         return Calibrated(kh, kl, _removed(high, kh), _removed(low, kl))
-    keep_h, keep_l = cross_removal_masks(high_emb.float() @ low_emb.float().T, threshold)
+    sim = (high_emb.float() @ low_emb.float().T).masked_fill(contrast_matrix(high, low), float("-inf"))
+    keep_h, keep_l = cross_removal_masks(sim, threshold)
     kh, dh = _split(keep_h, high)
     kl, dl = _split(keep_l, low)
     return Calibrated(kh, kl, dh, dl)

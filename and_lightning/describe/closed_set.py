@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from and_lightning.describe.llm.base import ChatRequest
 from and_lightning.describe.similarity import SIMILARITIES, similarity
+from and_lightning.store.activations import top_clip_index
 
 SimFn = str | Callable[[Tensor, Tensor], Tensor]
 
@@ -40,7 +43,7 @@ def tab_scores_matrix(audio_emb: Tensor, concept_emb: Tensor) -> Tensor:
 
 def scores_from_p(
     acts: Tensor, P: Tensor, sim_fn: SimFn, *, p_is_prob: bool, faithful: bool = False,
-    faithful_top_k: int | None = None, **params,
+    faithful_top_k: int | None = None, tiebreak: Tensor | None = None, **params,
 ) -> Tensor:
     """S [M, C] = sim_fn(P [N, C], acts [N, M]) for one layer (all its neurons in one call).
 
@@ -49,6 +52,8 @@ def scores_from_p(
     on the clips it stored, in descending activation order: its top `faithful_top_k` clips (hidden layers,
     spec §5.2) or all clips (`faithful_top_k=None`, the head). One neuron per call makes wpmi's marginal
     log p(c) that neuron's own log p(c|n), so wpmi becomes 0.4 log p(c|n) and soft_wpmi exactly 0.
+    `tiebreak` [N, M] (the store's tie-break statistic) orders clips of equal activation where a named similarity
+    picks top clips (`top_clip_index`); faithful runs use the original's order.
     """
     if acts.ndim != 2 or P.ndim != 2 or acts.shape[0] != P.shape[0]:
         raise ValueError(f"expected acts [N, M] and P [N, C] with the same N, got {tuple(acts.shape)} and {tuple(P.shape)}")
@@ -58,7 +63,7 @@ def scores_from_p(
     def run(P_: Tensor, A_: Tensor) -> Tensor:
         if callable(sim_fn):
             return sim_fn(P_, A_)
-        return similarity(sim_fn, P_, A_, p_is_prob=p_is_prob, faithful=faithful, **params)
+        return similarity(sim_fn, P_, A_, p_is_prob=p_is_prob, faithful=faithful, tiebreak=tiebreak, **params)
 
     if not callable(sim_fn) and sim_fn not in SIMILARITIES:
         raise ValueError(f"unknown similarity {sim_fn!r}; expected one of {sorted(SIMILARITIES)} or a callable")
@@ -66,7 +71,7 @@ def scores_from_p(
     if faithful_top_k is None and not (faithful and p_is_prob):
         return run(P, acts)
     k = acts.shape[0] if faithful_top_k is None else min(faithful_top_k, acts.shape[0])
-    idx = torch.topk(acts, k=k, dim=0).indices  # [k, M]
+    idx = top_clip_index(acts, k, faithful=True)  # [k, M]
     return torch.cat([run(P[idx[:, m]], acts[idx[:, m], m:m + 1]) for m in range(acts.shape[1])])
 
 
@@ -171,6 +176,14 @@ _ICL_DEMOS = [
 ]
 
 
+def icl_request(summary: str, concepts: Sequence[str]) -> ChatRequest:
+    """`icl_prompt` as a request whose "concept" must be one of `concepts` (what constrained decoding and servers
+    with structured output keep to) and whose reply may be free text (`parse_icl_reply` reads it)."""
+    messages, schema = icl_prompt(summary, concepts)
+    properties = {**schema["properties"], "concept": {"type": "string", "enum": list(concepts)}}
+    return ChatRequest(messages, {**schema, "properties": properties}, kind="icl_concept", text_fallback=True)
+
+
 def icl_prompt(summary: str, concepts: Sequence[str]) -> tuple[list[dict], dict]:
     """(chat messages, JSON schema) asking an LLM to pick the ONE concept that best matches a neuron's
     high-activation summary. The original's two demonstrations are included when their answers ("cat",
@@ -226,6 +239,40 @@ def nearest_concepts(texts: Sequence[str], concepts: Sequence[str], encoder: Tex
     sims = F.normalize(q.float(), dim=-1) @ F.normalize(c.float(), dim=-1).T
     best = sims.argmax(dim=1)
     return [(concepts[i], float(sims[r, i])) for r, i in enumerate(best.tolist())]
+
+
+@dataclass(frozen=True)
+class ICLPick:
+    """What an ICL reply gave: the `concept` (None: unusable), which parse `path` read it ("json", "text_answer":
+    an "Answer:" line, "text_mention": the first class name the text names, "unusable") and why it is unusable."""
+
+    concept: str | None
+    path: str
+    reason: str = ""
+
+
+def _mentions(text: str, concepts: Sequence[str]) -> list[str]:
+    """The concepts `text` names (whole words, "_" as a space), in the order of their first mention."""
+    def words(x: str) -> str:
+        return re.sub(r"[\s_]+", " ", x.lower()).strip()
+
+    text = words(text)
+    found = [(m.start(), c) for c in concepts if (m := re.search(rf"\b{re.escape(words(c))}\b", text))]
+    return [c for _, c in sorted(found)]
+
+
+def parse_icl_reply(reply: dict | str, concepts: Sequence[str], encoder: TextEncoderLike) -> ICLPick:
+    """The concept of one ICL reply: the JSON "concept" field, else (free text, e.g. a server without structured
+    output) an "Answer:" line, else the first class name the text names, each mapped by `map_to_concept`. A text that
+    does neither is unusable: the caller records it as skipped."""
+    if isinstance(reply, dict):
+        return ICLPick(map_to_concept(reply, concepts, encoder), "json")
+    if re.search(r"answer\s*:", reply, flags=re.IGNORECASE) and _answer_text(reply):
+        return ICLPick(map_to_concept(reply, concepts, encoder), "text_answer")
+    named = _mentions(reply, concepts)
+    if named:
+        return ICLPick(named[0], "text_mention")
+    return ICLPick(None, "unusable", f"the reply names no class name and has no 'Answer:' line: {reply[:120]!r}")
 
 
 def map_to_concept(answer: dict | str, concepts: Sequence[str], encoder: TextEncoderLike) -> str:

@@ -55,6 +55,34 @@ ACOUSTIC_ADJECTIVES: dict[str, frozenset[str]] = {
 }
 ALL_ACOUSTIC_ADJECTIVES: frozenset[str] = frozenset().union(*ACOUSTIC_ADJECTIVES.values())
 
+# The values of one attribute exclude each other: "loud" and "quiet" (or "rising" and "falling") say opposite
+# things of a sound, so two sentences that differ in them are a contrast, not a repeat (Module B keeps both).
+# The attributes of conf/concepts/acoustic_attributes.yaml, with near-synonyms of each value; a word may be a
+# value of several attributes ("noisy": a noisy sound, a noisy background).
+_ATTRIBUTE_WORDS = {
+    "register": ("low-pitched low deep bassy", "mid-pitched", "high-pitched high shrill treble"),
+    "loudness": ("loud deafening thunderous blaring intense powerful strong", "quiet soft faint hushed muted weak"),
+    "contour": ("rising ascending increasing", "falling descending decreasing"),
+    "brightness": ("bright crisp", "dark dull muffled"),
+    "noisiness": ("noisy hissing atonal inharmonic", "tonal pure harmonic melodic"),
+    "background": ("noisy", "clean"),
+    "rhythm": ("steady continuous constant sustained", "pulsing pulsed intermittent fluctuating rhythmic"),
+    "speed": ("fast rapid quick quickly", "slow slowly"),
+    "duration": ("short brief", "long prolonged"),
+    "space": ("reverberant echoing echoey distant", "dry close"),
+    "timbre": ("buzzy rough harsh distorted", "smooth clean"),
+}
+ATTRIBUTE_VALUES: dict[str, tuple[frozenset[str], ...]] = {
+    name: tuple(frozenset(v.split()) for v in values) for name, values in _ATTRIBUTE_WORDS.items()
+}
+
+
+def attribute_values(word: str) -> set[tuple[str, int]]:
+    """(attribute, value index) pairs a word names ("louder" -> {("loudness", 0)}); empty if none."""
+    w = normalise_word(word)
+    forms = {w, *_base_forms(w)}
+    return {(name, i) for name, values in ATTRIBUTE_VALUES.items() for i, v in enumerate(values) if forms & v}
+
 # Second halves of hyphenated compounds that make any compound acoustic: "low-frequency",
 # "metallic-sounding", "poor-quality", "fast-paced", "high-volume", "bright-toned".
 ACOUSTIC_COMPOUND_HEADS = frozenset("pitched sounding toned quality frequency volume paced tempo fi".split())

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
+from and_lightning.describe.llm.base import ChatRequest
 from and_lightning.describe.lexicon import NEGATORS, NON_DESCRIPTIVE, STOPWORDS, is_acoustic, normalise_word
 from and_lightning.describe.sentences import pos_tag, word_tokenize
 
@@ -168,8 +169,25 @@ def parse_acoustic_answer(answer: dict | str) -> bool:
     return value == "yes"
 
 
+def acoustic_filter_request(word: str) -> ChatRequest:
+    """`acoustic_filter_messages` as a request whose reply may be free text (`acoustic_verdict` reads it)."""
+    return ChatRequest(acoustic_filter_messages(word), ACOUSTIC_FILTER_SCHEMA, kind="acoustic_adjective",
+                       text_fallback=True)
+
+
+def acoustic_verdict(reply: dict | str) -> tuple[bool | None, str, str]:
+    """(decision, parse path, why unusable) of one acoustic-filter reply: path "json" (the schema's object),
+    "text_yes_no" (free text: its first whole-word yes/no) or "unusable" (decision None: the word is left out)."""
+    try:
+        decision = parse_acoustic_answer(reply)
+    except ValueError as e:
+        return None, "unusable", str(e)
+    return decision, "json" if isinstance(reply, dict) else "text_yes_no", ""
+
+
 def apply_acoustic_filter(adjectives: list[str], acoustic: Callable[[str], bool] | Mapping[str, bool]) -> list[str]:
-    """The adjectives judged acoustic, in order. With a mapping, every (normalised) word must have a decision."""
+    """The adjectives judged acoustic, in order. With a mapping, every (normalised) word must have a decision;
+    a decision of None (an unusable LLM reply) leaves the word out."""
     if callable(acoustic):
         return [a for a in adjectives if acoustic(a)]
     missing = [a for a in adjectives if normalise_word(a) not in acoustic]

@@ -182,6 +182,70 @@ def summary_sentences(summary: str, min_tokens: int = 5, phrases: tuple[str, ...
     ]
 
 
+# --- LLM summaries -------------------------------------------------------------------------------------
+# What a small chat model writes around its answer: "The description of the audio clip is ...", "The commonalities
+# between these clips are:", "Based on the descriptions, ...". The content after it is kept.
+_PREAMBLE_RE = re.compile(
+    r"^(?:(?:the|these|this|their)\s+(?:main\s+|key\s+|common\s+)?(?:descriptions?|summary|commonalit(?:y|ies)"
+    r"|similarities|features|traits)\b[^.:!?]{0,60}?"
+    r"\b(?:is|are|include|includes|highlights|captures|covers|features|describes|mentions|shows)\b"
+    r"(?:\s+that|\s+as\s+follows)?"
+    r"|(?:based\s+on|according\s+to|in\s+summary|to\s+summarize|overall)\b[^.:!?,]{0,40}?,)\s*:?\s*",
+    re.IGNORECASE,
+)
+_SENTENCE_END_RE = re.compile(r"[.!?][\"')\]]*$")
+_LOOP_NGRAM = 6  # a sentence repeating a 6-token run of itself looped
+
+
+def _normalised(sentence: str) -> str:
+    return " ".join(w.lower() for w in word_tokenize(sentence) if w[0].isalnum())
+
+
+def _cut_loop(sentence: str, n: int = _LOOP_NGRAM) -> str:
+    """The sentence up to where it starts repeating an n-token run of itself ("a loud tone, a loud tone, ...")."""
+    words = sentence.split()
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(w.lower().strip(",;") for w in words[i:i + n])
+        if gram in seen:
+            return " ".join(words[:i]).rstrip(",;: ")
+        seen[gram] = i
+    return sentence
+
+
+def clean_llm_summary(text: str) -> tuple[str, tuple[str, ...]]:
+    """A chat model's summary as plain sentences, and what was fixed (empty: nothing):
+    "bullets" (list items become sentences), "preamble" (a lead-in such as "The description of the audio clip is"
+    is cut, its content kept; a line ending with ":" before others is dropped), "loop" (a repeated sentence, or a
+    sentence repeating itself, is cut),
+    "truncated" (an unfinished last sentence, cut off by the token cap, is dropped when others remain)."""
+    fixes: list[str] = []
+    if any(_LIST_MARKER_RE.match(line) for line in text.splitlines()):
+        fixes.append("bullets")
+    kept: list[str] = []
+    seen: set[str] = set()
+    pieces = split_sentences(text)
+    for i, sentence in enumerate(pieces):
+        if sentence.endswith(":") and i < len(pieces) - 1:  # a lead-in line ("... broken down into these parts:")
+            fixes.append("preamble")
+            continue
+        stripped = _PREAMBLE_RE.sub("", sentence, count=1) if not kept else sentence
+        if stripped != sentence:
+            fixes.append("preamble")
+            sentence = stripped[:1].upper() + stripped[1:]
+        cut = _cut_loop(sentence)
+        key = _normalised(cut)
+        if cut != sentence or key in seen:
+            fixes.append("loop")
+        if i == len(pieces) - 1 and kept and not _SENTENCE_END_RE.search(sentence) and "bullets" not in fixes:
+            fixes.append("truncated")
+            continue
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(cut if _SENTENCE_END_RE.search(cut) else cut + ".")
+    return (" ".join(kept) if kept else text.strip()), tuple(dict.fromkeys(fixes))
+
+
 # --- part-of-speech tags ------------------------------------------------------------------------------
 def pos_tag(tokens: list[str]) -> list[tuple[str, str]]:
     """Penn Treebank tags for pre-tokenised words, via textblob's bundled pattern lexicon tagger

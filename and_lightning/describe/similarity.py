@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from and_lightning.store.activations import top_clip_index
+
 # Elements of the [k, chunk, C] gather tensor built at once by the top-k functions (bounds memory).
 _GATHER_BUDGET = 1 << 24
 
@@ -26,14 +28,6 @@ def _check(P: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
     if P.shape[0] == 0:
         raise ValueError("P and A have no clips (0 rows)")
     return P.float(), A.to(device=P.device, dtype=torch.float32)
-
-
-def _top_clip_index(A: Tensor, k: int, faithful: bool = False) -> Tensor:
-    """[k, M] indices of each neuron's k most activating clips, best first; ties go to the lower clip index
-    (`faithful`: in `torch.topk`'s order, as the original)."""
-    if faithful:
-        return torch.topk(A, k=k, dim=0).indices
-    return torch.sort(A, dim=0, descending=True, stable=True).indices[:k]
 
 
 def cos(P: Tensor, A: Tensor, faithful: bool = False) -> Tensor:
@@ -106,6 +100,7 @@ def wpmi(
     min_prob: float = 1e-7,
     p_is_prob: bool = False,
     faithful: bool = False,
+    tiebreak: Tensor | None = None,
 ) -> Tensor:
     """Weighted pointwise mutual information (CLIP-Dissect).
 
@@ -113,11 +108,12 @@ def wpmi(
     log p(c|m) = sum over the top_k clips j of neuron m of log(Q[j, c] + min_prob);
     log p(c) = logsumexp_m log p(c|m) - log M over the neurons of this call (one layer);
     S = log p(c|m) - lam * log p(c).
-    top_k is clamped to N when there are fewer clips.
+    top_k is clamped to N when there are fewer clips. A neuron's top clips are ranked by `top_clip_index` (equal
+    activations by `tiebreak` [N, M], the store's tie-break statistic, then the lower clip index).
     """
     P, A = _check(P, A)
     Q = _concept_probs(P, a, p_is_prob, faithful)
-    idx = _top_clip_index(A, min(top_k, A.shape[0]), faithful)
+    idx = top_clip_index(A, min(top_k, A.shape[0]), tiebreak, faithful)
     log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(q + min_prob), faithful)
     return _marginal_pmi(log_p, lam)
 
@@ -133,6 +129,7 @@ def soft_wpmi(
     p_end: float = 0.97,
     p_is_prob: bool = False,
     faithful: bool = False,
+    tiebreak: Tensor | None = None,
 ) -> Tensor:
     """Soft WPMI (CLIP-Dissect), TAB's similarity.
 
@@ -140,11 +137,12 @@ def soft_wpmi(
     probability p_r = p_start - (r / k) * (p_start - p_end);
     log p(c|m) = sum_r log(1 + p_r * (Q[j_r, c] - 1) + min_prob); log p(c) and S as in `wpmi` (lam=1).
     k = min(top_k, N): with fewer clips than top_k the schedule is spread over the clips there are.
+    Top clips and `tiebreak` as in `wpmi`.
     """
     P, A = _check(P, A)
     Q = _concept_probs(P, a, p_is_prob, faithful)
     k = min(top_k, A.shape[0])
-    idx = _top_clip_index(A, k, faithful)
+    idx = top_clip_index(A, k, tiebreak, faithful)
     p_r = (p_start - torch.arange(k, dtype=Q.dtype, device=Q.device) / k * (p_start - p_end)).view(k, 1, 1)
     log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(1 + p_r * (q - 1) + min_prob), faithful)
     return _marginal_pmi(log_p, lam)
@@ -162,6 +160,7 @@ def rank_reorder(
     scale_p: float = 0.5,
     faithful: bool = False,
     generator: torch.Generator | None = None,
+    tiebreak: Tensor | None = None,
 ) -> Tensor:
     """CLIP-Dissect's rank-reorder score on each neuron's top n = int(N * top_fraction) clips.
 
@@ -169,7 +168,7 @@ def rank_reorder(
     is given the activation of the rank its concept score has (t sorted ascending, indexed by the
     ascending rank of s_j); error = mean_j |t_j - t_asc[rank(s_j)]|^p / baseline, where
     baseline = E_pi mean_j |t_j - t_pi(j)|^p over random permutations pi = (1/n^2) sum_ij |t_i - t_j|^p
-    (exact); S = -error / max(mean_j s_j, 1e-6)^scale_p. n < 2 raises.
+    (exact); S = -error / max(mean_j s_j, 1e-6)^scale_p. n < 2 raises. Top clips and `tiebreak` as in `wpmi`.
     `faithful=True` runs the original instead (`_rank_reorder_original`).
     """
     P, A = _check(P, A)
@@ -179,7 +178,7 @@ def rank_reorder(
     M, C = A.shape[1], P.shape[1]
     if n < 2:
         raise TooFewClipsError(f"rank_reorder needs >= 2 top clips; int({A.shape[0]} * {top_fraction}) = {n}")
-    idx = _top_clip_index(A, n)  # [n, M]
+    idx = top_clip_index(A, n, tiebreak)  # [n, M]
     t = A.gather(0, idx)  # [n, M] descending
     t_asc = t.flip(0)
     out = torch.empty(M, C, device=P.device)
@@ -205,7 +204,8 @@ def _rank_reorder_original(P: Tensor, A: Tensor, top_fraction: float, p: float, 
     torch's global generator as the original); the divisor is relu(mean_j s_j) ** scale_p, so a concept with a
     mean score <= 0 gets -inf (or NaN). n < 2 gives NaN scores (the original's hidden-layer DB: int(5 * 0.05) = 0)."""
     n = int(A.shape[0] * top_fraction)
-    top, idx = torch.topk(A, k=n, dim=0)
+    idx = top_clip_index(A, n, faithful=True)
+    top = A.gather(0, idx)
     C = P.shape[1]
     rows = []
     for m in range(A.shape[1]):
@@ -229,15 +229,19 @@ SIMILARITIES: dict[str, Callable[..., Tensor]] = {
     "soft_wpmi": soft_wpmi,
     "rank_reorder": rank_reorder,
 }
+# the similarities that score each neuron on its top clips (`top_clip_index`, so they take a `tiebreak`)
+TOP_CLIP_SIMILARITIES = ("wpmi", "soft_wpmi", "rank_reorder")
 
 
-def similarity(name: str, P: Tensor, A: Tensor, *, p_is_prob: bool = False, faithful: bool = False, **params) -> Tensor:
-    """Dispatch by name; passes `p_is_prob` / `faithful` to the functions they change, `params` as given."""
+def similarity(name: str, P: Tensor, A: Tensor, *, p_is_prob: bool = False, faithful: bool = False,
+               tiebreak: Tensor | None = None, **params) -> Tensor:
+    """Dispatch by name; passes `p_is_prob` / `faithful` / `tiebreak` to the functions they change, `params` as
+    given."""
     if name not in SIMILARITIES:
         raise ValueError(f"unknown similarity {name!r}; expected one of {sorted(SIMILARITIES)}")
     fn = SIMILARITIES[name]
+    if name in TOP_CLIP_SIMILARITIES:
+        params = {"faithful": faithful, "tiebreak": tiebreak, **params}
     if name in ("wpmi", "soft_wpmi"):
-        params = {"p_is_prob": p_is_prob, "faithful": faithful, **params}
-    elif name == "rank_reorder":
-        params = {"faithful": faithful, **params}
+        params = {"p_is_prob": p_is_prob, **params}
     return fn(P, A, **params)

@@ -11,6 +11,7 @@ adapter's `unit_view` [B, units, positions]:
 Layers with a single position (e.g. a classifier head's logits [B, C]) give the same value under every reduction.
 Units are recorded as the next layer reads them (through the layer's activation, see `models/base.py`), or
 before the activation with `pre_activation=True` (the original AND code's hooks, for faithful runs).
+Beside each value the probe records a tie-break statistic (`tie_break`) that orders clips of equal value.
 """
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ from torch.utils.hooks import RemovableHandle
 from and_lightning.models.base import TargetAdapter
 
 REDUCTIONS = ("mean", "max", "cls", "token0")
+
+
+def tie_break(reduction: str, through_activation: bool) -> tuple[str, str]:
+    """(reduction, description) of the statistic that orders clips of equal value in a layer recorded with
+    `reduction`. Values that pass an activation: the same reduction before it, so the many clips on which a ReLU
+    unit is exactly 0 go by how far below zero it stayed. Values without one: the other pooling of the output
+    (peak beside mean, mean beside peak or first position); a layer with one position has nothing else to tell."""
+    if through_activation:
+        return reduction, f"{reduction} of the unit's output before its activation"
+    other = "max" if reduction == "mean" else "mean"
+    return other, f"{other} over positions of the unit's output"
 
 
 def reduce_positions(x: torch.Tensor, reduction: str, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -43,7 +55,7 @@ def reduce_positions(x: torch.Tensor, reduction: str, valid: torch.Tensor | None
 
 
 class ProbeModule(L.LightningModule):
-    """predict_step -> {"clip_id": list[str], "acts": {layer: float32 [B, units] on CPU}}.
+    """predict_step -> {"clip_id": list[str], "acts" and "tiebreak": {layer: float32 [B, units] on CPU}}.
 
     Hooks are registered in `on_predict_start` and removed in `on_predict_end` / `teardown`; layer names are
     resolved by `adapter.layer_module` (UnknownLayerError listing the available names, raised at construction).
@@ -67,8 +79,10 @@ class ProbeModule(L.LightningModule):
         self.widths = {name: widths[name] for name in layers}
         self.reduction = reduction
         self.pre_activation = pre_activation
+        self._activated = set() if pre_activation else set(adapter.unit_activations()) & set(layers)
+        self.tie_breaks = {name: tie_break(reduction, name in self._activated) for name in layers}
         self._handles: list[RemovableHandle] = []
-        self._acts: dict[str, torch.Tensor] = {}
+        self._acts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batch_size = 0
 
     def _hook(self, name: str):
@@ -78,8 +92,11 @@ class ProbeModule(L.LightningModule):
             if name in self._acts:
                 raise RuntimeError(f"layer '{name}' ran twice in one forward pass; hook a module called once")
             view = self.adapter.unit_view(name, output, self._batch_size, self.pre_activation)
+            raw = (self.adapter.unit_view(name, output, self._batch_size, pre_activation=True)
+                   if name in self._activated else view)
             valid = self.adapter.valid_positions(view.shape[2])
-            self._acts[name] = reduce_positions(view, self.reduction, valid).cpu()
+            self._acts[name] = (reduce_positions(view, self.reduction, valid).cpu(),
+                                reduce_positions(raw, self.tie_breaks[name][0], valid).cpu())
 
         return hook
 
@@ -96,7 +113,8 @@ class ProbeModule(L.LightningModule):
         missing = [n for n in self.layer_names if n not in acts]
         if missing:
             raise RuntimeError(f"layers {missing} did not run in the forward pass of {type(self.adapter).__name__}")
-        return {"clip_id": list(batch["clip_id"]), "acts": acts}
+        return {"clip_id": list(batch["clip_id"]), "acts": {n: a for n, (a, _) in acts.items()},
+                "tiebreak": {n: t for n, (_, t) in acts.items()}}
 
     def on_predict_end(self) -> None:
         self._remove_hooks()

@@ -1,20 +1,23 @@
-"""Stage 2: caption every unique clip that any neuron needs, once, through the caption cache."""
+"""Stage 2: caption every unique clip that any neuron needs, once, through the caption cache. A captioner whose
+words are relative to the probing set (`FitsProbingSet`) is first fitted on it; the reference is written beside
+the captions (caption_reference.json) and enters the caption cache key."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from tqdm import tqdm
 
 from and_lightning.data.audio_io import fix_length, load_audio
 from and_lightning.data.clips import ClipRecord
-from and_lightning.describe.captioners.base import Captioner, Clip
-from and_lightning.describe.captioners.cached import caption_clips
+from and_lightning.describe.captioners.base import Captioner, Clip, FitsProbingSet
+from and_lightning.describe.captioners.cached import audio_sha256, caption_clips, caption_key
 from and_lightning.store.activations import ActivationStore
-from and_lightning.store.atomic import write_text
+from and_lightning.store.atomic import write_json, write_text
+from and_lightning.store.hashing import hash_obj
 from and_lightning.store.kvcache import KVCache
 
 log = logging.getLogger(__name__)
@@ -36,12 +39,35 @@ def needed_clips(store: ActivationStore, k: int, all_clips: bool) -> list[str]:
 
 
 def iter_clips(records: Mapping[str, ClipRecord], clip_ids: Iterable[str], sample_rate: int,
-               clip_seconds: float) -> Iterator[Clip]:
-    """The audio the model saw for each clip id (same rate, same crop/pad)."""
+               clip_seconds: float, class_names: Sequence[str] = ()) -> Iterator[Clip]:
+    """The audio the model saw for each clip id (same rate, same crop/pad), with its class name when its label
+    indexes `class_names` (else None)."""
     n = int(round(clip_seconds * sample_rate))
     for cid in clip_ids:
         wave, _ = load_audio(records[cid].path, sample_rate)
-        yield Clip(cid, fix_length(wave, n).numpy(), sample_rate)
+        label = records[cid].label
+        yield Clip(cid, fix_length(wave, n).numpy(), sample_rate,
+                   class_names[label] if 0 <= label < len(class_names) else None)
+
+
+def fit_to_probing_set(captioner: Captioner, records: Mapping[str, ClipRecord], clip_ids: list[str], sample_rate: int,
+                       clip_seconds: float, cache: KVCache) -> dict | None:
+    """Fit a `FitsProbingSet` captioner on the probing set (None for other captioners). The reference is computed
+    once per captioner setting and audio of the clips measured: it is kept in the caption cache under that key."""
+    if not isinstance(captioner, FitsProbingSet):
+        return None
+    ids = captioner.reference_ids(clip_ids)
+    audio = sorted(audio_sha256(c) for c in iter_clips(records, ids, sample_rate, clip_seconds))
+    key = caption_key(captioner, hash_obj({"reference of": audio}))
+    if key in cache:
+        reference = cache.get(key)
+    else:
+        reference = captioner.fit_reference(tqdm(iter_clips(records, ids, sample_rate, clip_seconds), total=len(ids),
+                                                 desc=f"caption reference ({captioner.name})", unit="clip"))
+        cache.put(key, reference)
+    captioner.use_reference(reference)
+    log.info("captions relative to the probing set: %s", reference)
+    return reference
 
 
 def caption_stage(
@@ -52,8 +78,10 @@ def caption_stage(
     out_path: str | os.PathLike,
     k: int,
     all_clips: bool,
+    class_names: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Caption the clips the describe stage needs; write `out_path` (captions.jsonl) and return id -> caption."""
+    """Caption the clips the describe stage needs; write `out_path` (captions.jsonl, and caption_reference.json
+    beside it for a captioner fitted on the probing set) and return id -> caption."""
     out_path = Path(out_path)
     ids = needed_clips(store, k, all_clips)
     pre = store.manifest["preprocessing"]
@@ -61,11 +89,13 @@ def caption_stage(
     captions: dict[str, str] = {}
     requested = 0
     try:
+        reference = fit_to_probing_set(captioner, records, list(store.clip_ids), pre["sample_rate"],
+                                       pre["clip_seconds"], cache)
         with tqdm(total=len(ids), desc=f"caption ({captioner.name})", unit="clip") as bar:
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-                got = caption_clips(captioner, iter_clips(records, chunk, pre["sample_rate"], pre["clip_seconds"]),
-                                    cache)
+                got = caption_clips(captioner, iter_clips(records, chunk, pre["sample_rate"], pre["clip_seconds"],
+                                                          class_names), cache)
                 requested += got.requested
                 captions.update(got)
                 bar.update(len(chunk))
@@ -74,6 +104,10 @@ def caption_stage(
     log.info("captions: %d clips needed, %d sent to %s, the rest from the cache", len(ids), requested, captioner.name)
     lines = [json.dumps({"clip_id": c, "caption": captions[c], "captioner": captioner.name,
                          "model": captioner.model, "prompt": captioner.prompt}) for c in ids]
+    if reference is not None:
+        write_json(out_path.with_name("caption_reference.json"),
+                   {"captioner": captioner.name, "model": captioner.model, "prompt": captioner.prompt,
+                    "reference": reference})
     write_text(out_path, "\n".join(lines) + "\n")
     return captions
 

@@ -40,7 +40,7 @@ from and_lightning.store.hashing import hash_file, hash_obj
 
 log = logging.getLogger(__name__)
 
-SHARD_BYTES = 16 << 20  # float16 rows buffered per rank before a shard is committed ...
+SHARD_BYTES = 16 << 20  # float32 rows (values + tie-break) buffered per rank before a shard is committed ...
 MAX_SHARD_ROWS = 4096  # ... and at most this many, so a killed run loses little work
 
 
@@ -71,12 +71,13 @@ def collect_activations(
     - `layers`: logical layer names (stored in model order); `reduction`: mean | max | cls | token0.
     - `trainer_kwargs`: extra `lightning.Trainer` arguments (accelerator, devices, strategy, precision, ...;
       a Hydra `_target_` key is ignored). Inference mode is always on; logging and checkpointing are off.
-    - `top_k`: clips kept per unit and side. A reused store collected with another K keeps its own topk.npz;
+    - `top_k`: clips kept per unit and side (ties by the tie-break statistic, see `lit/probe.py`, then clip
+      order; the store counts them). A reused store collected with another K keeps its own topk.npz;
       the requested K is then computed from the stored matrix (no forward pass): read it with
       `ActivationStore.open(path).topk(layer, k=top_k)`.
     - `checkpoint`: optional weights to load into `adapter` first (a bare state dict, a `save_checkpoint` file or
       a Lightning checkpoint with the adapter under `model.`; tensors and plain data only, never unpickled).
-    - `shard_rows`: rows per shard (default: up to 16 MiB of float16 rows, at most 4096, a multiple of
+    - `shard_rows`: rows per shard (default: up to 16 MiB of rows, at most 4096, a multiple of
       `batch_size`); a killed run restarts from its committed shards.
     - `reuse_only`: return an existing store, never collect (FileNotFoundError when there is none).
     - `pre_activation`: record layer outputs before their activation (faithful runs), not as the next layer
@@ -116,6 +117,7 @@ def collect_activations(
         "model_hash": model_hash, "dataset_hash": dataset_hash,
         "layers": [{"name": name, "units": probe.widths[name]} for name in probe.layer_names],
         "reduction": reduction, "preprocessing": preprocessing, "top_k": k,
+        "tie_break": {name: text for name, (_, text) in probe.tie_breaks.items()},
         "n_clips": len(records), "clip_ids": [r.clip_id for r in records],
     }
     with _exclusive(Path(store_root) / ".locks" / f"{key}.lock"):
@@ -127,7 +129,7 @@ def collect_activations(
         shard_dir.mkdir(parents=True, exist_ok=True)
         remaining = np.flatnonzero(~finished_rows(shard_dir, len(records)))
         log.info("collecting %d of %d clips into %s", len(remaining), len(records), store)
-        writer = ActivationWriter(shard_dir, {r.clip_id: i for i, r in enumerate(records)}, probe.widths, k,
+        writer = ActivationWriter(shard_dir, {r.clip_id: i for i, r in enumerate(records)}, probe.widths,
                                   shard_rows or default_shard_rows(probe.widths, batch_size))
         trainer = L.Trainer(**_trainer_kwargs(trainer_kwargs, writer, progress))
         loader = DataLoader(Subset(ClipDataset(records, sample_rate, clip_seconds), remaining.tolist()),
@@ -188,7 +190,7 @@ def model_order(adapter: TargetAdapter, layers: Sequence[str]) -> list[str]:
 
 
 def default_shard_rows(widths: Mapping[str, int], batch_size: int) -> int:
-    rows = min(MAX_SHARD_ROWS, SHARD_BYTES // (2 * max(1, sum(widths.values()))))
+    rows = min(MAX_SHARD_ROWS, SHARD_BYTES // (8 * max(1, sum(widths.values()))))  # two float32 values per unit
     return max(batch_size, rows // batch_size * batch_size)
 
 

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,14 +21,15 @@ from tqdm import tqdm
 from and_lightning.data.clips import ClipDataset, ClipRecord
 from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, calibrate_many
 from and_lightning.describe.closed_set import (
-    db_probs, icl_prompt, map_to_concept, scores_from_p, tab_scores_matrix, top_concepts,
+    db_probs, icl_request, parse_icl_reply, scores_from_p, tab_scores_matrix, top_concepts,
 )
+from and_lightning.describe.similarity import TOP_CLIP_SIMILARITIES
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest
 from and_lightning.describe.open_concepts import (
-    ACOUSTIC_FILTER_SCHEMA, acoustic_filter_messages, apply_acoustic_filter, extract_open_concepts,
-    parse_acoustic_answer, words_needing_decision,
+    acoustic_filter_request, acoustic_verdict, apply_acoustic_filter, extract_open_concepts, words_needing_decision,
 )
-from and_lightning.describe.lexicon import is_acoustic
+from and_lightning.describe.lexicon import is_acoustic, normalise_word
+from and_lightning.describe.sentences import clean_llm_summary
 from and_lightning.describe.summaries import extractive_summary, group_by_clip_set, summary_messages
 from and_lightning.store.activations import ActivationStore
 from and_lightning.store.atomic import write_npy, write_text
@@ -76,31 +78,37 @@ def closed_set_scores(store: ActivationStore, layer: str, P: torch.Tensor, dcfg:
                       head_layer: str | None) -> torch.Tensor:
     """S [M, C] for one layer over all clips (faithful DB: hidden layers on their top-k clips only; the original
     ran TAB on all clips of every layer, spec §5.2)."""
-    acts = torch.from_numpy(np.asarray(store.acts(layer), dtype=np.float32))
     cs = dcfg.closed_set
+    acts = torch.from_numpy(np.array(store.acts(layer), dtype=np.float32))
+    tiebreak = (torch.from_numpy(np.array(store.tiebreak(layer))) if similarity_name(cs) in TOP_CLIP_SIMILARITIES
+                else None)
     faithful_k = cs.faithful_top_k if dcfg.faithful and cs.method == "db" and layer != head_layer else None
     return scores_from_p(acts, P, similarity_name(cs), p_is_prob=p_is_prob, faithful=dcfg.faithful,
-                         faithful_top_k=faithful_k, **dict(cs.similarity_params or {}))
+                         faithful_top_k=faithful_k, tiebreak=tiebreak, **dict(cs.similarity_params or {}))
 
 
 def summarise(clip_sets: Sequence[tuple[str, ...]], captions: Mapping[str, str], llm: ChatLLM | None,
-              min_share: float, clean: bool) -> dict[tuple[str, ...], str]:
-    """One summary per unique clip set: the LLM's commonality summary, or offline the shared descriptors."""
+              min_share: float, clean: bool) -> tuple[dict[tuple[str, ...], str], dict[tuple[str, ...], tuple]]:
+    """One summary per unique clip set: the LLM's commonality summary (cleaned by `clean_llm_summary`), or offline
+    the shared descriptors; and per set what the cleaning fixed (empty offline)."""
     unique = list(dict.fromkeys(clip_sets))
     texts = [[captions[c] for c in s] for s in unique]
     if llm is None:
-        return {s: extractive_summary(t, min_share=min_share, clean=clean) for s, t in zip(unique, texts)}
+        return {s: extractive_summary(t, min_share=min_share, clean=clean) for s, t in zip(unique, texts)}, {}
     replies = llm.complete_many([ChatRequest(summary_messages(t, clean=clean), kind="summary") for t in texts])
-    return dict(zip(unique, (str(r).strip() for r in replies)))
+    cleaned = [clean_llm_summary(str(r)) for r in replies]
+    return {s: c[0] for s, c in zip(unique, cleaned)}, {s: c[1] for s, c in zip(unique, cleaned)}
 
 
-def acoustic_decisions(adjective_lists: Sequence[Sequence[str]], llm: ChatLLM | None, mode: str) -> Any:
-    """The acoustic-adjective filter: the offline lexicon, or one LLM yes/no per unique adjective."""
+def acoustic_decisions(adjective_lists: Sequence[Sequence[str]], llm: ChatLLM | None,
+                       mode: str) -> tuple[Any, dict[str, tuple[str, str]]]:
+    """The acoustic-adjective filter: the offline lexicon, or one LLM yes/no per unique adjective (None: the reply
+    was unusable); and per asked word its parse path and why it was unusable (`acoustic_verdict`)."""
     if mode == "lexicon" or llm is None:
-        return is_acoustic
+        return is_acoustic, {}
     words = words_needing_decision(adjective_lists)
-    replies = llm.complete_many([(acoustic_filter_messages(w), ACOUSTIC_FILTER_SCHEMA) for w in words])
-    return {w: parse_acoustic_answer(r) for w, r in zip(words, replies)}
+    verdicts = [acoustic_verdict(r) for r in llm.complete_many([acoustic_filter_request(w) for w in words])]
+    return {w: v[0] for w, v in zip(words, verdicts)}, {w: v[1:] for w, v in zip(words, verdicts)}
 
 
 def describe_layer(
@@ -119,22 +127,28 @@ def describe_layer(
     k = int(dcfg.k)
     t = store.topk(layer, k)
     units = range(store.layers[layer])
+    log.info("layer %s: %d units with ties at the top-%d boundary, %d at the bottom-%d (ordered by %s; left to clip "
+             "order: %d, %d)", layer, (t.top_ties > 0).sum(), k, (t.bottom_ties > 0).sum(), k,
+             store.tie_break[layer], (t.top_unresolved > 0).sum(), (t.bottom_unresolved > 0).sum())
     top_sets = [tuple(sorted(t.top_ids[u].tolist())) for u in units]
     low_sets = [tuple(sorted(t.bottom_ids[u].tolist())) for u in units]
     groups = group_by_clip_set({("high", u): s for u, s in zip(units, top_sets)}
                                | {("low", u): s for u, s in zip(units, low_sets)})
-    summaries = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats)
+    summaries, fixes = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats)
     calibrated = calibrate_many([(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)], encoder,
                                 threshold=ORIGINAL_THRESHOLD if dcfg.faithful else dcfg.calibration.threshold,
                                 min_tokens=dcfg.calibration.min_tokens, faithful=dcfg.faithful)
     opens = [extract_open_concepts(c.high, acoustic=None, window=dcfg.open_concepts.negation_window)
              for c in calibrated]
-    acoustic = acoustic_decisions([o.adjectives for o in opens], llm, dcfg.open_concepts.acoustic_filter)
+    acoustic, acoustic_parse = acoustic_decisions([o.adjectives for o in opens], llm,
+                                                  dcfg.open_concepts.acoustic_filter)
 
     method = dcfg.closed_set.method
+    picks = []
     if method == "icl":
-        replies = llm.complete_many([icl_prompt(summaries[s], concepts) for s in top_sets])
-        ranked = [[(map_to_concept(r, concepts, encoder), 1.0)] for r in replies]
+        picks = [parse_icl_reply(r, concepts, encoder)
+                 for r in llm.complete_many([icl_request(summaries[s], concepts) for s in top_sets])]
+        ranked = [[(p.concept, 1.0)] if p.concept else [] for p in picks]
     else:
         S = closed_set_scores(store, layer, P, dcfg, p_is_prob, head_layer)
         ranked = top_concepts(S, concepts, k=int(dcfg.closed_set.top_n), faithful=dcfg.faithful)
@@ -148,6 +162,9 @@ def describe_layer(
             "layer": layer, "unit": u,
             "top_clips": t.top_ids[u].tolist(), "top_values": [float(v) for v in t.top_values[u]],
             "bottom_clips": t.bottom_ids[u].tolist(), "bottom_values": [float(v) for v in t.bottom_values[u]],
+            "ties": {"statistic": store.tie_break[layer], "top": int(t.top_ties[u]), "bottom": int(t.bottom_ties[u]),
+                     "top_by_clip_order": int(t.top_unresolved[u]),
+                     "bottom_by_clip_order": int(t.bottom_unresolved[u])},
             "closed_concepts": [{"concept": c, "score": float(s)} for c, s in ranked[u]],
             "closed_method": f"{method}/{similarity_name(dcfg.closed_set)}" if method != "icl" else "icl",
             "summary_high": summaries[top_sets[u]], "summary_low": summaries[low_sets[u]],
@@ -158,7 +175,32 @@ def describe_layer(
             "open_concepts": list(dict.fromkeys(apply_acoustic_filter(o.adjectives, acoustic) + o.nouns)),
             "scores": {},
         })
+        if llm is not None:  # which parse path each LLM reply took; unusable ones are skipped with their reason
+            parsed = {w: acoustic_parse[w] for w in map(normalise_word, o.adjectives) if w in acoustic_parse}
+            records[-1]["llm_parse"] = {
+                "summary_high": list(fixes[top_sets[u]]) or ["clean"],
+                "summary_low": list(fixes[low_sets[u]]) or ["clean"],
+                **({"icl": picks[u].path} if picks else {}), "acoustic_filter": {w: p for w, (p, _) in parsed.items()},
+                "skipped": {**({"icl": picks[u].reason} if picks and picks[u].concept is None else {}),
+                            **{f"acoustic_filter/{w}": why for w, (p, why) in parsed.items() if p == "unusable"}},
+            }
     return records
+
+
+def llm_parse_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """How many replies took each parse path: summaries (per record and side; a fix per fixed summary), ICL (per
+    record) and the acoustic filter (per unique word), from the records' `llm_parse`."""
+    counts: dict[str, Counter] = {"summary": Counter(), "icl": Counter(), "acoustic_filter": Counter()}
+    words: dict[str, str] = {}
+    for r in records:
+        p = r.get("llm_parse")
+        if not p:
+            continue
+        counts["summary"].update(p["summary_high"] + p["summary_low"])
+        counts["icl"].update([p["icl"]] if "icl" in p else [])
+        words.update(p["acoustic_filter"])
+    counts["acoustic_filter"].update(words.values())
+    return {k: dict(v) for k, v in counts.items()}
 
 
 def concept_matrix(method: str, captions: Mapping[str, str], clip_ids: Sequence[str], concepts: Sequence[str],
@@ -205,6 +247,11 @@ def describe_stage(
         lines.append(path.read_text(encoding="utf-8"))
     out = out_dir / "descriptions.jsonl"
     write_text(out, "".join(lines))
+    if llm is not None:  # the parse paths of every record's replies, and this run's requests (cache hits, ...)
+        stats = {"parse_paths": llm_parse_counts([json.loads(x) for x in "".join(lines).splitlines() if x.strip()]),
+                 "requests_this_run": llm.stats.as_dict()}
+        write_text(out_dir / "llm_stats.json", json.dumps(stats, indent=1))
+        log.info("LLM replies: %s", stats)
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -35,7 +36,8 @@ from and_lightning.analysis.plots import (
 )
 from and_lightning.analysis.simulation import load_or_make_split, simulation_report
 from and_lightning.analysis.tables import write_table
-from and_lightning.describe.closed_set import db_probs, icl_prompt, map_to_concept, tab_scores_matrix
+from and_lightning.describe.captioners.labels import NOT_COMPARABLE
+from and_lightning.describe.closed_set import db_probs, icl_request, parse_icl_reply, tab_scores_matrix
 from and_lightning.store.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ class LayerActs(Mapping):
     def __getitem__(self, layer: str) -> np.ndarray:
         if layer not in self.layers:
             raise KeyError(layer)
-        return np.asarray(self.store.acts(layer), dtype=np.float32)
+        return np.array(self.store.acts(layer), dtype=np.float32)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.layers)
@@ -104,12 +106,13 @@ def _fmt(v: float) -> str:
 def last_layer_task(lcfg: Mapping[str, Any], out: Path, store: Any, captions: Mapping[str, str],
                     records: Sequence[Mapping[str, Any]], class_names: Sequence[str], concepts: Sequence[str],
                     head_layer: str, encoder: Any, llm: Any, audio_embed: Callable[[], Tensor] | None,
-                    model_name: str, result: EvaluateResult) -> None:
-    """Paper Table 2 for the output layer: every method x similarity, next to the paper's AST numbers."""
+                    model_name: str, result: EvaluateResult, captions_note: str = "") -> None:
+    """Paper Table 2 for the output layer: every method x similarity, next to the paper's AST numbers;
+    `captions_note` marks every measured row (captions that name the classes)."""
     if head_layer not in store.layers:
         raise TaskSkipped(f"the output layer '{head_layer}' was not dissected (layers: {', '.join(store.layers)}); "
                           "add it to layers= for Table 2")
-    acts = np.asarray(store.acts(head_layer), dtype=np.float32)
+    acts = np.array(store.acts(head_layer), dtype=np.float32)
     unit_gt = unit_ground_truth(acts.shape[1], class_names, concepts)
     if not any(unit_gt):
         raise TaskSkipped("no output class of the model is in the concept set")
@@ -134,19 +137,35 @@ def last_layer_task(lcfg: Mapping[str, Any], out: Path, store: Any, captions: Ma
                 continue
             head = {r["unit"]: r for r in records if r["layer"] == head_layer}
             units = range(acts.shape[1])
-            replies = llm.complete_many([icl_prompt(str(head[u]["summary_high"]), concepts) for u in units])
-            preds = [map_to_concept(r, concepts, encoder) for r in replies]
-            rows.append(icl_row(preds, unit_gt, encoder))
+            replies = llm.complete_many([icl_request(str(head[u]["summary_high"]), concepts) for u in units])
+            picks = [parse_icl_reply(r, concepts, encoder) for r in replies]
+            unusable = [p for p, g in zip(picks, unit_gt) if p.concept is None and g is not None]
+            usable_gt = [g if p.concept is not None else None for p, g in zip(picks, unit_gt)]
+            if not any(usable_gt):
+                rows.append(skipped_row("icl", f"no usable LLM reply ({unusable[0].reason})" if unusable
+                                        else "no output class of the model is in the concept set"))
+                continue
+            row = icl_row([p.concept or "" for p in picks], usable_gt, encoder)
+            paths = Counter(p.path for p in picks)
+            row["note"] += "; reply parse paths: " + ", ".join(f"{k} {v}" for k, v in sorted(paths.items()))
+            if unusable:
+                row["note"] += f"; {len(unusable)} units skipped, unusable reply (first: {unusable[0].reason})"
+            rows.append(row)
         else:
             raise ValueError(f"evaluate.last_layer.methods: unknown method {method!r} (expected db, tab, icl)")
     rows[:0] = similarity_rows(torch.from_numpy(acts), unit_gt, concepts, scores, encoder, list(lcfg["similarities"]),
                                [bool(f) for f in lcfg["faithful"]])
     rows = with_paper_columns([{"model": model_name, **r} for r in rows])
+    for r in rows:
+        if captions_note and not r["note"].startswith("skipped"):
+            r["note"] = "; ".join(filter(None, [r["note"], captions_note]))
     columns = TABLE_COLUMNS + ["paper_ast_top1", "paper_ast_top5", "paper_ast_cos"]
-    title = f"Last-layer dissection accuracy ({model_name}, layer {head_layer})"
+    title = f"Last-layer dissection accuracy ({model_name}, layer {head_layer})" + (
+        f" - {captions_note}" if captions_note else "")
     written = write_table(rows, columns, out / "last_layer", title)
     result.files.update({f"last_layer_{k}": v for k, v in written.items()})
-    print(f"last layer '{head_layer}': method / similarity: top-1 %, top-5 %, cos (paper AST)")
+    print(f"last layer '{head_layer}': method / similarity: top-1 %, top-5 %, cos (paper AST)"
+          + (f" - {captions_note}" if captions_note else ""))
     for r in rows:
         if r["note"].startswith("skipped"):
             print(f"  {r['method']:>4}: {r['note']}")
@@ -309,14 +328,15 @@ def evaluate_stage(ecfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathL
                    concepts: Sequence[str] | None = None, head_layer: str | None = None, encoder: Any = None,
                    llm: Any = None, split_dir: str | os.PathLike | None = None,
                    audio_embed: Callable[[], Tensor] | None = None, model_name: str = "", seed: int = 0,
-                   ) -> EvaluateResult:
+                   label_captions: bool = False) -> EvaluateResult:
     """Run `ecfg.tasks` and write their tables / plots under `out_dir`; returns metrics, files, images and the
     skipped tasks with their reasons (also written to `out_dir/evaluation.json`).
 
     store: ActivationStore; records: descriptions.jsonl rows; captions: clip id -> caption; clips: clip id ->
     ClipRecord; split_dir: where the simulation's explain/score split is kept (the dissection folder, so every
     evaluation of one dissection scores the same clips; default out_dir); audio_embed: () -> CLAP audio
-    embeddings of store.clip_ids, for TAB (its concept side is `encoder`, the same CLAP model).
+    embeddings of store.clip_ids, for TAB (its concept side is `encoder`, the same CLAP model); label_captions:
+    the captions name each clip's class (captioner=labels): every metric is marked as such.
     """
     if OmegaConf.is_config(ecfg):
         ecfg = OmegaConf.to_container(ecfg, resolve=True)
@@ -335,7 +355,8 @@ def evaluate_stage(ecfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathL
                 _need(task, store=store, captions=captions, records=records, class_names=class_names,
                       concepts=concepts, head_layer=head_layer, encoder=encoder)
                 last_layer_task(ecfg["last_layer"], out, store, captions, records, class_names, concepts, head_layer,
-                                encoder, llm, audio_embed, model_name, result)
+                                encoder, llm, audio_embed, model_name, result,
+                                NOT_COMPARABLE if label_captions else "")
             elif task == "ground_truth":
                 _need(task, store=store, records=records, clips=clips)
                 ground_truth_task(ecfg["ground_truth"], out, acts, records, [clips[c] for c in store.clip_ids], seed,
@@ -354,7 +375,8 @@ def evaluate_stage(ecfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathL
         except TaskSkipped as e:
             log.warning("evaluate: task '%s' skipped: %s", task, e)
             result.skipped[task] = str(e)
-    write_json(done, {"metrics": result.metrics, "files": result.files, "images": result.images,
+    marks = {"captions": "labels", "note": NOT_COMPARABLE} if label_captions else {}
+    write_json(done, {**marks, "metrics": result.metrics, "files": result.files, "images": result.images,
                       "skipped": result.skipped})
     return result
 

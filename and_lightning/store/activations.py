@@ -1,20 +1,24 @@
-"""The activation store: per layer a float16 [N_clips, M_units] matrix, exact top/bottom-K clips and unit statistics.
+"""The activation store: per layer a float32 [N_clips, M_units] matrix, its tie-break statistic, exact top/bottom-K
+clips and unit statistics.
 
 Layout of one store (a directory named by its content key, see `and_lightning.stages.collect.store_key`):
 
-    <key>/manifest.json              model/dataset hashes, layers + widths, reduction, preprocessing, clip_ids, top_k
-    <key>/layer=<name>/acts.f16.npy  float16 [N, M], row i = clip_ids[i] (open read-only with mmap)
-    <key>/layer=<name>/topk.npz      top_/bottom_ rows, ids, values [M, K]; mean, std [M] (over the float16 values)
+    <key>/manifest.json                   model/dataset hashes, layers + widths, reduction, preprocessing, clip_ids,
+                                          top_k, tie_break (layer -> what its tie-break statistic is)
+    <key>/layer=<name>/acts.f32.npy       float32 [N, M], row i = clip_ids[i] (open read-only with mmap)
+    <key>/layer=<name>/tiebreak.f32.npy   float32 [N, M], the statistic that orders clips of equal activation
+    <key>/layer=<name>/topk.npz           top_/bottom_ rows, ids, values, tiebreak [M, K]; top_/bottom_ ties and
+                                          unresolved [M] (see `RunningTopK`); mean, std [M]
 
-Collection writes *shards* first (`<key>.partial/shards/rows-*.npz`: a set of row indices, their float16
-activations for all layers [n, U] and a running top/bottom-K state covering them), each committed atomically.
-`assemble_store` then builds the store in a private folder from the shards (streaming: one shard in memory at
-a time, rows written with pwrite, statistics from plain chunked reads) and renames that folder onto `<key>`: a
+Collection writes *shards* first (`<key>.partial/shards/rows-*.npz`: a set of row indices and their two float32
+matrices for all layers [n, U]), each committed atomically. `assemble_store` then builds the store in a private
+folder from the shards (streaming: one shard in memory at a time, rows written with pwrite), computes each
+layer's top-K and statistics from plain chunked reads of its matrices, and renames that folder onto `<key>`: a
 store is complete or absent, and a killed collection resumes from its finished shards.
 
-Top-K is exact and independent of how rows were split into batches, shards or ranks: each (value, row) pair is
-packed into one int64 key (order-preserving float16 code << 32 | inverted row), so ties go to the lower row, as
-a stable numpy argsort would order them.
+Clips are ranked by one rule, `top_clip_index`: by activation, equal activations by the tie-break statistic,
+then the lower row. It is exact and independent of how rows were split into batches, shards or ranks.
+Format 1 (float16 matrices, ties by clip order) is refused by `ActivationStore.open`; its stores have other keys.
 """
 from __future__ import annotations
 
@@ -24,27 +28,24 @@ import shutil
 import uuid
 import zipfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from and_lightning.store.atomic import atomic_path, write_json
 from and_lightning.store.hashing import hash_bytes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-ACTS = "acts.f16.npy"
+ACTS = "acts.f32.npy"
+TIEBREAK = "tiebreak.f32.npy"
 TOPK = "topk.npz"
 SHARDS = "shards"
-READ_CHUNK_BYTES = 8 << 20  # rows read per step when streaming a matrix back from disk
-
-F16_MAX = float(np.finfo(np.float16).max)
-CODE_MAX = 0xFFFF
-ROW_MASK = (1 << 32) - 1
-TOPK_FIELDS = ("top_rows", "top_ids", "top_values", "bottom_rows", "bottom_ids", "bottom_values", "mean", "std")
+READ_CHUNK_BYTES = 1 << 20  # rows read (and ranked) per step when streaming a matrix back from disk
 
 
 def layer_dir(store: Path, layer: str) -> Path:
@@ -60,100 +61,119 @@ def partial_dir(store: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- exact top-K
 
 
-def ordered_codes(values: np.ndarray) -> np.ndarray:
-    """float16 array -> int64 codes in [0, 65535] ordered like the values (-0 counts as +0; no NaN)."""
-    bits = np.asarray(values, np.float16).view(np.int16).astype(np.int64)
-    bits[bits == -0x8000] = 0  # -0.0 -> +0.0
-    return (bits ^ ((bits >> 15) & 0x7FFF)) + 0x8000  # negative floats: flip the magnitude bits
+def top_clip_index(values: Tensor, k: int, tiebreak: Tensor | None = None, faithful: bool = False) -> Tensor:
+    """The clip ranking used everywhere: [k, M] row indices of the k largest `values` [N, M] of each column, best
+    first; equal values go by `tiebreak` [N, M] (larger first), then to the lower row. Bottom-k clips are
+    `top_clip_index(-values, k, -tiebreak)`. `faithful`: `torch.topk`'s order, as the original AND code (ties
+    in the kernel's order, `tiebreak` unused).
+
+    Columns whose k-th largest value is shared by no row beyond the k-th place (most columns) take their k rows
+    from `torch.topk` (linear in N) and only those are ordered; the others are ordered in full."""
+    if faithful:
+        return torch.topk(values, k=k, dim=0).indices
+    if tiebreak is not None:
+        tiebreak = tiebreak.to(values.device)
+    if k >= values.shape[0]:
+        return _order(values, tiebreak)[:k]
+    top = torch.topk(values, k, dim=0).values  # NaN ranks first, as in a descending sort
+    above = values >= top[-1]
+    clear = (above.sum(dim=0) == k) & ~top[0].isnan()  # exactly k rows reach the k-th value: they are the top-k
+    rows = torch.empty(k, values.shape[1], dtype=torch.int64, device=values.device)
+    rows[:, clear] = torch.nonzero(above[:, clear].T)[:, 1].view(-1, k).T  # ascending rows per column
+    if not clear.all():
+        crowded = ~clear
+        rows[:, crowded] = _order(values[:, crowded], None if tiebreak is None else tiebreak[:, crowded])[:k]
+    order = _order(values.gather(0, rows), None if tiebreak is None else tiebreak.gather(0, rows))
+    return rows.gather(0, order)
 
 
-def decode_codes(codes: np.ndarray) -> np.ndarray:
-    """Inverse of `ordered_codes`: int codes -> float16 values."""
-    signed = np.asarray(codes, np.int64) - 0x8000
-    return (signed ^ ((signed >> 15) & 0x7FFF)).astype(np.int16).view(np.float16)
+def _order(values: Tensor, tiebreak: Tensor | None) -> Tensor:
+    """[N, M] positions of each column by value, then `tiebreak`, both descending; full ties keep their order."""
+    order = None
+    if tiebreak is not None:  # two stable sorts: by the tie-break statistic, then by value
+        order = torch.sort(tiebreak, dim=0, descending=True, stable=True).indices
+        values = values.gather(0, order)
+    idx = torch.sort(values, dim=0, descending=True, stable=True).indices
+    return idx if order is None else order.gather(0, idx)
 
 
-def keys_of(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float16 [B, M] at row indices [B] -> (top keys, bottom keys), int64 [M, B]; a larger key ranks higher.
+@dataclass
+class _Kept:
+    """One side of a RunningTopK: kept values, tie-break values and rows [<=K, M] (signed: negated for the bottom
+    side), and per unit the counts of left-out clips tying the K-th kept one."""
 
-    key = (order code of the value, or its complement for bottom-K) << 32 | (2**32 - 1 - row).
-    """
-    codes = np.ascontiguousarray(ordered_codes(values).T)
-    tail = ROW_MASK - np.asarray(rows, np.int64)
-    return (codes << 32) | tail, ((CODE_MAX - codes) << 32) | tail
-
-
-def best_keys(candidates: np.ndarray, k: int) -> np.ndarray:
-    """Per row of int64 keys `candidates` [M, C] (all >= 0), the k largest distinct ones, largest first.
-
-    Repeated keys (the same row offered by two cumulative shard states) count once.
-    """
-    s = np.sort(candidates, axis=1)[:, ::-1]
-    dup = s[:, 1:] == s[:, :-1]
-    if dup.any():
-        s[:, 1:][dup] = -1
-        s = -np.sort(-s, axis=1)
-        k = min(k, int((s >= 0).sum(axis=1).min()))
-    return np.ascontiguousarray(s[:, :k])
+    values: Tensor
+    tiebreak: Tensor
+    rows: Tensor
+    ties: Tensor
+    unresolved: Tensor
 
 
 class RunningTopK:
-    """Exact running top-K and bottom-K per unit over float16 rows; equal values rank the lower row first.
-
-    State: two int64 key matrices [M, <=K], best first (see `keys_of`). `update` folds in a batch of rows:
-    once K rows are held, only the units where a new value reaches the K-th kept value (one min/max pass)
-    are merged. `merge` folds in another accumulator's keys (shards, ranks); repeated keys count once.
+    """Exact top-K and bottom-K of every column of a matrix fed in row order (chunks from row 0 on), in
+    `top_clip_index`'s order, with per unit and side:
+    - `ties`: clips left out whose activation equals the K-th kept clip's (the tie-break statistic chose);
+    - `unresolved`: of those, the ones whose tie-break statistic is equal too (the lower row was kept).
+    Once K rows are held, only units where a new value reaches the K-th kept value are re-ranked.
     """
 
     def __init__(self, k: int):
         if k < 1:
             raise ValueError(f"top-K needs k >= 1, got {k}")
         self.k = int(k)
-        self.top_keys: np.ndarray | None = None
-        self.bottom_keys: np.ndarray | None = None
-        self._floor = self._ceil = np.empty(0, np.float32)  # K-th highest / lowest value kept, per unit
+        self.rows_seen = 0
+        self._sides: dict[str, _Kept] = {}
 
-    def update(self, values: np.ndarray, rows: np.ndarray) -> None:
-        """values: float16 [B, M] (rows of the activation matrix); rows: int64 [B], their row indices."""
-        values, rows = np.asarray(values, np.float16), np.asarray(rows, np.int64)
-        if self.top_keys is None or self.top_keys.shape[1] < self.k:
-            self.merge(*keys_of(values, rows))
+    def update(self, values: np.ndarray, tiebreak: np.ndarray) -> None:
+        """values, tiebreak: float32 [B, M], the matrix rows `rows_seen` .. `rows_seen + B - 1`."""
+        v, t = torch.from_numpy(np.asarray(values, np.float32)), torch.from_numpy(np.asarray(tiebreak, np.float32))
+        rows = torch.arange(self.rows_seen, self.rows_seen + v.shape[0])
+        self.rows_seen += v.shape[0]
+        for side, sign in (("top", 1.0), ("bottom", -1.0)):
+            self._fold(side, sign * v, sign * t, rows)
+
+    def _fold(self, side: str, v: Tensor, t: Tensor, rows: Tensor) -> None:
+        m = v.shape[1]
+        kept = self._sides.get(side)
+        if kept is None:
+            zeros = torch.zeros(m, dtype=torch.int64)
+            kept = self._sides[side] = _Kept(v[:0], t[:0], rows[:0, None].expand(0, m), zeros, zeros.clone())
+        full = kept.values.shape[0] == self.k
+        units = torch.nonzero(v.amax(dim=0) >= kept.values[-1]).squeeze(1) if full else torch.arange(m)
+        if units.numel() == 0:
             return
-        low, high = (t.numpy() for t in torch.aminmax(torch.from_numpy(values).float(), dim=0))
-        for side, units in (("top", np.flatnonzero(high >= self._floor)),
-                            ("bottom", np.flatnonzero(low <= self._ceil))):
-            if units.size:
-                state = getattr(self, f"{side}_keys")
-                new = keys_of(values[:, units], rows)[side == "bottom"]
-                state[units] = best_keys(np.concatenate([state[units], new], axis=1), self.k)
-                self._refresh_bounds(units)
-
-    def merge(self, top_keys: np.ndarray, bottom_keys: np.ndarray) -> None:
-        for side, new in (("top", top_keys), ("bottom", bottom_keys)):
-            state = getattr(self, f"{side}_keys")
-            cand = new if state is None else np.concatenate([state, new], axis=1)
-            setattr(self, f"{side}_keys", best_keys(cand, self.k))
-        self._refresh_bounds(slice(None))
-
-    def _refresh_bounds(self, units: np.ndarray | slice) -> None:
-        if self.top_keys.shape[1] < self.k:
-            return
-        if self._floor.shape[0] != self.top_keys.shape[0]:
-            self._floor = np.empty(self.top_keys.shape[0], np.float32)
-            self._ceil = np.empty(self.top_keys.shape[0], np.float32)
-        self._floor[units] = decode_codes(self.top_keys[units, -1] >> 32)
-        self._ceil[units] = decode_codes(CODE_MAX - (self.bottom_keys[units, -1] >> 32))
+        cv = torch.cat([kept.values[:, units], v[:, units]])
+        ct = torch.cat([kept.tiebreak[:, units], t[:, units]])
+        cr = torch.cat([kept.rows[:, units], rows[:, None].expand(-1, units.numel())])
+        idx = top_clip_index(cv, min(self.k, cv.shape[0]), ct)
+        new_v, new_t, new_r = cv.gather(0, idx), ct.gather(0, idx), cr.gather(0, idx)
+        same_v = cv == new_v[-1]
+        same_vt = same_v & (ct == new_t[-1])
+        ties = same_v.sum(0) - (new_v == new_v[-1]).sum(0)
+        unresolved = same_vt.sum(0) - ((new_v == new_v[-1]) & (new_t == new_t[-1])).sum(0)
+        if kept.values.shape[0]:  # left-out clips of earlier chunks still tie if the K-th kept clip is as before
+            was_v = new_v[-1] == kept.values[-1, units]
+            ties += torch.where(was_v, kept.ties[units], 0)
+            unresolved += torch.where(was_v & (new_t[-1] == kept.tiebreak[-1, units]), kept.unresolved[units], 0)
+        if full:
+            kept.values[:, units], kept.tiebreak[:, units], kept.rows[:, units] = new_v, new_t, new_r
+            kept.ties[units], kept.unresolved[units] = ties, unresolved
+        else:
+            self._sides[side] = _Kept(new_v, new_t, new_r, ties, unresolved)
 
     def result(self) -> dict[str, np.ndarray]:
-        """{"top_rows", "top_values", "bottom_rows", "bottom_values"}: [M, K], best first (values float32)."""
-        if self.top_keys is None or self.bottom_keys is None:
+        """{side}_rows, _values, _tiebreak [M, K] best first (bottom: lowest first), {side}_ties, _unresolved [M],
+        for side in top, bottom."""
+        if not self._sides:
             raise ValueError("top-K of zero rows: no values were added")
-        return {
-            "top_rows": ROW_MASK - (self.top_keys & ROW_MASK),
-            "top_values": decode_codes(self.top_keys >> 32).astype(np.float32),
-            "bottom_rows": ROW_MASK - (self.bottom_keys & ROW_MASK),
-            "bottom_values": decode_codes(CODE_MAX - (self.bottom_keys >> 32)).astype(np.float32),
-        }
+        out = {}
+        for side, sign in (("top", 1.0), ("bottom", -1.0)):
+            kept = self._sides[side]
+            out |= {f"{side}_rows": kept.rows.T.contiguous().numpy(),
+                    f"{side}_values": (sign * kept.values).T.contiguous().numpy(),
+                    f"{side}_tiebreak": (sign * kept.tiebreak).T.contiguous().numpy(),
+                    f"{side}_ties": kept.ties.numpy(), f"{side}_unresolved": kept.unresolved.numpy()}
+        return out
 
 
 class RunningMoments:
@@ -194,15 +214,15 @@ def write_npz_stable(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def _npy_header_offset(path: Path, shape: tuple[int, int]) -> int:
-    """Create `path` as a zero-filled float16 .npy of `shape`; return the byte offset of its data."""
-    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    """Create `path` as a zero-filled float32 .npy of `shape`; return the byte offset of its data."""
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
     offset = int(mm.offset)
     del mm
     return offset
 
 
 def _write_rows(fd: int, offset: int, rows: np.ndarray, data: np.ndarray) -> None:
-    """pwrite float16 rows `data` [n, M] at row indices `rows` of a .npy matrix (one call per contiguous run)."""
+    """pwrite rows `data` [n, M] at row indices `rows` of a .npy matrix (one call per contiguous run)."""
     order = np.argsort(rows, kind="stable")
     rows, data = rows[order], data[order]
     row_bytes = data.shape[1] * data.itemsize
@@ -212,17 +232,17 @@ def _write_rows(fd: int, offset: int, rows: np.ndarray, data: np.ndarray) -> Non
 
 
 def iter_row_chunks(path: Path, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first_row, float16 [b, M]) chunks of a 2-D .npy in row order, read with plain file reads (no mmap,
+    """Yield (first_row, float32 [b, M]) chunks of a 2-D .npy in row order, read with plain file reads (no mmap,
     so the process's resident memory stays one chunk). The chunk buffer is reused: use it before the next step."""
     with open(path, "rb") as f:
         major, _ = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(f)
-        if fortran or dtype != np.float16 or len(shape) != 2:
-            raise ValueError(f"{path}: expected a C-order float16 matrix, got {dtype} {shape}")
+        if fortran or dtype != np.float32 or len(shape) != 2:
+            raise ValueError(f"{path}: expected a C-order float32 matrix, got {dtype} {shape}")
         n, m = shape
-        chunk = max(1, chunk_bytes // max(1, 2 * m))
-        buf = np.empty((min(chunk, max(n, 1)), m), np.float16)
+        chunk = max(1, chunk_bytes // max(1, 4 * m))
+        buf = np.empty((min(chunk, max(n, 1)), m), np.float32)
         for start in range(0, n, chunk):
             view = buf[: min(chunk, n - start)]
             got = f.readinto(memoryview(view).cast("B"))
@@ -235,14 +255,14 @@ def iter_row_chunks(path: Path, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator
 
 
 def write_shard(shard_dir: Path, layers: Mapping[str, int], rows: np.ndarray, acts: np.ndarray,
-                top_keys: np.ndarray, bottom_keys: np.ndarray) -> Path:
-    """Commit one shard: row indices [n], float16 rows [n, U] of all `layers` (name -> units, columns in that
-    order, U = their sum) and a RunningTopK state over (at least) those rows, keys [U, <=K].
-    The name derives from the rows (same rows, same file).
+                tiebreak: np.ndarray) -> Path:
+    """Commit one shard: row indices [n] and the float32 activations and tie-break statistics [n, U] of all
+    `layers` (name -> units, columns in that order, U = their sum). The name derives from the rows (same rows,
+    same file).
     """
     rows = np.asarray(rows, dtype=np.int64)
     arrays = {"layers": np.array(list(layers)), "units": np.array(list(layers.values()), np.int64), "rows": rows,
-              "acts": acts, "top": top_keys, "bottom": bottom_keys}
+              "acts": np.asarray(acts, np.float32), "tiebreak": np.asarray(tiebreak, np.float32)}
     path = Path(shard_dir) / f"rows-{int(rows.min()):09d}-{hash_bytes(rows.tobytes())[:12]}.npz"
     write_npz_stable(path, arrays)
     return path
@@ -308,33 +328,30 @@ def assemble_store(store: Path, manifest: Mapping[str, Any]) -> Path:
     shards = _usable_shards(partial / SHARDS, n)
     work = partial / f"assemble-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
-    acc = RunningTopK(int(manifest["top_k"]))  # over all units of all layers
     with ExitStack() as stack:
-        tmps, files, offsets = [], [], []
+        files, offsets = [], []  # per layer: (activations, tie-break statistic)
         for layer, units in layers.items():
             layer_dir(work, layer).mkdir()
-            tmps.append(stack.enter_context(atomic_path(layer_dir(work, layer) / ACTS)))
-            offsets.append(_npy_header_offset(tmps[-1], (n, units)))
-            files.append(stack.enter_context(open(tmps[-1], "r+b")))
+            tmps = [stack.enter_context(atomic_path(layer_dir(work, layer) / name)) for name in (ACTS, TIEBREAK)]
+            offsets.append([_npy_header_offset(tmp, (n, units)) for tmp in tmps])
+            files.append([stack.enter_context(open(tmp, "r+b")) for tmp in tmps])
         for path in shards:
             with np.load(path) as z:
                 if z["layers"].tolist() != list(layers) or z["units"].tolist() != list(layers.values()):
                     raise ValueError(f"{path}: holds layers {dict(zip(z['layers'].tolist(), z['units'].tolist()))}"
                                      f", expected {layers}")
-                rows, acts = z["rows"], z["acts"]
-                for i, f in enumerate(files):
-                    _write_rows(f.fileno(), offsets[i], rows, acts[:, columns[i]:columns[i + 1]])
-                acc.merge(z["top"], z["bottom"])
-        for f in files:
+                if "tiebreak" not in z.files or z["acts"].dtype != np.float32:
+                    raise ValueError(f"{path}: a shard of another store format (float16, no tie-break statistic); "
+                                     f"delete {partial} and collect again")
+                rows, matrices = z["rows"], (z["acts"], z["tiebreak"])
+                for i in range(len(layers)):
+                    for f, offset, mat in zip(files[i], offsets[i], matrices):
+                        _write_rows(f.fileno(), offset, rows, mat[:, columns[i]:columns[i + 1]])
+        for f in (f for pair in files for f in pair):
             f.flush()
-        best = acc.result()
-        ids = np.asarray(clip_ids)
-        for i, (layer, units) in enumerate(layers.items()):
-            moments = RunningMoments(units)
-            for _, chunk in iter_row_chunks(tmps[i]):
-                moments.update(chunk)
-            part = {key: value[columns[i]:columns[i + 1]] for key, value in best.items()}
-            write_npz_stable(layer_dir(work, layer) / TOPK, _topk_arrays(part, ids, moments))
+    for layer in layers:
+        folder = layer_dir(work, layer)
+        write_npz_stable(folder / TOPK, _layer_topk(folder, int(manifest["top_k"]), np.asarray(clip_ids)))
     write_json(work / MANIFEST, dict(manifest))
     try:
         os.rename(work, store)
@@ -346,14 +363,19 @@ def assemble_store(store: Path, manifest: Mapping[str, Any]) -> Path:
     return store
 
 
-def _topk_arrays(best: Mapping[str, np.ndarray], ids: np.ndarray, moments: RunningMoments) -> dict[str, np.ndarray]:
-    """topk.npz contents from a RunningTopK result (one layer's units), the clip ids and the unit moments."""
-    return {
-        "top_rows": best["top_rows"], "top_ids": ids[best["top_rows"]], "top_values": best["top_values"],
-        "bottom_rows": best["bottom_rows"], "bottom_ids": ids[best["bottom_rows"]],
-        "bottom_values": best["bottom_values"],
-        "mean": moments.mean.astype(np.float32), "std": moments.std().astype(np.float32),
-    }
+def _layer_topk(folder: Path, k: int, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """topk.npz contents of one layer folder (its two matrices streamed in row chunks): `RunningTopK`'s result,
+    the clip ids of its rows (`ids`: all clip ids in row order), and the units' mean and std."""
+    acc = moments = None
+    for (_, acts), (_, tiebreak) in zip(iter_row_chunks(folder / ACTS), iter_row_chunks(folder / TIEBREAK)):
+        acc, moments = acc or RunningTopK(k), moments or RunningMoments(acts.shape[1])
+        acc.update(acts, tiebreak)
+        moments.update(acts)
+    if acc is None:
+        raise ValueError(f"{folder}: no rows")
+    best = acc.result()
+    return {**best, "top_ids": ids[best["top_rows"]], "bottom_ids": ids[best["bottom_rows"]],
+            "mean": moments.mean.astype(np.float32), "std": moments.std().astype(np.float32)}
 
 
 # ------------------------------------------------------------------------------------------------ reader
@@ -361,20 +383,29 @@ def _topk_arrays(best: Mapping[str, np.ndarray], ids: np.ndarray, moments: Runni
 
 @dataclass(frozen=True)
 class TopK:
-    """Per unit (rows of each [M, K] array), the K highest / lowest clips, best first, and unit statistics."""
+    """Per unit (rows of each [M, K] array), the K highest / lowest clips, best first, their activations and
+    tie-break statistics; per unit [M] the clips left out that tie the K-th kept activation (`*_ties`) and, of
+    those, the ones the tie-break statistic could not separate either (`*_unresolved`: the lower row was kept);
+    unit statistics."""
 
     top_rows: np.ndarray
     top_ids: np.ndarray
     top_values: np.ndarray
+    top_tiebreak: np.ndarray
+    top_ties: np.ndarray
+    top_unresolved: np.ndarray
     bottom_rows: np.ndarray
     bottom_ids: np.ndarray
     bottom_values: np.ndarray
+    bottom_tiebreak: np.ndarray
+    bottom_ties: np.ndarray
+    bottom_unresolved: np.ndarray
     mean: np.ndarray
     std: np.ndarray
 
 
 class ActivationStore:
-    """Read access to one complete store: manifest, clip ids, acts(layer) memmaps, topk(layer)."""
+    """Read access to one complete store: manifest, clip ids, acts(layer) / tiebreak(layer) memmaps, topk(layer)."""
 
     def __init__(self, path: Path, manifest: dict[str, Any]):
         self.path = Path(path)
@@ -382,6 +413,7 @@ class ActivationStore:
         self.clip_ids: list[str] = list(manifest["clip_ids"])
         self.layers: dict[str, int] = {s["name"]: int(s["units"]) for s in manifest["layers"]}
         self.top_k = int(manifest["top_k"])
+        self.tie_break: dict[str, str] = dict(manifest["tie_break"])  # layer -> what its tie-break statistic is
         self._rows = {c: i for i, c in enumerate(self.clip_ids)}
 
     @classmethod
@@ -391,8 +423,9 @@ class ActivationStore:
             raise FileNotFoundError(f"{path}: not a complete activation store (no {MANIFEST})")
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path / MANIFEST}: store format {manifest.get('format')!r}, "
-                             f"this code reads format {FORMAT_VERSION}")
+            raise ValueError(f"{path / MANIFEST}: activation store format {manifest.get('format')!r}, this code reads "
+                             f"format {FORMAT_VERSION} (float32 values, ties broken by a second statistic); delete "
+                             f"{path} and collect again")
         return cls(path, manifest)
 
     @property
@@ -408,26 +441,23 @@ class ActivationStore:
         return layer_dir(self.path, layer)
 
     def acts(self, layer: str) -> np.ndarray:
-        """Read-only float16 memmap [N_clips, units]."""
+        """Read-only float32 memmap [N_clips, units]."""
         return np.load(self._layer(layer) / ACTS, mmap_mode="r")
 
+    def tiebreak(self, layer: str) -> np.ndarray:
+        """Read-only float32 memmap [N_clips, units]: the statistic (`tie_break[layer]`) that orders equal
+        activations."""
+        return np.load(self._layer(layer) / TIEBREAK, mmap_mode="r")
+
     def topk(self, layer: str, k: int | None = None) -> TopK:
-        """Top/bottom-k of `layer` (k defaults to the store's K; another k is computed once from the
-        float16 matrix, streaming, and cached beside it as topk-k<k>.npz)."""
+        """Top/bottom-k of `layer` (k defaults to the store's K; another k is computed once from the stored
+        matrices, streaming, and cached beside them as topk-k<k>.npz)."""
         folder = self._layer(layer)
         path = folder / TOPK
         k_eff = self.top_k if k is None else min(int(k), self.n_clips)
         if k_eff != self.top_k:
             path = folder / f"topk-k{k_eff}.npz"
             if not path.is_file():
-                self._write_topk(layer, k_eff, path)
+                write_npz_stable(path, _layer_topk(folder, k_eff, np.asarray(self.clip_ids)))
         with np.load(path) as z:
-            return TopK(**{name: z[name] for name in TOPK_FIELDS})
-
-    def _write_topk(self, layer: str, k: int, path: Path) -> None:
-        acc = RunningTopK(k)
-        moments = RunningMoments(self.layers[layer])
-        for start, chunk in iter_row_chunks(self._layer(layer) / ACTS):
-            acc.update(chunk, np.arange(start, start + len(chunk)))
-            moments.update(chunk)
-        write_npz_stable(path, _topk_arrays(acc.result(), np.asarray(self.clip_ids), moments))
+            return TopK(**{f.name: z[f.name] for f in fields(TopK)})

@@ -3,6 +3,11 @@ words a person would use (a pure tone, a buzzy harmonic tone, a rising chirp, a 
 hiss, a low rumble, a click train, percussive hits, ...) and writes two plain English sentences: what it is
 (loudness, pitch) and what it does (rhythm, background, reverberation).
 
+Loudness (loud / quiet), brightness (bright / dark) and noisiness (noisy) are relative to the probing set: a clip is
+loud when its level is above the set's `high_percentile` (`fit_reference` measures the set, `use_reference`
+applies it); absolute thresholds are kept where physics fixes them (Hz, rates, seconds, silence, SNR). Without a
+reference these words are left out.
+
 It sees only the audio (Clip.wave, Clip.sample_rate), never labels or manifests. Phrasing varies between clips
 but is deterministic: the wording is drawn with a random generator seeded by the clip's audio content. The second
 sentence names the sound again ("The chirp is pulsing ...") and keeps verb forms the lexicon POS tagger reads
@@ -13,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,19 +28,21 @@ from and_lightning.describe.captioners.cached import audio_sha256
 from and_lightning.store.hashing import hash_obj
 
 _DEFAULT_SETTINGS = {"analysis_rate": 16000, "fmin": 40.0, "fmax": 4000.0}  # measurement settings
+# How the probing set's percentiles are taken (captioner.reference): every clip (clips=None) or a seeded sample.
+_DEFAULT_REFERENCE = {"clips": None, "seed": 0, "low_percentile": 25.0, "high_percentile": 75.0}
+# Measurements whose words are relative to the probing set: (word below its low percentile, word above its high one)
+RELATIVE_WORDS = {"active_rms_dbfs": ("quiet", "loud"), "centroid_hz": ("dark", "bright"), "flatness": (None, "noisy")}
 
 
 @dataclass(frozen=True)
 class AcousticThresholds:
-    """Where measurements turn into words (levels in dBFS = 20*log10(RMS); a full-scale sine is -3 dBFS)."""
+    """Where measurements turn into words (levels in dBFS = 20*log10(RMS); a full-scale sine is -3 dBFS). Loudness,
+    brightness and noisiness are not here: they are relative to the probing set (RELATIVE_WORDS)."""
 
     silence_dbfs: float = -70.0          # loudest 10 ms below this: near silence
-    quiet_dbfs: float = -35.0            # RMS of the active part below this: quiet
-    loud_dbfs: float = -18.0             # ... above this: loud
     low_pitch_hz: float = 250.0          # f0 below: low-pitched
     high_pitch_hz: float = 1000.0        # f0 above: high-pitched (between: mid-pitched)
-    dark_hz: float = 500.0               # spectral centroid below: dark
-    bright_hz: float = 2500.0            # spectral centroid above: bright
+    rumble_max_centroid_hz: float = 500.0  # a noise with its spectral centroid below this is a rumble
     tonal_min_periodicity: float = 0.86  # periodicity of the loudest frames of a pitched sound (else a noise)
     hiss_max_periodicity: float = 0.5    # a noise below this is a broadband hiss; between: partly tonal
     rumble_min_low_share: float = 0.3    # a noise with this share of its power below 150 Hz is a rumble
@@ -91,6 +98,7 @@ class SoundTraits:
     pitch_motion: str | None       # rising | falling: a tone's glide, slower than a chirp | None
     pitch_speed: str               # quickly | slowly | "": how fast a chirp sweeps or a tone glides
     brightness: str | None         # dark | bright
+    noisiness: str | None          # noisy (a flat, noise-like spectrum)
     pattern: str                   # steady | fluctuating | pulsing | swelling | burst | irregular
     rate_hz: float                 # repetition rate of pulsing / swelling (NaN if unknown)
     mod_rate_hz: float             # tremolo / vibrato / click rate (NaN if unknown)
@@ -121,7 +129,7 @@ def _kind(m: AcousticMeasurements, th: AcousticThresholds) -> tuple[str, float]:
     if m.n_events == 1 and m.attack_s <= th.hit_max_attack_s and m.decay_shape <= th.hit_max_decay_shape:
         return "percussive hit", nan
     if not pitched:
-        if m.low_share >= th.rumble_min_low_share or m.centroid_hz < th.dark_hz:
+        if m.low_share >= th.rumble_min_low_share or m.centroid_hz < th.rumble_max_centroid_hz:
             return "low rumble", nan
         if m.loud_periodicity < th.hiss_max_periodicity:
             return "noise hiss", nan
@@ -163,14 +171,25 @@ def _pattern(m: AcousticMeasurements, th: AcousticThresholds, kind: str, mod_rat
     return ("fluctuating" if uneven else "steady"), nan
 
 
-def to_traits(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
-    """Turn measurements into categorical traits using the thresholds (pure)."""
+def relative_word(m: AcousticMeasurements, measure: str, reference: Mapping[str, Any] | None) -> str | None:
+    """The RELATIVE_WORDS word of `measure` for this clip: below the reference's low cut, above its high cut, or
+    None (between them, unmeasurable, or no reference)."""
+    cuts = reference.get(measure) if reference else None
+    value = getattr(m, measure)
+    if cuts is None or not math.isfinite(value):
+        return None
+    below, above = RELATIVE_WORDS[measure]
+    return below if value < cuts[0] else above if value > cuts[1] else None
+
+
+def to_traits(m: AcousticMeasurements, th: AcousticThresholds,
+              reference: Mapping[str, Any] | None = None) -> SoundTraits:
+    """Turn measurements into categorical traits using the thresholds and the probing set's `reference` (pure)."""
     nan = float("nan")
     if m.peak_dbfs < th.silence_dbfs:
-        return SoundTraits("silence", "silent", None, nan, nan, nan, None, "", None, "steady", nan, nan,
+        return SoundTraits("silence", "silent", None, nan, nan, nan, None, "", None, None, "steady", nan, nan,
                            m.duration_s, None, None, None)
-    level = m.active_rms_dbfs
-    loudness = "quiet" if level < th.quiet_dbfs else "loud" if level > th.loud_dbfs else "moderate"
+    loudness = relative_word(m, "active_rms_dbfs", reference) or "moderate"
     kind, mod_rate = _kind(m, th)
     scale = m.lowest_harmonic if kind == "chord" else 1
     f0, f0_start, f0_end = m.f0_hz * scale, m.f0_start_hz * scale, m.f0_end_hz * scale
@@ -187,7 +206,7 @@ def to_traits(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
             and abs(slope) >= th.pitch_slope_st_s):
         motion = None if kind.endswith("chirp") else "rising" if slope > 0 else "falling"
         speed = "quickly" if abs(slope) >= th.fast_slope_st_s else "slowly" if abs(slope) < 2 * th.pitch_slope_st_s else ""
-    brightness = "dark" if m.centroid_hz < th.dark_hz else "bright" if m.centroid_hz > th.bright_hz else None
+    brightness = relative_word(m, "centroid_hz", reference)
     pattern, rate = _pattern(m, th, kind, mod_rate)
     percussive = kind in ("percussive hits", "percussive hit")
     ringing = bool(not math.isfinite(m.decay_s) or m.decay_s > th.long_decay_s) if percussive else None
@@ -198,8 +217,9 @@ def to_traits(m: AcousticMeasurements, th: AcousticThresholds) -> SoundTraits:
     if kind not in ("percussive hits", "percussive hit", "click train") and m.n_offsets > 0 and math.isfinite(m.rt60_s):
         room = ("dry" if m.rt60_s <= th.dry_max_rt60_s
                 else "reverberant" if m.rt60_s >= th.reverberant_min_rt60_s else None)
-    return SoundTraits(kind, loudness, register, f0, f0_start, f0_end, motion, speed, brightness, pattern, rate,
-                       mod_rate, m.event_median_s, ringing, background, room)
+    return SoundTraits(kind, loudness, register, f0, f0_start, f0_end, motion, speed, brightness,
+                       relative_word(m, "flatness", reference), pattern, rate, mod_rate, m.event_median_s, ringing,
+                       background, room)
 
 
 # ----------------------------------------------------------------------------------------------- phrasing
@@ -228,10 +248,13 @@ def _join(words: list[str]) -> str:
 
 
 def _adjectives(t: SoundTraits) -> list[str]:
-    """Loudness, pitch register and (for noises, clicks and hits) brightness."""
+    """Loudness, pitch register, noisiness (of sounds not named as noises) and (for noises, clicks and hits)
+    brightness."""
     adj = [t.loudness] if t.loudness in ("loud", "quiet") else []
     if t.register:
         adj.append(f"{t.register}-pitched")
+    if t.noisiness and t.kind not in ("noise hiss", "low rumble", "noise"):
+        adj.append(t.noisiness)
     if t.brightness and t.kind in ("noise hiss", "noise", "click train", "percussive hits", "percussive hit"):
         adj.append(t.brightness)
     elif t.kind == "low rumble" and t.brightness == "dark":
@@ -346,16 +369,18 @@ def content_seed(clip: Clip) -> int:
 class AcousticCaptioner(Captioner):
     """Captions clips from signal measurements alone (loudness, pitch, timbre, rhythm, background, reverb).
 
-    thresholds: overrides of AcousticThresholds fields. analysis_rate/fmin/fmax: measurement settings.
-    `prompt` is "" with the default settings and a short hash of the changed ones otherwise, so cached
-    captions are never reused across different settings.
+    thresholds: overrides of AcousticThresholds fields. reference: how the probing set's percentiles are taken
+    (`_DEFAULT_REFERENCE`: clips = None for every clip or a seeded sample of that many, low_percentile,
+    high_percentile). analysis_rate/fmin/fmax: measurement settings. `prompt` (the caption cache key) is "" with
+    the default settings, else a short hash of the changed ones, plus a hash of the reference once one is used,
+    so cached captions are never reused across settings or probing sets.
     """
 
     name = "acoustic"
-    model = "acoustic-v2"
+    model = "acoustic-v3"
 
-    def __init__(self, thresholds: Mapping[str, Any] | None = None, analysis_rate: int = 16000,
-                 fmin: float = 40.0, fmax: float = 4000.0) -> None:
+    def __init__(self, thresholds: Mapping[str, Any] | None = None, reference: Mapping[str, Any] | None = None,
+                 analysis_rate: int = 16000, fmin: float = 40.0, fmax: float = 4000.0) -> None:
         given = dict(thresholds or {})
         known = {f.name for f in fields(AcousticThresholds)}
         unknown = sorted(set(given) - known)
@@ -365,6 +390,22 @@ class AcousticCaptioner(Captioner):
             self.thresholds = AcousticThresholds(**{k: type(getattr(AcousticThresholds, k))(v) for k, v in given.items()})
         except (TypeError, ValueError) as e:
             raise ValueError(f"captioner.thresholds: every value must be a number ({e})") from e
+        rs = {**_DEFAULT_REFERENCE, **dict(reference or {})}
+        unknown = sorted(set(rs) - set(_DEFAULT_REFERENCE))
+        if unknown:
+            raise ValueError(f"captioner.reference: unknown key(s) {unknown}; "
+                             f"expected some of {sorted(_DEFAULT_REFERENCE)}")
+        try:
+            rs = {"clips": None if rs["clips"] is None else int(rs["clips"]), "seed": int(rs["seed"]),
+                  "low_percentile": float(rs["low_percentile"]), "high_percentile": float(rs["high_percentile"])}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"captioner.reference: clips must be null or a count, the others numbers ({e})") from e
+        if not 0 <= rs["low_percentile"] <= rs["high_percentile"] <= 100:
+            raise ValueError(f"captioner.reference: need 0 <= low_percentile <= high_percentile <= 100, got "
+                             f"{rs['low_percentile']} and {rs['high_percentile']}")
+        if rs["clips"] is not None and rs["clips"] < 1:
+            raise ValueError(f"captioner.reference.clips: expected null (every clip) or >= 1, got {rs['clips']}")
+        self.reference_settings = rs
         if not 0 < fmin < fmax < analysis_rate / 2:
             raise ValueError(f"captioner: need 0 < fmin < fmax < analysis_rate/2, got fmin={fmin}, fmax={fmax}, "
                              f"analysis_rate={analysis_rate}")
@@ -372,7 +413,11 @@ class AcousticCaptioner(Captioner):
         changed = {k: v for k, v in asdict(self.thresholds).items() if v != getattr(AcousticThresholds, k)}
         settings = {"analysis_rate": self.analysis_rate, "fmin": self.fmin, "fmax": self.fmax}
         changed.update({k: v for k, v in settings.items() if v != _DEFAULT_SETTINGS[k]})
-        self.prompt = f"settings:{hash_obj(changed)[:12]}" if changed else ""
+        changed.update({k: v for k, v in rs.items() if v != _DEFAULT_REFERENCE[k]})
+        self._settings = f"settings:{hash_obj(changed)[:12]}" if changed else ""
+        self.prompt = self._settings
+        self.reference: dict[str, Any] | None = None
+        self._measured: dict[str, AcousticMeasurements] = {}  # audio sha256 -> measurements (of fit_reference)
 
     def measure(self, clip: Clip) -> AcousticMeasurements:
         """The measurements of one clip (raises ValueError naming the clip if its audio is unusable)."""
@@ -386,9 +431,40 @@ class AcousticCaptioner(Captioner):
         return measure_clip(wave, int(clip.sample_rate), analysis_rate=self.analysis_rate, fmin=self.fmin,
                             fmax=self.fmax, silence_dbfs=self.thresholds.silence_dbfs)
 
+    def reference_ids(self, clip_ids: Sequence[str]) -> list[str]:
+        """The probing clips `fit_reference` measures: all, or a sample of `reference.clips` drawn with its seed."""
+        n = self.reference_settings["clips"]
+        if n is None or n >= len(clip_ids):
+            return list(clip_ids)
+        pick = np.random.default_rng(self.reference_settings["seed"]).choice(len(clip_ids), n, replace=False)
+        return [clip_ids[i] for i in sorted(pick)]
+
+    def fit_reference(self, clips: Iterable[Clip]) -> dict[str, Any]:
+        """The probing set's reference: the low and high percentiles of each RELATIVE_WORDS measurement over the
+        clips that are not silent (JSON; None where no clip is measurable). The measurements are kept, so
+        captioning the same clips does not measure them again."""
+        rows = []
+        for clip in clips:
+            m = self._measured[audio_sha256(clip)] = self.measure(clip)
+            if m.peak_dbfs >= self.thresholds.silence_dbfs:
+                rows.append([getattr(m, k) for k in RELATIVE_WORDS])
+        values = np.asarray(rows, dtype=np.float64).reshape(-1, len(RELATIVE_WORDS))
+        q = [self.reference_settings["low_percentile"], self.reference_settings["high_percentile"]]
+        out: dict[str, Any] = {"clips": len(rows), "percentiles": q}
+        for j, k in enumerate(RELATIVE_WORDS):
+            v = values[np.isfinite(values[:, j]), j]
+            out[k] = [round(float(x), 6) for x in np.percentile(v, q)] if len(v) else None
+        return out
+
+    def use_reference(self, reference: Mapping[str, Any]) -> None:
+        """Word loudness, brightness and noisiness relative to `reference` (`fit_reference`); it enters `prompt`."""
+        self.reference = dict(reference)
+        self.prompt = ";".join(filter(None, [self._settings, f"reference:{hash_obj(self.reference)[:12]}"]))
+
     def traits(self, clip: Clip) -> SoundTraits:
         """The categorical description of one clip."""
-        return to_traits(self.measure(clip), self.thresholds)
+        m = self._measured.get(audio_sha256(clip)) or self.measure(clip)
+        return to_traits(m, self.thresholds, self.reference)
 
     def caption(self, clips: list[Clip]) -> list[str]:
         """One caption per clip, in order."""

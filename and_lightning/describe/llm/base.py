@@ -44,12 +44,15 @@ class LLMNotConfiguredError(LLMError):
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion to make: OpenAI-style `messages`, a JSON schema for structured output (None: text), and
-    what kind of request it is for error messages (`kind`; default: the schema's title, or "text")."""
+    """One chat completion to make: OpenAI-style `messages`, a JSON schema for structured output (None: text),
+    what kind of request it is for error messages (`kind`; default: the schema's title, or "text"), and whether a
+    reply that is not the JSON asked for is kept as its text (`text_fallback`: the caller parses free text) rather
+    than retried and failed."""
 
     messages: list[dict]
     schema: dict | None = None
     kind: str | None = None
+    text_fallback: bool = False
 
     @property
     def label(self) -> str:
@@ -75,7 +78,8 @@ def as_request(item: ChatRequest | Sequence[dict] | tuple | dict) -> ChatRequest
     if isinstance(item, ChatRequest):
         return item
     if isinstance(item, dict) and "messages" in item:
-        return ChatRequest(list(item["messages"]), item.get("schema"), item.get("kind"))
+        return ChatRequest(list(item["messages"]), item.get("schema"), item.get("kind"),
+                           bool(item.get("text_fallback")))
     if isinstance(item, tuple) and len(item) == 2:
         return ChatRequest(list(item[0]), item[1])
     if isinstance(item, list) and all(isinstance(m, dict) and "role" in m for m in item):
@@ -136,7 +140,7 @@ class ChatLLM:
         if value is MISSING:
             return value
         try:
-            return valid_reply(value, request.schema)
+            return valid_reply(value, request.schema, request.text_fallback)
         except InvalidReply as e:
             log.warning("%s: ignoring an invalid cached %s reply in %s (%s)", self.describe(), request.label,
                         self.cache.path, e.reason)

@@ -86,7 +86,8 @@ class AsyncRetryingLLM(ChatLLM):
                 self.stats.retries += 1
                 await asyncio.sleep(self.reply_backoff * 2 ** (attempt - 1))
             try:
-                return valid_reply(await self._send(session, request), request.schema)
+                fallback = request.text_fallback and attempt == self.reply_retries  # free text, on the last try
+                return valid_reply(await self._send(session, request), request.schema, fallback)
             except InvalidReply as e:
                 last = e
                 log.info("%s: invalid %s reply (%s), attempt %d of %d", self.describe(), request.label, e.reason,

@@ -1,9 +1,13 @@
 """Chat LLM run locally with transformers: AutoModelForCausalLM + the tokenizer's chat template, batched generate.
 
-`model` is a local directory or a hub id (the hub needs network; set HF_HUB_OFFLINE=1 on offline machines).
-Structured requests get the schema as an instruction. Every reply is validated (`schema.valid_reply`); with
-sampling an invalid reply is regenerated up to `max_retries` times, with greedy decoding (temperature 0) a retry
-would repeat it, so it fails at once.
+`model` is a local directory or a hub id (the hub needs network; set HF_HUB_OFFLINE=1 on offline machines); with
+`gguf_file` it is the directory or installed package holding that GGUF file, converted once per machine
+(`gguf.converted_model`). Structured requests get the schema as an instruction and, with `constrained`, decoding
+masked to it (`constrained.JSONSchemaLogitsProcessor`). Text requests are generated with repetition control
+(`repetition_penalty`, `no_repeat_ngram_size`; never on structured requests, whose JSON repeats by design). Every
+reply is validated (`schema.valid_reply`); with sampling an invalid reply is regenerated up to `max_retries` times,
+with greedy decoding (temperature 0) a retry would repeat it, so it fails at once (a request with `text_fallback`
+keeps it as text instead).
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest, LLMError, LLMReplyError
+from and_lightning.describe.llm.constrained import JSONSchemaLogitsProcessor, ll_tokenizer
+from and_lightning.describe.llm.gguf import converted_model, locate_gguf
 from and_lightning.describe.llm.schema import InvalidReply, shown, valid_reply
 
 
@@ -41,13 +47,20 @@ class HFChatLLM(ChatLLM):
     max_retries: int = 2
     device: str = "cpu"
     dtype: str = "float32"
+    gguf_file: str | None = None  # a GGUF file in `model` (a directory or an installed package)
+    gguf_cache_dir: str | None = None  # where GGUF files are converted to; None: gguf.default_cache_dir()
+    constrained: bool = True  # structured requests: decoding masked to the JSON schema (llguidance)
+    repetition_penalty: float = 1.0  # text requests: > 1 discourages repeating tokens
+    no_repeat_ngram_size: int = 0  # text requests: > 0 forbids repeating any n-gram of this many tokens
 
-    semantic_fields = ("temperature", "top_p", "seed", "max_new_tokens", "dtype")
+    semantic_fields = ("temperature", "top_p", "seed", "max_new_tokens", "dtype", "gguf_file", "constrained",
+                       "repetition_penalty", "no_repeat_ngram_size")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._model: Any = None
         self._tokenizer: Any = None
+        self._ll_tokenizer: Any = None
 
     def _load(self) -> None:
         if self._model is not None:
@@ -56,8 +69,11 @@ class HFChatLLM(ChatLLM):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
-            self._model = AutoModelForCausalLM.from_pretrained(self.model, dtype=getattr(torch, self.dtype))
+            path = self.model
+            if self.gguf_file:
+                path = converted_model(locate_gguf(self.model, self.gguf_file), self.gguf_cache_dir)
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype))
         except (OSError, ValueError) as e:
             raise LLMError(
                 f"{self.describe()}: cannot load the model/tokenizer from {self.model!r} (a local directory or hub "
@@ -74,21 +90,32 @@ class HFChatLLM(ChatLLM):
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._model.to(self.device).eval()
 
-    def generate(self, conversations: list[list[dict]], seed: int) -> list[str]:
-        """Greedy or sampled replies to a batch of conversations (one forward-generate call)."""
+    def generate(self, conversations: list[list[dict]], seed: int,
+                 schemas: list[dict | None] | None = None) -> list[str]:
+        """Greedy or sampled replies to a batch of conversations (one forward-generate call). `schemas`: the JSON
+        schema of each structured request (None: text), which `constrained` decoding keeps to."""
         import torch
+        from transformers import LogitsProcessorList
 
         self._load()
         tok = self._tokenizer
+        schemas = schemas or [None] * len(conversations)
         prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling: dict[str, Any] = {"do_sample": False}
+        kwargs: dict[str, Any] = {"do_sample": False}
         if self.temperature > 0:
-            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            kwargs = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        if all(s is None for s in schemas):
+            kwargs.update(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
+        elif self.constrained:
+            if self._ll_tokenizer is None:
+                self._ll_tokenizer = ll_tokenizer(tok)
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [JSONSchemaLogitsProcessor(self._ll_tokenizer, schemas, enc["input_ids"].shape[1])])
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(seed)
             out = self._model.generate(
-                **enc, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **sampling
+                **enc, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs
             )
         return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
@@ -96,6 +123,7 @@ class HFChatLLM(ChatLLM):
         self, items: list[tuple[str, ChatRequest]], on_result: Callable[..., None]
     ) -> None:
         attempts = self.max_retries + 1 if self.temperature > 0 else 1
+        items = sorted(items, key=lambda kv: kv[1].schema is not None)  # text and structured in separate batches
         for start in range(0, len(items), self.batch_size):
             pending = items[start : start + self.batch_size]
             last_error: dict[str, InvalidReply] = {}
@@ -106,11 +134,12 @@ class HFChatLLM(ChatLLM):
                 ]
                 self.stats.requests_sent += len(pending)
                 self.stats.retries += len(pending) if attempt else 0
-                texts = await asyncio.to_thread(self.generate, conversations, self.seed + attempt)
+                texts = await asyncio.to_thread(self.generate, conversations, self.seed + attempt,
+                                                [r.schema for _, r in pending])
                 failed = []
                 for (key, req), text in zip(pending, texts):
                     try:
-                        value = valid_reply(text, req.schema)
+                        value = valid_reply(text, req.schema, req.text_fallback and attempt == attempts - 1)
                     except InvalidReply as e:
                         failed.append((key, req))
                         last_error[key] = e

@@ -42,10 +42,12 @@ class OpenAIChatLLM(AsyncRetryingLLM):
     top_p: float | None = None
     seed: int | None = 0
     max_tokens: int | None = None
+    frequency_penalty: float | None = None  # > 0 discourages repeats (transformers serve: repetition_penalty 1 + it)
     strict_schema: bool = True
     extra_body: dict | None = None
 
-    semantic_fields = ("temperature", "top_p", "seed", "max_tokens", "strict_schema", "extra_body")
+    semantic_fields = ("temperature", "top_p", "seed", "max_tokens", "frequency_penalty", "strict_schema",
+                       "extra_body")
 
     def describe(self) -> str:
         return f"{self.name} backend (model {self.model!r} at {self.base_url or 'the OpenAI API'})"
@@ -94,6 +96,8 @@ class OpenAIChatLLM(AsyncRetryingLLM):
             kwargs["seed"] = self.seed
         if self.max_tokens is not None:
             kwargs["max_tokens"] = self.max_tokens
+        if self.frequency_penalty is not None:
+            kwargs["frequency_penalty"] = self.frequency_penalty
         if self.extra_body:
             kwargs["extra_body"] = dict(self.extra_body)
         if request.schema is not None:

@@ -101,19 +101,42 @@ def shown(reply: Any, limit: int = 200) -> str:
     return repr(text[:limit]) + (f" (+{len(text) - limit} more characters)" if len(text) > limit else "")
 
 
-def valid_reply(reply: Any, schema: dict | None) -> Any:
+def _embedded_object(text: str) -> str | None:
+    """The first complete JSON object inside `text` ("Sure! {"answer": "yes", ...} Hope this helps"), or None."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return json.dumps(value)
+    return None
+
+
+def valid_reply(reply: Any, schema: dict | None, text_fallback: bool = False) -> Any:
     """The reply as the caller gets it: stripped text when `schema` is None, else the parsed JSON object (a
-    surrounding ``` fence is tolerated). `reply` is the raw text, or an already parsed value read from a cache.
-    Raises InvalidReply naming what is wrong."""
+    surrounding ``` fence, or text around one complete object, is tolerated). `reply` is the raw text, or an already
+    parsed value read from a cache. `text_fallback`: a reply to a structured request that is not the JSON asked for
+    but readable text is returned as that text (the caller parses it). Raises InvalidReply naming what is wrong."""
     try:
         if schema is None:
             return _TEXT.validate_python(reply)
         adapter = reply_adapter(schema)
         if isinstance(reply, str):
             match = _FENCE.match(reply)
-            value = adapter.validate_json(match.group(1) if match else reply)
+            text = match.group(1) if match else reply
+            try:
+                value = adapter.validate_json(text)
+            except ValidationError:
+                embedded = _embedded_object(text)
+                if embedded is None:
+                    raise
+                value = adapter.validate_json(embedded)
         else:
             value = adapter.validate_python(reply)
         return adapter.dump_python(value, exclude_unset=True)
     except ValidationError as e:
+        if text_fallback and isinstance(reply, str):
+            return valid_reply(reply, None)
         raise InvalidReply(_one_line(e), reply) from None
