@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,13 +19,13 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from and_lightning.data.clips import ClipDataset, ClipRecord
-from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, calibrate_many
+from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, Calibrated, calibrate_many
 from and_lightning.describe.closed_set import (
     db_probs, icl_prompt, map_to_concept, scores_from_p, tab_scores_matrix, top_concepts,
 )
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest
 from and_lightning.describe.open_concepts import (
-    ACOUSTIC_FILTER_SCHEMA, acoustic_filter_messages, apply_acoustic_filter, extract_open_concepts,
+    ACOUSTIC_FILTER_SCHEMA, OpenConcepts, acoustic_filter_messages, apply_acoustic_filter, extract_open_concepts,
     parse_acoustic_answer, words_needing_decision,
 )
 from and_lightning.describe.lexicon import is_acoustic
@@ -84,14 +85,20 @@ def closed_set_scores(store: ActivationStore, layer: str, P: torch.Tensor, dcfg:
 
 
 def summarise(clip_sets: Sequence[tuple[str, ...]], captions: Mapping[str, str], llm: ChatLLM | None,
-              min_share: float, clean: bool) -> dict[tuple[str, ...], str]:
-    """One summary per unique clip set: the LLM's commonality summary, or offline the shared descriptors."""
-    unique = list(dict.fromkeys(clip_sets))
-    texts = [[captions[c] for c in s] for s in unique]
+              min_share: float, clean: bool,
+              known: dict[tuple[str, ...], str] | None = None) -> dict[tuple[str, ...], str]:
+    """One summary per unique clip set: the LLM's commonality summary, or offline the shared descriptors.
+    Sets already in `known` (e.g. other layers' summaries) are not summarised again; the new ones are added
+    to it, and it is returned."""
+    known = {} if known is None else known
+    new = [s for s in dict.fromkeys(clip_sets) if s not in known]
+    texts = [[captions[c] for c in s] for s in new]
     if llm is None:
-        return {s: extractive_summary(t, min_share=min_share, clean=clean) for s, t in zip(unique, texts)}
+        known.update((s, extractive_summary(t, min_share=min_share, clean=clean)) for s, t in zip(new, texts))
+        return known
     replies = llm.complete_many([ChatRequest(summary_messages(t, clean=clean), kind="summary") for t in texts])
-    return dict(zip(unique, (str(r).strip() for r in replies)))
+    known.update(zip(new, (str(r).strip() for r in replies)))
+    return known
 
 
 def acoustic_decisions(adjective_lists: Sequence[Sequence[str]], llm: ChatLLM | None, mode: str) -> Any:
@@ -101,6 +108,17 @@ def acoustic_decisions(adjective_lists: Sequence[Sequence[str]], llm: ChatLLM | 
     words = words_needing_decision(adjective_lists)
     replies = llm.complete_many([(acoustic_filter_messages(w), ACOUSTIC_FILTER_SCHEMA) for w in words])
     return {w: parse_acoustic_answer(r) for w, r in zip(words, replies)}
+
+
+@dataclass
+class DescribeMemo:
+    """What describing a layer computes that other layers reuse: summaries by clip set, Module B by (high, low)
+    summary pair, Module C by calibrated summary. Each is a pure function of its key under one run's settings,
+    so reusing it leaves the records unchanged."""
+
+    summaries: dict[tuple[str, ...], str] = field(default_factory=dict)
+    calibrated: dict[tuple[str, str], Calibrated] = field(default_factory=dict)
+    opens: dict[tuple[str, ...], OpenConcepts] = field(default_factory=dict)
 
 
 def describe_layer(
@@ -114,8 +132,11 @@ def describe_layer(
     llm: ChatLLM | None,
     dcfg: DictConfig,
     head_layer: str | None,
+    memo: DescribeMemo | None = None,
 ) -> list[dict[str, Any]]:
-    """Describe every unit of `layer`; returns one record per unit (schema in DESIGN.md)."""
+    """Describe every unit of `layer`; returns one record per unit (schema in DESIGN.md). Pass one `memo` to
+    all layers of a run so that what they share is computed once."""
+    memo = memo or DescribeMemo()
     k = int(dcfg.k)
     t = store.topk(layer, k)
     units = range(store.layers[layer])
@@ -123,12 +144,19 @@ def describe_layer(
     low_sets = [tuple(sorted(t.bottom_ids[u].tolist())) for u in units]
     groups = group_by_clip_set({("high", u): s for u, s in zip(units, top_sets)}
                                | {("low", u): s for u, s in zip(units, low_sets)})
-    summaries = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats)
-    calibrated = calibrate_many([(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)], encoder,
-                                threshold=ORIGINAL_THRESHOLD if dcfg.faithful else dcfg.calibration.threshold,
-                                min_tokens=dcfg.calibration.min_tokens, faithful=dcfg.faithful)
-    opens = [extract_open_concepts(c.high, acoustic=None, window=dcfg.open_concepts.negation_window)
-             for c in calibrated]
+    summaries = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats,
+                          memo.summaries)
+    pairs = [(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)]
+    new_pairs = [p for p in dict.fromkeys(pairs) if p not in memo.calibrated]
+    memo.calibrated.update(zip(new_pairs, calibrate_many(
+        new_pairs, encoder, threshold=ORIGINAL_THRESHOLD if dcfg.faithful else dcfg.calibration.threshold,
+        min_tokens=dcfg.calibration.min_tokens, faithful=dcfg.faithful)))
+    calibrated = [memo.calibrated[p] for p in pairs]
+    for c in calibrated:
+        if tuple(c.high) not in memo.opens:
+            memo.opens[tuple(c.high)] = extract_open_concepts(c.high, acoustic=None,
+                                                              window=dcfg.open_concepts.negation_window)
+    opens = [memo.opens[tuple(c.high)] for c in calibrated]
     acoustic = acoustic_decisions([o.adjectives for o in opens], llm, dcfg.open_concepts.acoustic_filter)
 
     method = dcfg.closed_set.method
@@ -193,6 +221,7 @@ def describe_stage(
         raise ValueError("describe.closed_set.method=icl needs an LLM (llm=openai or llm=hf), not llm=none")
     require_audio_side(method, encoder)
     P, p_is_prob = None, False
+    memo = DescribeMemo()
     lines: list[str] = []
     for layer in tqdm(list(store.layers), desc="describe", unit="layer"):
         path = out_dir / "layers" / f"{layer}.jsonl"
@@ -200,7 +229,8 @@ def describe_stage(
             if P is None and method != "icl":
                 P, p_is_prob = concept_matrix(method, captions, store.clip_ids, concepts, encoder, audio_embed,
                                               dcfg.closed_set.scale)
-            records = describe_layer(store, layer, captions, concepts, P, p_is_prob, encoder, llm, dcfg, head_layer)
+            records = describe_layer(store, layer, captions, concepts, P, p_is_prob, encoder, llm, dcfg, head_layer,
+                                     memo)
             write_text(path, "".join(json.dumps(r) + "\n" for r in records))
         lines.append(path.read_text(encoding="utf-8"))
     out = out_dir / "descriptions.jsonl"
