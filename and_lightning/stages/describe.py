@@ -167,6 +167,7 @@ def describe_layer(
         S = closed_set_scores(store, layer, P, dcfg, p_is_prob, head_layer)
         ranked = top_concepts(S, concepts, k=int(dcfg.closed_set.top_n), faithful=dcfg.faithful)
 
+    closed_method = f"{method}/{similarity_name(dcfg.closed_set)}" if method != "icl" else "icl"
     records = []
     for u in units:
         cal = calibrated[u]
@@ -177,7 +178,7 @@ def describe_layer(
             "top_clips": t.top_ids[u].tolist(), "top_values": [float(v) for v in t.top_values[u]],
             "bottom_clips": t.bottom_ids[u].tolist(), "bottom_values": [float(v) for v in t.bottom_values[u]],
             "closed_concepts": [{"concept": c, "score": float(s)} for c, s in ranked[u]],
-            "closed_method": f"{method}/{similarity_name(dcfg.closed_set)}" if method != "icl" else "icl",
+            "closed_method": closed_method,
             "summary_high": summaries[top_sets[u]], "summary_low": summaries[low_sets[u]],
             "calibrated_summary": list(cal.high), "removed_by_calibration": list(cal.removed_high),
             "description": description,
