@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from hydra.utils import instantiate
 
 from and_lightning.dissection import dissect
@@ -22,6 +23,7 @@ def outputs(dissection: Path, run: Path) -> dict[str, bytes]:
     return files
 
 
+@pytest.mark.slow
 def test_describe_and_evaluate_records_equal_from_scratch_and_with_warm_caches(trained_cnn):
     ckpt, root, overrides = trained_cnn
     cfg = lambda stage: compose_cfg("dissect", root, [*overrides, f"ckpt_path={ckpt}", f"stage={stage}",  # noqa: E731
