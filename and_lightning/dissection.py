@@ -108,6 +108,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         return _finish(cfg, result)
 
     encoder = instantiate(cfg.text_encoder)
+    encoder.persist(Path(cfg.paths.cache_dir) / "text_embeddings.sqlite", semantic_config(public_config(cfg.text_encoder)))
     audio_embed = tab_audio_embedder(encoder, [by_id[c] for c in store.clip_ids], data.clip_seconds,
                                      out / "tab_audio.npy")
     descriptions_path = out / "descriptions.jsonl"

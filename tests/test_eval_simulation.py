@@ -9,7 +9,7 @@ import pytest
 
 from and_lightning.analysis.simulation import (
     RATING_SCHEMA, llm_clip_choice, load_or_make_split, make_split, neuron_correlations, parse_ratings, pearson,
-    score_mask, simulation_report, spearman, text_predictions,
+    score_masks, simulation_report, spearman, text_predictions,
 )
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
 from openai_server import OpenAITestServer, last_user_text
@@ -60,8 +60,8 @@ def test_vectorised_neuron_correlations_equal_the_scalar_ones():
 
 def test_score_mask_and_llm_clip_choice():
     rec = {"top_clips": ["b"], "bottom_clips": ["d"]}
-    assert score_mask(rec, ["a", "b", "c", "d"], True).tolist() == [True, False, True, False]
-    assert score_mask(rec, ["a", "b"], False).tolist() == [True, True]
+    assert score_masks([rec], ["a", "b", "c", "d"], True).tolist() == [[True, False, True, False]]
+    assert score_masks([rec], ["a", "b"], False).tolist() == [[True, True]]
     actual = np.array([5.0, 9.0, 1.0, 8.0, 7.0, 0.0])
     allowed = np.array([True, False, True, True, True, True])
     chosen = llm_clip_choice(actual, allowed, 4, np.random.default_rng(0))

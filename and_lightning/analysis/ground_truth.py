@@ -10,6 +10,7 @@ recall = |named & true| / |true|; per layer they are micro-averaged over the neu
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -92,14 +93,20 @@ def _negated(tokens: list[str], i: int, window: int) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=8)
+def _phrase_index(vocabulary: tuple[tuple[str, str | None], ...]) -> tuple[dict[tuple[str, ...], str | None], int]:
+    """A vocabulary's phrases as token tuples -> value, and the longest phrase's length (built once)."""
+    vocab = {tuple(tokenize(k)): v for k, v in vocabulary}
+    return vocab, max((len(k) for k in vocab), default=1)
+
+
 def named_attributes(text: str, vocabulary: Mapping[str, str | None] = ATTRIBUTE_VOCABULARY,
                      negation_window: int = 3) -> set[str]:
     """The attribute values a text names: phrases matched longest first, left to right; a match with a
     negator among the `negation_window` tokens before it is dropped (unless the phrase holds the negator
     itself, e.g. "no background noise")."""
     tokens = tokenize(text)
-    vocab = {tuple(tokenize(k)): v for k, v in vocabulary.items()}
-    longest = max((len(k) for k in vocab), default=1)
+    vocab, longest = _phrase_index(tuple(vocabulary.items()))
     found: set[str] = set()
     i = 0
     while i < len(tokens):
@@ -239,6 +246,7 @@ def ground_truth_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
         raise ValueError("ground truth: no text field to score (fields is empty)")
     names, Y = attribute_indicators(clip_attributes, values)
     rows, per_neuron = [], {}
+    named_by_text: dict[str, set[str]] = {}  # each distinct text parsed once (read-only sets)
     for layer, acts in acts_by_layer.items():
         recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])
         if not recs:
@@ -246,7 +254,9 @@ def ground_truth_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
         true = true_attributes(auroc_matrix(acts, Y), names, threshold, direction)
         true = [true[r["unit"]] for r in recs]
         for fi, field in enumerate(fields):
-            named = [named_attributes(record_text(r, field), vocabulary) for r in recs]
+            texts = [record_text(r, field) for r in recs]
+            named_by_text.update((t, named_attributes(t, vocabulary)) for t in texts if t not in named_by_text)
+            named = [named_by_text[t] for t in texts]
             rng = np.random.default_rng([seed, len(rows)])
             rows.append({"layer": layer, "field": field, **layer_scores(named, true, rng, shuffles)})
             if fi == 0:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from itertools import chain
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch.nn.functional as F
@@ -91,12 +92,15 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(rankdata(x), rankdata(y))
 
 
-def score_mask(record: Mapping[str, Any], score_ids: Sequence[str], exclude_described: bool) -> np.ndarray:
-    """bool over `score_ids`: the clips this neuron is scored on (not its own top / bottom clips)."""
-    if not exclude_described:
-        return np.ones(len(score_ids), bool)
-    seen = set(record.get("top_clips", [])) | set(record.get("bottom_clips", []))
-    return np.array([c not in seen for c in score_ids], bool)
+def score_masks(records: Sequence[Mapping[str, Any]], score_ids: Sequence[str], exclude_described: bool) -> np.ndarray:
+    """bool [M, n] over `score_ids`: the clips each neuron is scored on (not its own top / bottom clips)."""
+    masks = np.ones((len(records), len(score_ids)), bool)
+    if exclude_described:
+        column = {c: j for j, c in enumerate(score_ids)}
+        for m, record in enumerate(records):
+            seen = [column[c] for c in (*record.get("top_clips", []), *record.get("bottom_clips", [])) if c in column]
+            masks[m, seen] = False
+    return masks
 
 
 def _masked_pearson_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -114,12 +118,21 @@ def _masked_pearson_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndar
 def neuron_correlations(predicted: np.ndarray, actual: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """[M, 2] (pearson, spearman) of predicted [M, n] vs actual [n, M] over each neuron's mask [M, n],
     vectorised over neurons (masked entries are ranked last, so they never shift the kept entries' ranks)."""
-    x = np.asarray(predicted, np.float64)
+    return correlations_of_many([predicted], actual, masks)[0]
+
+
+def correlations_of_many(predictions: Iterable[np.ndarray], actual: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
+    """`neuron_correlations` of several predictions (e.g. shuffled ones) against the same activations and masks,
+    whose ranks are computed once."""
     y = np.asarray(actual, np.float64).T
     w = np.asarray(masks, bool)
-    rx = rankdata(np.where(w, x, np.inf), axis=1)
     ry = rankdata(np.where(w, y, np.inf), axis=1)
-    return np.stack([_masked_pearson_rows(x, y, w), _masked_pearson_rows(rx, ry, w)], axis=1)
+    out = []
+    for predicted in predictions:
+        x = np.asarray(predicted, np.float64)
+        rx = rankdata(np.where(w, x, np.inf), axis=1)
+        out.append(np.stack([_masked_pearson_rows(x, y, w), _masked_pearson_rows(rx, ry, w)], axis=1))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ predictors
@@ -215,14 +228,13 @@ def simulation_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappi
             continue
         units = [r["unit"] for r in recs]
         actual = np.asarray(acts, np.float64)[rows_idx][:, units]  # [n, M]
-        masks = np.stack([score_mask(r, score_ids, exclude_described) for r in recs])
+        masks = score_masks(recs, score_ids, exclude_described)
         descs = [str(r.get(field) or "") for r in recs]
         rng = np.random.default_rng([seed, li])
         perms = [rng.permutation(len(recs)) for _ in range(1 if llm is not None else shuffles)]
         if llm is None:
             pred = text_predictions(descs, cap_texts, encoder)
-            real = neuron_correlations(pred, actual, masks)
-            shuffled = [neuron_correlations(pred[p], actual, masks) for p in perms]
+            real, *shuffled = correlations_of_many(chain([pred], (pred[p] for p in perms)), actual, masks)
         else:
             choices = [llm_clip_choice(actual[:, m], masks[m], llm_clips, rng) for m in range(len(recs))]
             real = _llm_correlations(llm, descs, cap_texts, choices, actual, llm_chunk)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -138,10 +139,8 @@ def calibrate_many(
     """Module B for many neurons: `pairs` are (high summary, low summary) texts. All sentences are
     embedded in one `encoder.encode` call (the encoder de-duplicates), then each neuron is calibrated.
     `faithful`: the original's sentence split and removal loop (pass threshold=ORIGINAL_THRESHOLD too)."""
-    split = [
-        (summary_sentences(h, min_tokens, junk_phrases, faithful), summary_sentences(l, min_tokens, junk_phrases, faithful))
-        for h, l in pairs
-    ]
+    sentences = {t: summary_sentences(t, min_tokens, junk_phrases, faithful) for pair in pairs for t in pair}
+    split = [(sentences[h], sentences[l]) for h, l in pairs]
     unique = list(dict.fromkeys(s for hs, ls in split for s in (*hs, *ls)))
     emb = encoder.encode(unique) if unique else torch.zeros(0, 1)
     row = {s: i for i, s in enumerate(unique)}
@@ -149,7 +148,18 @@ def calibrate_many(
     def embed(sentences: list[str]) -> Tensor:
         return emb[[row[s] for s in sentences]] if sentences else emb[:0]
 
-    return [calibrate_sentences(hs, ls, embed(hs), embed(ls), threshold, faithful) for hs, ls in split]
+    with _one_thread():  # a few sentences per neuron: handing them to a thread pool costs ~100x the products
+        return [calibrate_sentences(hs, ls, embed(hs), embed(ls), threshold, faithful) for hs, ls in split]
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def calibrate(high_summary: str, low_summary: str, encoder: SentenceEncoder, threshold: float = DEFAULT_THRESHOLD,

@@ -8,6 +8,7 @@ summarise each group once.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -193,6 +194,13 @@ def _caption_phrases(caption: str) -> list[_Phrase]:
         phrases += found
         k += len(clause)
     return phrases
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed_caption(caption: str, clean: bool) -> tuple[_Phrase, ...]:
+    """The phrases of a caption (after the repetition cleaning when `clean`), parsed once per process: a
+    caption is in the top or bottom set of many neurons (read-only: the phrases are shared)."""
+    return tuple(_caption_phrases(clean_repeated_caption(caption) if clean else caption))
 
 
 def _noun_run_end(clause: list[tuple[str, str]], i: int) -> int:
@@ -394,10 +402,9 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
     """
     if not captions:
         raise ValueError("extractive_summary needs at least one caption")
-    texts = [clean_repeated_caption(c) if clean else c for c in captions]
-    n = len(texts)
+    n = len(captions)
     need = int(min_share * n) + 1
-    per = [_caption_phrases(t) for t in texts]
+    per = [_parsed_caption(c, clean) for c in captions]
 
     def shared(kind: str, key=lambda p: p.key, where=lambda p: True) -> list[tuple[str, list[_Phrase]]]:
         """(key, its occurrences, one per caption) for keys in >= need captions; most shared first, then

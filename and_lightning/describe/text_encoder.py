@@ -7,9 +7,10 @@ An encoder has an audio side when it has `encode_audio`; TAB needs one.
 """
 from __future__ import annotations
 
+import base64
 import os
 from itertools import islice
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from and_lightning.data.audio_io import resample
+from and_lightning.store.kvcache import KVCache
 
 
 def _features(out) -> Tensor:
@@ -27,7 +29,8 @@ def _features(out) -> Tensor:
 
 class TextEncoder:
     """`encode(texts) -> [n, d]` float32 unit-norm rows. Each distinct string is embedded once per
-    encoder instance (in-memory cache); new strings are embedded in batches of `batch_size`."""
+    encoder instance (in-memory cache); new strings are embedded in batches of `batch_size`. After `persist`,
+    the batches are also kept on disk for later stages and reruns."""
 
     def __init__(self, batch_size: int = 64, device: str = "cpu"):
         if batch_size < 1:
@@ -35,6 +38,25 @@ class TextEncoder:
         self.batch_size = batch_size
         self.device = device
         self._cache: dict[str, Tensor] = {}
+        self._disk: KVCache | None = None
+        self._identity: Any = None
+
+    def persist(self, path: str | os.PathLike, identity: Any) -> None:
+        """Keep every embedded batch in the KVCache at `path` too, keyed by `identity` (the encoder's semantic
+        config) and the batch's texts: an embedding depends in its last bits on the texts padded with it, so only
+        the same batch is read back, bit for bit what embedding it again would give (e.g. the captions and
+        concepts that describe embeds and evaluate embeds again)."""
+        self._disk, self._identity = KVCache(path), identity
+
+    def _embed_batch(self, batch: list[str]) -> Tensor:
+        key = KVCache.key_for(["text_embeddings", self._identity, batch]) if self._disk is not None else None
+        if key and (hit := self._disk.get(key)) is not None:
+            return torch.from_numpy(np.frombuffer(base64.b64decode(hit), np.float32).reshape(len(batch), -1).copy())
+        with torch.inference_mode():
+            emb = F.normalize(self._embed(batch).float(), dim=-1).cpu()
+        if key:
+            self._disk.put(key, base64.b64encode(emb.numpy().tobytes()).decode("ascii"))
+        return emb
 
     @property
     def dim(self) -> int:
@@ -51,9 +73,7 @@ class TextEncoder:
         new = [t for t in dict.fromkeys(texts) if t not in self._cache]
         for start in range(0, len(new), self.batch_size):
             batch = new[start:start + self.batch_size]
-            with torch.inference_mode():
-                emb = F.normalize(self._embed(batch).float(), dim=-1).cpu()
-            self._cache.update(zip(batch, emb))
+            self._cache.update(zip(batch, self._embed_batch(batch)))
         if not texts:
             return torch.zeros(0, self.dim)
         return torch.stack([self._cache[t] for t in texts])

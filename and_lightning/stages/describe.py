@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,14 +20,15 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from and_lightning.data.clips import ClipDataset, ClipRecord
-from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, calibrate_many
+from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, Calibrated, calibrate_many
 from and_lightning.describe.closed_set import (
     db_probs, icl_request, parse_icl_reply, scores_from_p, tab_scores_matrix, top_concepts,
 )
 from and_lightning.describe.similarity import TOP_CLIP_SIMILARITIES
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest
 from and_lightning.describe.open_concepts import (
-    acoustic_filter_request, acoustic_verdict, apply_acoustic_filter, extract_open_concepts, words_needing_decision,
+    OpenConcepts, acoustic_filter_request, acoustic_verdict, apply_acoustic_filter, extract_open_concepts,
+    words_needing_decision,
 )
 from and_lightning.describe.lexicon import is_acoustic, normalise_word
 from and_lightning.describe.sentences import clean_llm_summary
@@ -88,16 +90,23 @@ def closed_set_scores(store: ActivationStore, layer: str, P: torch.Tensor, dcfg:
 
 
 def summarise(clip_sets: Sequence[tuple[str, ...]], captions: Mapping[str, str], llm: ChatLLM | None,
-              min_share: float, clean: bool) -> tuple[dict[tuple[str, ...], str], dict[tuple[str, ...], tuple]]:
+              min_share: float, clean: bool, known: dict[tuple[str, ...], str] | None = None,
+              fixes: dict[tuple[str, ...], tuple] | None = None) -> tuple[dict[tuple[str, ...], str], dict]:
     """One summary per unique clip set: the LLM's commonality summary (cleaned by `clean_llm_summary`), or offline
-    the shared descriptors; and per set what the cleaning fixed (empty offline)."""
-    unique = list(dict.fromkeys(clip_sets))
-    texts = [[captions[c] for c in s] for s in unique]
+    the shared descriptors; and per set what the cleaning fixed (nothing offline). Sets already in `known` (e.g.
+    other layers' summaries) are not summarised again; the new ones are added to `known` and `fixes`, which are
+    returned."""
+    known = {} if known is None else known
+    fixes = {} if fixes is None else fixes
+    new = [s for s in dict.fromkeys(clip_sets) if s not in known]
+    texts = [[captions[c] for c in s] for s in new]
     if llm is None:
-        return {s: extractive_summary(t, min_share=min_share, clean=clean) for s, t in zip(unique, texts)}, {}
+        known.update((s, extractive_summary(t, min_share=min_share, clean=clean)) for s, t in zip(new, texts))
+        return known, fixes
     replies = llm.complete_many([ChatRequest(summary_messages(t, clean=clean), kind="summary") for t in texts])
-    cleaned = [clean_llm_summary(str(r)) for r in replies]
-    return {s: c[0] for s, c in zip(unique, cleaned)}, {s: c[1] for s, c in zip(unique, cleaned)}
+    for s, r in zip(new, replies):
+        known[s], fixes[s] = clean_llm_summary(str(r))
+    return known, fixes
 
 
 def acoustic_decisions(adjective_lists: Sequence[Sequence[str]], llm: ChatLLM | None,
@@ -111,6 +120,19 @@ def acoustic_decisions(adjective_lists: Sequence[Sequence[str]], llm: ChatLLM | 
     return {w: v[0] for w, v in zip(words, verdicts)}, {w: v[1:] for w, v in zip(words, verdicts)}
 
 
+@dataclass
+class DescribeMemo:
+    """What describing a layer computes that other layers reuse: summaries (and the LLM-reply cleaning each
+    needed) by clip set, Module B by (high, low)
+    summary pair, Module C by calibrated summary. Each is a pure function of its key under one run's settings,
+    so reusing it leaves the records unchanged."""
+
+    summaries: dict[tuple[str, ...], str] = field(default_factory=dict)
+    fixes: dict[tuple[str, ...], tuple] = field(default_factory=dict)
+    calibrated: dict[tuple[str, str], Calibrated] = field(default_factory=dict)
+    opens: dict[tuple[str, ...], OpenConcepts] = field(default_factory=dict)
+
+
 def describe_layer(
     store: ActivationStore,
     layer: str,
@@ -122,8 +144,11 @@ def describe_layer(
     llm: ChatLLM | None,
     dcfg: DictConfig,
     head_layer: str | None,
+    memo: DescribeMemo | None = None,
 ) -> list[dict[str, Any]]:
-    """Describe every unit of `layer`; returns one record per unit (schema in DESIGN.md)."""
+    """Describe every unit of `layer`; returns one record per unit (schema in DESIGN.md). Pass one `memo` to
+    all layers of a run so that what they share is computed once."""
+    memo = memo or DescribeMemo()
     k = int(dcfg.k)
     t = store.topk(layer, k)
     units = range(store.layers[layer])
@@ -134,12 +159,19 @@ def describe_layer(
     low_sets = [tuple(sorted(t.bottom_ids[u].tolist())) for u in units]
     groups = group_by_clip_set({("high", u): s for u, s in zip(units, top_sets)}
                                | {("low", u): s for u, s in zip(units, low_sets)})
-    summaries, fixes = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats)
-    calibrated = calibrate_many([(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)], encoder,
-                                threshold=ORIGINAL_THRESHOLD if dcfg.faithful else dcfg.calibration.threshold,
-                                min_tokens=dcfg.calibration.min_tokens, faithful=dcfg.faithful)
-    opens = [extract_open_concepts(c.high, acoustic=None, window=dcfg.open_concepts.negation_window)
-             for c in calibrated]
+    summaries, fixes = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats,
+                                 memo.summaries, memo.fixes)
+    pairs = [(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)]
+    new_pairs = [p for p in dict.fromkeys(pairs) if p not in memo.calibrated]
+    memo.calibrated.update(zip(new_pairs, calibrate_many(
+        new_pairs, encoder, threshold=ORIGINAL_THRESHOLD if dcfg.faithful else dcfg.calibration.threshold,
+        min_tokens=dcfg.calibration.min_tokens, faithful=dcfg.faithful)))
+    calibrated = [memo.calibrated[p] for p in pairs]
+    for c in calibrated:
+        if tuple(c.high) not in memo.opens:
+            memo.opens[tuple(c.high)] = extract_open_concepts(c.high, acoustic=None,
+                                                              window=dcfg.open_concepts.negation_window)
+    opens = [memo.opens[tuple(c.high)] for c in calibrated]
     acoustic, acoustic_parse = acoustic_decisions([o.adjectives for o in opens], llm,
                                                   dcfg.open_concepts.acoustic_filter)
 
@@ -153,6 +185,7 @@ def describe_layer(
         S = closed_set_scores(store, layer, P, dcfg, p_is_prob, head_layer)
         ranked = top_concepts(S, concepts, k=int(dcfg.closed_set.top_n), faithful=dcfg.faithful)
 
+    closed_method = f"{method}/{similarity_name(dcfg.closed_set)}" if method != "icl" else "icl"
     records = []
     for u in units:
         cal = calibrated[u]
@@ -166,7 +199,7 @@ def describe_layer(
                      "top_by_clip_order": int(t.top_unresolved[u]),
                      "bottom_by_clip_order": int(t.bottom_unresolved[u])},
             "closed_concepts": [{"concept": c, "score": float(s)} for c, s in ranked[u]],
-            "closed_method": f"{method}/{similarity_name(dcfg.closed_set)}" if method != "icl" else "icl",
+            "closed_method": closed_method,
             "summary_high": summaries[top_sets[u]], "summary_low": summaries[low_sets[u]],
             "calibrated_summary": list(cal.high), "removed_by_calibration": list(cal.removed_high),
             "description": description,
@@ -235,6 +268,7 @@ def describe_stage(
         raise ValueError("describe.closed_set.method=icl needs an LLM (llm=openai or llm=hf), not llm=none")
     require_audio_side(method, encoder)
     P, p_is_prob = None, False
+    memo = DescribeMemo()
     lines: list[str] = []
     for layer in tqdm(list(store.layers), desc="describe", unit="layer"):
         path = out_dir / "layers" / f"{layer}.jsonl"
@@ -242,7 +276,8 @@ def describe_stage(
             if P is None and method != "icl":
                 P, p_is_prob = concept_matrix(method, captions, store.clip_ids, concepts, encoder, audio_embed,
                                               dcfg.closed_set.scale)
-            records = describe_layer(store, layer, captions, concepts, P, p_is_prob, encoder, llm, dcfg, head_layer)
+            records = describe_layer(store, layer, captions, concepts, P, p_is_prob, encoder, llm, dcfg, head_layer,
+                                     memo)
             write_text(path, "".join(json.dumps(r) + "\n" for r in records))
         lines.append(path.read_text(encoding="utf-8"))
     out = out_dir / "descriptions.jsonl"
