@@ -59,7 +59,9 @@ def test_tab_runs_from_the_cli_in_describe_and_evaluate(tmp_path, tmp_path_facto
     assert {r["closed_method"] for r in records} == {"tab/soft_wpmi"}
     for layer in store.layers:
         acts = torch.from_numpy(np.asarray(store.acts(layer), dtype=np.float32))
-        expected = top_concepts(tab_scores(acts, audio, text, "soft_wpmi", faithful=faithful), concepts, k=5)
+        tiebreak = torch.from_numpy(np.array(store.tiebreak(layer)))  # equal activations: the store's statistic
+        expected = top_concepts(tab_scores(acts, audio, text, "soft_wpmi", faithful=faithful, tiebreak=tiebreak),
+                                concepts, k=5)
         got = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])
         assert [[c["concept"] for c in r["closed_concepts"]] for r in got] == [[c for c, _ in e] for e in expected]
         np.testing.assert_allclose([[c["score"] for c in r["closed_concepts"]] for r in got],
