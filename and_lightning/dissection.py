@@ -57,9 +57,9 @@ def missing_checkpoint_hint(cfg: DictConfig) -> str:
 def dissection_dir(cfg: DictConfig, store: ActivationStore) -> Path:
     """Where this dissection's files live: keyed by the store and every setting that changes descriptions (of the
     backends only their `semantic_config`: never servers, timeouts, retries or cache paths)."""
-    semantic = {k: public_config(cfg[k]) if isinstance(cfg[k], DictConfig) else cfg[k]
+    semantic = {k: public_config(cfg[k]) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
                 for k in ("captioner", "llm", "text_encoder", "concepts", "describe")}
-    semantic.update({k: semantic_config(semantic[k]) for k in ("captioner", "llm", "text_encoder")})
+    semantic.update({k: semantic_config(semantic[k]) for k in ("captioner", "llm", "text_encoder") if semantic[k]})
     return Path(cfg.paths.cache_dir) / "dissections" / hash_obj([store.manifest["key"], semantic])[:16]
 
 
@@ -73,7 +73,8 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     if stages == ("evaluate",) and not needs_dissection(cfg.evaluate):  # e.g. CREPE on generated tones
         ev = evaluate_stage(cfg.evaluate, Path(cfg.paths.output_dir) / "evaluate",
-                            encoder=instantiate(cfg.text_encoder), model_name=cfg.model.name, seed=cfg.seed)
+                            encoder=instantiate(cfg.text_encoder), captioner=instantiate(cfg.captioner),
+                            model_name=cfg.model.name, seed=cfg.seed)
         return _finish(cfg, {"metrics": ev.metrics, "evaluate": {"files": ev.files, "images": ev.images}})
     # the model and its layers before the data: a wrong checkpoint or layer name fails at once
     adapter, class_names = load_target(cfg)
@@ -98,8 +99,9 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
 
     by_id = {r.clip_id: r for r in records}
     captions_path = out / "captions.jsonl"
+    captioner = instantiate(cfg.captioner)
     if "caption" in stages:
-        captions = caption_stage(store, by_id, instantiate(cfg.captioner), Path(cfg.paths.cache_dir) / "captions.sqlite",
+        captions = caption_stage(store, by_id, captioner, Path(cfg.paths.cache_dir) / "captions.sqlite",
                                  captions_path, cfg.describe.k, all_clips=cfg.describe.closed_set.method == "db",
                                  class_names=data.class_names)
     else:
@@ -112,7 +114,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     audio_embed = tab_audio_embedder(encoder, [by_id[c] for c in store.clip_ids], data.clip_seconds,
                                      out / "tab_audio.npy")
     descriptions_path = out / "descriptions.jsonl"
-    llm = None if cfg.llm.name == "none" else build_llm(cfg.llm)
+    llm = build_llm(cfg.llm) if cfg.get("llm") else None  # no llm config (llm: null, llm=none): rule-based
     if "describe" in stages:
         describe_stage(store, captions, list(cfg.concepts.concepts), encoder, llm, cfg.describe, out, head,
                        audio_embed)
@@ -127,8 +129,8 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         ev = evaluate_stage(cfg.evaluate, Path(cfg.paths.output_dir) / "evaluate", store=store, records=descriptions,
                             captions=captions, clips=by_id, class_names=class_names,
                             concepts=list(cfg.concepts.concepts), head_layer=head, encoder=encoder, llm=llm,
-                            split_dir=out, audio_embed=audio_embed, model_name=cfg.model.name, seed=cfg.seed,
-                            label_captions=label_captions)
+                            captioner=captioner, split_dir=out, audio_embed=audio_embed, model_name=cfg.model.name,
+                            seed=cfg.seed, label_captions=label_captions)
         metrics.update(ev.metrics)
         result["evaluate"] = {"files": ev.files, "images": ev.images, "skipped": ev.skipped}
     result["metrics"] = metrics
@@ -157,11 +159,12 @@ def _last_layer_metrics(descriptions: list[dict], head: str, class_names: list[s
         return {}
     if not set(class_names) <= set(concepts):
         return {}
-    acc = last_layer_accuracy(rows, class_names, encoder)
-    method = rows[0]["closed_method"]
-    print(f"last layer '{head}' ({method}): top-1 {acc['top1']:.1%}  top-5 {acc['top5']:.1%}  cos {acc['cos']:.3f}"
-          f"  over {int(acc['units'])} units")
-    return {f"dissect/last_layer_{k}": v for k, v in acc.items() if k != "units"}
+    acc = last_layer_accuracy([[c["concept"] for c in r["closed_concepts"]] for r in rows],
+                              [class_names[r["unit"]] if r["unit"] < len(class_names) else None for r in rows],
+                              encoder, n_concepts=len(concepts))
+    print(f"last layer '{head}' ({rows[0]['closed_method']}): top-1 {acc['top1']:.1f}%  top-5 {acc['top5']:.1f}%  "
+          f"cos {acc['cos']:.3f}  over {acc['units']} units")
+    return {f"dissect/last_layer_{k}": acc[k] / (1 if k == "cos" else 100) for k in ("top1", "top5", "cos")}
 
 
 def _print_examples(descriptions: list[dict], head: str, n: int) -> None:

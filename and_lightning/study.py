@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from and_lightning.analysis.strategies import RESULT_FILE
@@ -20,17 +18,15 @@ from and_lightning.tracking import public_config, sweep_group
 from and_lightning.training import train
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def dissect_config(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     """`dissect.yaml` for the model `cfg` trained: same data, paths, seed and logger; `cfg.dissect_overrides` on top.
-    Its files go to <train run dir>/dissect."""
-    overrides = [f"data={cfg.data.name}", f"model={cfg.model.name}", f"seed={cfg.seed}",
-                 *(cfg.get("dissect_overrides") or [])]
-    ready = GlobalHydra.instance().is_initialized()  # inside a Hydra app; plain callers get the repo's conf/
-    with nullcontext() if ready else initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        dcfg = compose("dissect", overrides=overrides)
+    Its files go to <train run dir>/dissect. Composed with Hydra's compose API from the config path Hydra was
+    initialised with: train.py's `@hydra.main` (every job of a multirun too), or a plain caller's
+    `initialize_config_dir` (Hydra's documented requirement for `compose`)."""
+    dcfg = compose("dissect", overrides=[f"data={cfg.data.name}", f"model={cfg.model.name}", f"seed={cfg.seed}",
+                                         *(cfg.get("dissect_overrides") or [])])
     with open_dict(dcfg):
         dcfg.data, dcfg.model, dcfg.paths = (OmegaConf.create(OmegaConf.to_container(cfg[k], resolve=True))
                                              for k in ("data", "model", "paths"))

@@ -34,10 +34,6 @@ def init_checkpoint(strategy: DictConfig, ckpt: str | Path | None, model_cfg: Di
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one model; returns the final metrics (also logged), plus the checkpoint path."""
-    if cfg.get("prune") and cfg.prune.name != "none":
-        from and_lightning.prune.unlearn import unlearn
-
-        return unlearn(cfg)
     config = public_config(cfg)
     loggers = build_loggers(cfg)
     try:

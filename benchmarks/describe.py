@@ -7,7 +7,6 @@ real server would), so its threads do not share the client's GIL.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import sys
 import tempfile
@@ -19,39 +18,18 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test server lives with the tests
 
 from openai_server import OpenAITestServer, last_user_text  # noqa: E402
 
+from and_lightning.describe.llm.base import ChatRequest  # noqa: E402
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM  # noqa: E402
+from and_lightning.describe.llm.prompts import summary_messages  # noqa: E402
 
-SUMMARY_SCHEMA = {
-    "title": "neuron_summary",
-    "type": "object",
-    "properties": {
-        "summary": {"type": "string"},
-        "concepts": {"type": "array", "items": {"type": "string"}},
-        "adjectives": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["summary", "concepts", "adjectives"],
-    "additionalProperties": False,
-}
-SYSTEM = "Summarize the captions of these audio clips by identifying their commonalities."
-
-
-def summary_requests(n: int) -> list[tuple[list[dict], dict]]:
-    """`n` distinct summary prompts (5 captions each), as (messages, schema)."""
-    return [
-        (
-            [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": "\n".join(f"neuron {i}: clip {j} is a loud bright tone" for j in range(5))},
-            ],
-            SUMMARY_SCHEMA,
-        )
-        for i in range(n)
-    ]
+def summary_requests(n: int) -> list[ChatRequest]:
+    """`n` distinct summary requests, the pipeline's own prompt over 5 captions each (free-text replies)."""
+    return [ChatRequest(summary_messages([f"neuron {i}: clip {j} is a loud bright tone" for j in range(5)]))
+            for i in range(n)]
 
 
 def answer(body: dict) -> str:
-    first = last_user_text(body).split(":")[0]
-    return json.dumps({"summary": f"{first}: loud bright tones", "concepts": ["tone"], "adjectives": ["loud"]})
+    return f"{last_user_text(body).split(':')[0]}: loud bright tones."
 
 
 def serve(delay: float, urls: "mp.Queue", stop: "mp.Event", counts: "mp.Queue") -> None:

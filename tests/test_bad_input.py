@@ -120,6 +120,8 @@ CASES = [
          r"strategy=finetune needs strategy\.init_ckpt=<path to a checkpoint>"),
     case("missing_resume_checkpoint", "train.py", [*SYNTH, "resume={root}/none.ckpt"],
          r"resume: checkpoint file not found: \S+/none\.ckpt"),
+    case("prune_in_train_mode", "train.py", [*SYNTH, "prune=concept"], r"prune=concept needs mode=unlearn"),
+    case("unlearn_without_prune", "train.py", [*SYNTH, "mode=unlearn"], r"mode=unlearn needs prune=<a strategy"),
 ]
 # Not bad input, so not in the catalogue: a stereo (or other channel count) file is mixed down to mono by design.
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from and_lightning.describe.captioners.base import Captioner, Clip
 from and_lightning.describe.captioners.cached import audio_sha256, caption_clips
 from and_lightning.describe.captioners.openai_audio import OpenAIAudioCaptioner, wav_base64
-from and_lightning.describe.llm import LLMRequestError
+from and_lightning.describe.llm.base import LLMRequestError
 from and_lightning.store.kvcache import KVCache
 from openai_server import OpenAITestServer
 

@@ -25,8 +25,8 @@ from omegaconf import OmegaConf, open_dict
 
 from and_lightning.checkpoints import build
 from and_lightning.dissection import dissect
+from and_lightning.prune.unlearn import unlearn
 from and_lightning.store.activations import ActivationStore
-from and_lightning.training import train
 from conftest import CONF, compose_cfg
 from fixtures_audio import make_esc50, make_folder, make_gtzan, make_urbansound8k
 from openai_server import OpenAITestServer, last_user_text
@@ -277,9 +277,10 @@ def cnn_dissection(cnn, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("strategy", PRUNE)
 def test_prune_strategy(strategy, cnn, cnn_dissection, tmp_path):
     root, base = cnn
-    cfg = compose_run("train", root, base + [f"prune={strategy}", f"prune.target={TARGET}", "prune.allow_empty=true",
-                                             f"prune.descriptions={cnn_dissection}", "logger=none"], tmp_path)
-    metrics = train(cfg)
+    cfg = compose_run("train", root, base + ["mode=unlearn", f"prune={strategy}", f"prune.target={TARGET}",
+                                             "prune.allow_empty=true", f"prune.descriptions={cnn_dissection}",
+                                             "logger=none"], tmp_path)
+    metrics = unlearn(cfg)
     result = json.loads((tmp_path / "unlearn_result.json").read_text())
     rows = [json.loads(line) for line in cnn_dissection.read_text().splitlines()]
     widths = {}

@@ -193,7 +193,7 @@ def test_readme_custom_model_trains_dissects_and_prunes_through_the_cli(tmp_path
     assert all(r["description"] and r["closed_concepts"] for r in records)
     assert "dissect/last_layer_top1" in result["metrics"]  # the head is the output layer, scored as Table 2
 
-    prune = cli("train.py", tmp_path, [*CUSTOM, *TINY_SYNTH, "prune=random", "prune.target=noise_hiss",
+    prune = cli("train.py", tmp_path, [*CUSTOM, *TINY_SYNTH, "mode=unlearn", "prune=random", "prune.target=noise_hiss",
                                        "prune.like=null", "prune.max_units=6",
                                        f"prune.descriptions={result['descriptions']}"])
     assert prune.returncode == 0, prune.stderr[-3000:]

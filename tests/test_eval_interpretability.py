@@ -12,7 +12,7 @@ from and_lightning.analysis.interpretability import (
     adjective_counts, adjectives_per_layer, caption_sentences, clip_clusters, cluster_captions, is_uninterpretable,
     kmeans_labels, uninterpretable_fractions,
 )
-from and_lightning.analysis.plots import adjective_bar_chart, adjectives_per_layer_plot, uninterpretable_plot
+from and_lightning.analysis.plots import adjective_bar_chart, adjectives_per_layer_plot, save_png, uninterpretable_plot
 from fakes import FakeBagOfWordsEncoder
 
 
@@ -20,7 +20,7 @@ def test_adjective_counts_once_per_neuron_with_merge(tmp_path):
     records = [{"adjectives": ["loud", "loud", "high"]}, {"adjectives": ["high-quality"]}, {"adjectives": []}]
     assert adjective_counts(records) == {"loud": 1, "high": 1, "high-quality": 1}
     assert adjective_counts(records, merge={"high": "high-quality"}) == {"loud": 1, "high-quality": 2}
-    png = adjective_bar_chart(adjective_counts(records), 10, tmp_path / "a.png")
+    png = save_png(adjective_bar_chart(adjective_counts(records), 10), tmp_path / "a.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
@@ -36,7 +36,7 @@ def test_adjectives_per_layer_fit_hand_computed(tmp_path):
     assert (out["slope"], out["intercept"], out["stderr"]) == pytest.approx((-1.0, 3.0, se))
     assert out["p_value"] == pytest.approx(2 * stats.t.sf(1 / se, 4))
     assert 0.17 < out["p_value"] < 0.18
-    assert open(adjectives_per_layer_plot(out, tmp_path / "f.png"), "rb").read(4) == b"\x89PNG"
+    assert open(save_png(adjectives_per_layer_plot(out), tmp_path / "f.png"), "rb").read(4) == b"\x89PNG"
     flat = adjectives_per_layer([{"layer": "a", "adjectives": ["x"]}], ["a", "b"])
     assert math.isnan(flat["slope"]) and math.isnan(flat["means"]["b"])
 
@@ -74,5 +74,5 @@ def test_caption_clustering_groups_similar_sentences(tmp_path):
     assert len({frozenset(clusters[f"dog{i}"]) for i in range(4)}) == 1
     assert clusters["dog0"] != clusters["car0"]
     assert clip_clusters(["a", "a", "b"], [1, 2, 1]) == {"a": {1, 2}, "b": {1}}
-    png = uninterpretable_plot({"L1": {3: 0.5}, "L2": {3: 0.1}}, tmp_path / "u.png")
+    png = save_png(uninterpretable_plot({"L1": {3: 0.5}, "L2": {3: 0.1}}), tmp_path / "u.png")
     assert open(png, "rb").read(4) == b"\x89PNG"

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from and_lightning.analysis.last_layer_table import (
-    ConceptScores, accuracy_from_ranked, icl_row, paper_reference_rows, similarity_rows, skipped_row,
-    unit_ground_truth, with_paper_columns,
+from and_lightning.analysis.last_layer import (
+    ConceptScores, last_layer_accuracy, paper_reference_rows, similarity_rows, skipped_row, unit_ground_truth,
+    with_paper_columns,
 )
 from and_lightning.analysis.pitch import (
     midi_to_hz, midi_to_name, note_concepts, note_to_midi, one_hot, pitch_table, semitone_errors, spoken_hz, tone,
@@ -23,7 +23,7 @@ from and_lightning.analysis.pitch import (
 from and_lightning.analysis.tables import csv_text, markdown_table, write_table
 from and_lightning.describe.closed_set import scores_from_p, topk_accuracy
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
-from and_lightning.stages.evaluate import last_layer_task, EvaluateResult
+from and_lightning.stages.evaluate import evaluate_stage
 from openai_server import OpenAITestServer, last_user_text
 
 
@@ -48,15 +48,28 @@ class FakeTableEncoder:
 ENC = FakeTableEncoder()
 
 
-def test_accuracy_from_ranked_hand_computed():
+def test_last_layer_accuracy_hand_computed():
     ranked = [["a", "b", "c", "d", "e"], ["b", "c", "a", "d", "e"], ["c", "a", "b", "d", "e"]]
-    acc = accuracy_from_ranked(ranked, ["a", "a", None], ENC)
+    acc = last_layer_accuracy(ranked, ["a", "a", None], ENC)
     # unit 0 hits at rank 1, unit 1 at rank 3, unit 2 has no gt; cos = (cos(a,a) + cos(b,a)) / 2 = (1 + 0.6) / 2
     assert acc == pytest.approx({"top1": 50.0, "top5": 100.0, "cos": 0.8, "units": 2.0})
-    assert math.isnan(accuracy_from_ranked([["a"], ["b"]], ["a", "b"], ENC)["top5"])  # one answer (ICL)
-    assert accuracy_from_ranked([["b", "a"], ["b", "a"]], ["a", "b"], ENC, n_concepts=2)["top5"] == 100.0
+    assert math.isnan(last_layer_accuracy([["a"], ["b"]], ["a", "b"], ENC)["top5"])  # one answer (ICL)
+    assert last_layer_accuracy([["b", "a"], ["b", "a"]], ["a", "b"], ENC, n_concepts=2)["top5"] == 100.0
     with pytest.raises(ValueError, match="no unit has a ground-truth concept"):
-        accuracy_from_ranked(ranked, [None, None, None], ENC)
+        last_layer_accuracy(ranked, [None, None, None], ENC)
+
+
+def test_dissect_scores_describes_head_concepts_with_the_same_accuracy():
+    """Issue 15: dissect's `dissect/last_layer_*` come from last_layer_accuracy too (fractions, not percent), so
+    ICL's single answer per unit has no top-5 (it used to count as a top-5 hit)."""
+    from and_lightning.dissection import _last_layer_metrics
+
+    records = [{"layer": "head", "unit": u, "closed_method": "icl", "closed_concepts": [{"concept": c, "score": 1.0}]}
+               for u, c in enumerate(["a", "c", "c"])]
+    m = _last_layer_metrics(records, "head", ["a", "b", "c"], ["a", "b", "c"], ENC)
+    # units 0 and 2 name their class, unit 1 (b) says c: cos = (1 + cos(b, c) + 1) / 3 = (1 + 0.8 + 1) / 3
+    assert m["dissect/last_layer_top1"] == pytest.approx(2 / 3) and math.isnan(m["dissect/last_layer_top5"])
+    assert m["dissect/last_layer_cos"] == pytest.approx(2.8 / 3)
 
 
 def labelled_case():
@@ -138,13 +151,14 @@ def test_last_layer_task_db_icl_through_a_real_client_and_skipped_tab(tmp_path):
     def answer(body):  # the "LLM" names the last word of the summary
         return json.dumps({"concept": last_user_text(body).split()[-1], "reason": "it says so"})
 
-    result = EvaluateResult()
     with OpenAITestServer(answer=answer) as server:
         llm = OpenAIChatLLM(model="test-model", base_url=server.base_url, cache_path=str(tmp_path / "llm.sqlite"),
                             api_key_env="AND_TEST_API_KEY", timeout=5.0)
-        cfg = {"methods": ["db", "tab", "icl"], "similarities": ["cos"], "faithful": [False], "scale": 100.0}
-        last_layer_task(cfg, tmp_path, store, captions, records, ["a", "b", "c"], ["a", "b", "c"], "head", ENC, llm,
-                        None, "toy", result)
+        cfg = {"_target_": "and_lightning.analysis.last_layer.LastLayer", "methods": ["db", "tab", "icl"],
+               "similarities": ["cos"], "faithful": [False], "scale": 100.0}
+        result = evaluate_stage({"tasks": ["last_layer"], "last_layer": cfg}, tmp_path, store=store, captions=captions,
+                                records=records, class_names=["a", "b", "c"], concepts=["a", "b", "c"],
+                                head_layer="head", encoder=ENC, llm=llm, model_name="toy")
         # units 1 and 2 share their summary: one request for both
         assert server.count == 2 and all("response_format" in b for b in server.bodies())
     lines = open(result.files["last_layer_csv"]).read().splitlines()
@@ -155,7 +169,6 @@ def test_last_layer_task_db_icl_through_a_real_client_and_skipped_tab(tmp_path):
     assert float(rows["icl"][4]) == pytest.approx(200 / 3) and rows["icl"][5] == ""  # unit 2 answered "b"
     assert result.metrics["eval/last_layer/icl/-/top1"] == pytest.approx(200 / 3)
     assert skipped_row("icl", "x")["note"] == "skipped: x"
-    assert icl_row(["a"], ["a"], ENC)["top1"] == 100.0
 
 
 # ------------------------------------------------------------------------------------------------ pitch

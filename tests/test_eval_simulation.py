@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from and_lightning.analysis.simulation import (
-    RATING_SCHEMA, llm_clip_choice, load_or_make_split, make_split, neuron_correlations, parse_ratings, pearson,
+    RATING_SCHEMA, correlations_of_many, llm_clip_choice, load_or_make_split, make_split, parse_ratings, pearson,
     score_masks, simulation_report, spearman, text_predictions,
 )
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
@@ -50,7 +50,7 @@ def test_vectorised_neuron_correlations_equal_the_scalar_ones():
     masks[5, 2:] = False  # 2 clips left: Pearson of 2 points is +-1
     masks[6, :] = False  # nothing to score
     pred[4] = 1.0  # constant prediction
-    got = neuron_correlations(pred, actual, masks)
+    got = correlations_of_many([pred], actual, masks)[0]
     for m in range(7):
         k = masks[m]
         want = (pearson(pred[m, k], actual[k, m]), spearman(pred[m, k], actual[k, m]))

@@ -15,7 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from and_lightning.stages.evaluate import TASKS, _tasks, evaluate_stage, needs_dissection
+from and_lightning.analysis.pitch import midi_to_hz, note_concepts, note_to_midi, spoken_hz
+from and_lightning.analysis.task import Task
+from and_lightning.describe.captioners.base import Captioner
+from and_lightning.stages.evaluate import build_tasks, evaluate_stage, needs_dissection
 from conftest import CONF, REPO, compose_cfg
 
 # the evaluation experiments (experiments/<name>.yaml describes each; conf/experiment/<name>.yaml runs it)
@@ -53,8 +56,8 @@ def test_experiment_configs_compose_and_name_valid_tasks(name, tmp_path):
     assert all(f"experiment={name}" in cmd for cmd in manifest["commands"].values())
     cfg = compose_dissect(conf_with_evaluate(tmp_path), tmp_path, [f"experiment={name}"])
     plain = OmegaConf.to_container(cfg, resolve=True)
-    tasks = _tasks(plain["evaluate"])
-    assert tasks and set(tasks) <= set(TASKS)
+    tasks = build_tasks(plain["evaluate"])
+    assert tasks and all(isinstance(t, Task) for t in tasks.values())
     assert set(plain["evaluate"]) >= {"last_layer", "ground_truth", "simulation", "interpretability", "html", "pitch"}
     if name == "crepe_pitch":
         assert plain["model"]["name"] == "crepe" and plain["stage"] == "evaluate"
@@ -73,21 +76,56 @@ def test_default_evaluate_config_resolves_against_describe(tmp_path):
 def test_unknown_task_and_missing_inputs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['tabel2'\]"):
         evaluate_stage({"tasks": ["tabel2"]}, tmp_path)
+    cfg = compose_dissect(conf_with_evaluate(tmp_path), tmp_path, ["evaluate.tasks=[simulation]"])
     with pytest.raises(ValueError, match="'simulation' needs store, records, captions, encoder"):
-        evaluate_stage({"tasks": ["simulation"]}, tmp_path)
+        evaluate_stage(cfg.evaluate, tmp_path)
 
 
 def test_pitch_task_writes_crepe_rows_beside_the_paper(tmp_path):
+    from and_lightning.describe.captioners.acoustic import AcousticCaptioner
     from test_eval_last_layer import FakeTableEncoder
 
-    pitch = {"capacities": ["tiny"], "hop_length": 2048, "low_note": "A3", "high_note": "A4", "tones_per_note": 2,
-             "seconds": 0.25, "detune_cents": 30, "p_sources": ["labels", "captions"], "similarities": ["cos_cubed"]}
-    res = evaluate_stage({"tasks": ["pitch"], "pitch": pitch}, tmp_path, encoder=FakeTableEncoder(), seed=0)
+    pitch = {"_target_": "and_lightning.analysis.pitch.Pitch", "capacities": ["tiny"], "hop_length": 2048,
+             "low_note": "A3", "high_note": "A4", "tones_per_note": 2, "seconds": 0.25, "detune_cents": 30,
+             "p_sources": ["labels", "captions"], "similarities": ["cos_cubed"]}
+    res = evaluate_stage({"tasks": ["pitch"], "pitch": pitch}, tmp_path, encoder=FakeTableEncoder(),
+                         captioner=AcousticCaptioner(), seed=0)
     md = Path(res.files["pitch_md"]).read_text()
     assert "| crepe-tiny | labels | cos_cubed |" in md and "| crepe-tiny | db (captions) | cos_cubed |" in md
     assert "| AST (paper) | db | cos_cubed | 100.000 | 100.000 | 1.000 |" in md
     assert res.metrics["eval/pitch/crepe-tiny/labels/cos_cubed/top1"] > 80.0
     assert json.loads((tmp_path / "evaluation.json").read_text())["files"]["pitch_csv"] == res.files["pitch_csv"]
+
+
+class FakeNoteCaptioner(Captioner):
+    """FAKE captioner: says each tone's note (its label) as the pitch task's concept texts do; records the labels."""
+
+    name = "fake-notes"
+    seen: list[str] = []
+
+    def caption(self, clips):
+        FakeNoteCaptioner.seen += [c.label for c in clips]
+        return [f"a tone around {spoken_hz(midi_to_hz(note_to_midi(c.label)))} Hz" for c in clips]
+
+
+def test_pitch_captions_come_from_the_configured_captioner(tmp_path):
+    """Issue 15: the CREPE task's DB row uses the run's `captioner` (here a FAKE one), not one of its own."""
+    from and_lightning.dissection import dissect
+
+    conf = conf_with_evaluate(tmp_path)
+    (conf / "captioner" / "fake_notes.yaml").write_text("_target_: test_eval_stage.FakeNoteCaptioner\n")
+    (conf / "text_encoder" / "fake.yaml").write_text("_target_: test_eval_last_layer.FakeTableEncoder\n")
+    FakeNoteCaptioner.seen = []
+    cfg = compose_dissect(conf, tmp_path, [
+        "experiment=crepe_pitch", "captioner=fake_notes", "text_encoder=fake", "logger=none",
+        "evaluate.pitch.capacities=[tiny]", "evaluate.pitch.low_note=A3", "evaluate.pitch.high_note=C4",
+        "evaluate.pitch.tones_per_note=2", "evaluate.pitch.seconds=0.25", "evaluate.pitch.similarities=[cos_cubed]"])
+    m = dissect(cfg)["metrics"]
+    assert FakeNoteCaptioner.seen == [n for n in note_concepts("A3", "C4") for _ in range(2)]
+    # captions that name each tone's note make P nearly its label (the fake encoder's hashed words may merge two
+    # notes' numbers): the output units name their pitch from these captions as from the labels
+    assert m["eval/pitch/crepe-tiny/db (captions)/cos_cubed/top1"] > 80.0
+    assert m["eval/pitch/crepe-tiny/labels/cos_cubed/top1"] > 80.0
 
 
 @pytest.mark.slow
@@ -114,7 +152,7 @@ def test_real_pipeline_descriptions_beat_shuffled_ones(tmp_path, capsys):
                          class_names=data.class_names, concepts=list(cfg.concepts.concepts), head_layer="head",
                          encoder=instantiate(cfg.text_encoder), split_dir=folder, model_name="cnn", seed=cfg.seed)
     printed = capsys.readouterr().out
-    assert "ground truth (AUROC >= 0.75)" in printed and "simulation (text)" in printed
+    assert "# Ground-truth attribute accuracy (AUROC >= 0.75" in printed and "# Simulation score (text" in printed
     for layer in store.layers:
         m = res.metrics
         assert m[f"eval/gt/description/{layer}/f1"] > m[f"eval/gt/description/{layer}/f1_shuffled"], layer

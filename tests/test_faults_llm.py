@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 
 import and_lightning
 from and_lightning.describe.captioners.cached import caption_key
-from and_lightning.describe.llm import ChatRequest, LLMError, LLMReplyError, LLMRequestError, build_llm
+from and_lightning.describe.llm.base import ChatRequest, LLMError, LLMReplyError, LLMRequestError
+from and_lightning.describe.llm.factory import build_llm
 from and_lightning.describe.open_concepts import ACOUSTIC_FILTER_SCHEMA, acoustic_filter_messages
 from and_lightning.dissection import dissect, dissection_dir
 from conftest import CONF, compose_cfg

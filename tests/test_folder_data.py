@@ -109,7 +109,8 @@ def test_readme_recordings_recipe_through_the_cli(tmp_path):
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert "last layer 'head'" in evaluate.stdout
 
-    prune = cli("train.py", tmp_path, ["-m", *data, "prune=concept", f"prune.target={','.join(sorted(CLASSES))}",
+    prune = cli("train.py", tmp_path, ["-m", *data, "mode=unlearn", "prune=concept",
+                                       f"prune.target={','.join(sorted(CLASSES))}",
                                        f"prune.descriptions={Path(result['descriptions']).parent}",
                                        "prune.allow_empty=true"])
     assert prune.returncode == 0, prune.stderr[-3000:]

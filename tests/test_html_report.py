@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
@@ -118,6 +119,20 @@ def test_max_neurons_limits_the_page(tmp_path):
     page = build_html_report(make_records(list(clips)), {c: r.path for c, r in clips.items()}, {}, tmp_path / "s",
                              16000, 0.5, max_per_layer=1, audio_per_neuron=1)
     assert [h.split("</h2>")[0] for h in page.read_text().split("<h2>")[1:]] == ["conv1 #0", "head #0"]
+
+
+def test_every_template_is_package_data():
+    """A non-editable install carries the report's templates: pyproject's package-data covers every file of the
+    package that is not Python."""
+    repo = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = [p for p in (repo / "and_lightning").rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert {p.name for p in files} >= {"report.html", "filter.js"}
+    for p in files:
+        assert any(p.is_relative_to(repo / pkg.replace(".", "/"))
+                   and any(p.relative_to(repo / pkg.replace(".", "/")).match(g) for g in pats)
+                   for pkg, pats in globs.items()), p
 
 
 # --------------------------------------------------------------------------------------- real Chromium

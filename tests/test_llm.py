@@ -1,6 +1,6 @@
 """Chat-LLM backends: the `openai` backend through the real openai client against a local test server
 (retries, timeouts, structured replies, cache, de-duplication, key hygiene), the `hf` backend on a tiny random
-Llama, the `none` backend, the configs, and reply validation. Every fault kind: tests/test_faults_llm.py."""
+Llama, the configs (no LLM: no llm config), and reply validation. Every fault kind: tests/test_faults_llm.py."""
 from __future__ import annotations
 
 import asyncio
@@ -12,21 +12,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from and_lightning.describe.llm import (
-    ChatRequest,
-    LLMError,
-    LLMNotConfiguredError,
-    LLMReplyError,
-    LLMRequestError,
-    build_llm,
-)
+from and_lightning.describe.llm.base import ChatRequest, LLMError, LLMReplyError, LLMRequestError
+from and_lightning.describe.llm.factory import build_llm
 from and_lightning.describe.llm.hf_chat import HFChatLLM
-from and_lightning.describe.llm.none import NoLLM
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
 from and_lightning.describe.llm.schema import InvalidReply, response_format, valid_reply
+from conftest import CONF, compose_cfg
 from openai_server import OpenAITestServer, last_user_text
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 SUMMARY_SCHEMA = {
     "title": "neuron_summary",
     "type": "object",
@@ -204,7 +197,7 @@ def test_sync_api_works_inside_a_running_event_loop(server, tmp_path):
     assert asyncio.run(main()) == ["echo: async", "echo: sync-in-loop"]
 
 
-# --- configs and the none backend -------------------------------------------------------------------------
+# --- configs --------------------------------------------------------------------------------------------------
 def test_openai_config_builds_and_runs(server, tmp_path):
     cfg = OmegaConf.load(CONF / "llm" / "openai.yaml")
     cfg.base_url, cfg.cache_path, cfg.api_key_env = server.base_url, str(tmp_path / "llm.sqlite"), "AND_TEST_API_KEY"
@@ -213,13 +206,12 @@ def test_openai_config_builds_and_runs(server, tmp_path):
     assert llm.complete(user("cfg")) == "echo: cfg"
 
 
-def test_none_backend_refuses_with_guidance():
-    llm = build_llm(OmegaConf.load(CONF / "llm" / "none.yaml"))
-    assert isinstance(llm, NoLLM) and llm.name == "none"
-    with pytest.raises(LLMNotConfiguredError, match=r"llm=none.*offline implementations.*llm=openai"):
-        llm.complete(user("x"))
-    with pytest.raises(LLMNotConfiguredError):
-        llm.complete_many([user("x")])
+def test_no_llm_is_no_llm_config(tmp_path):
+    """The default and `llm=none` compose no llm config at all (the pipeline then runs rule-based); `llm=openai`
+    still selects one."""
+    assert compose_cfg("dissect", tmp_path).get("llm") is None
+    assert compose_cfg("dissect", tmp_path, ["llm=none"]).get("llm") is None
+    assert compose_cfg("dissect", tmp_path, ["llm=openai"]).llm.name == "openai"
 
 
 def test_build_llm_rejects_configs_without_target():
@@ -251,7 +243,7 @@ def test_hf_backend_batches_caches_and_matches_single_generation(tiny_chat_dir, 
 
 
 def test_hf_backend_structured_request_with_invalid_reply_is_clear_error(tiny_chat_dir, tmp_path):
-    llm = HFChatLLM(model=tiny_chat_dir, max_new_tokens=4, temperature=0.8, max_retries=1)
+    llm = HFChatLLM(model=tiny_chat_dir, max_new_tokens=4, temperature=0.8, reply_retries=1)
     with pytest.raises(LLMReplyError, match=r"hf backend.*no valid reply \(after 2 attempts\).*neuron_summary"):
         llm.complete(user("summarize"), schema=SUMMARY_SCHEMA)
     assert llm.stats.requests_sent == 2

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from and_lightning.prune.aggregate import CURVE_PNG, TABLE_CSV, TABLE_MD, ablation_points, aggregate, table_rows
-from wandb_offline import offline_runs, read_run, records
+from and_lightning.prune.aggregate import CURVE_PNG, ablation_points, aggregate, table_rows
+from wandb_offline import offline_runs, read_run, run_info
 
 
 def fake_job_result(strategy: str, target: str, n: int, pct: float, d_a: float, d_r: float, acc: float) -> dict:
@@ -45,17 +45,19 @@ def test_ablation_points_start_at_the_unpruned_accuracy():
 def test_aggregate_writes_one_table_and_logs_to_the_sweep_group(tmp_path):
     write_sweep(tmp_path / "sweep")
     out = aggregate(tmp_path / "sweep", wandb_project="and-lightning-test")
-    table = (tmp_path / "sweep" / TABLE_MD).read_text()
+    table = (tmp_path / "sweep" / "unlearning_table.md").read_text()
     assert table.splitlines()[0].startswith("| strategy | jobs | targets | Avg pruned |")
     assert "| concept | 2 | 2 | 15.0 | 7.50 | -3.000 | -1.000 | 2.000 |" in table
     assert "| ΔA logit | ΔR logit | ΔR−ΔA logit |" in table and "ΔA−ΔR logit" not in table
     assert table.split("Selections:\n")[1].splitlines() == [  # one line per job: units and why
         "- concept / a: 10 units; words a in nouns: 10 units", "- concept / b: 20 units; words b in nouns: 20 units",
         "- random / a: 10 units; words a in nouns: 10 units", "- random / b: 20 units; words b in nouns: 20 units"]
-    assert (tmp_path / "sweep" / TABLE_CSV).read_text().splitlines()[0].startswith("strategy,jobs,targets,Avg pruned")
+    csv_lines = (tmp_path / "sweep" / "unlearning_table.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("strategy,jobs,targets,Avg pruned")
+    assert csv_lines[1].endswith(",0.1,0.8,,,")  # no retraining: empty cells, as every table's csv (not "nan")
     assert (tmp_path / "sweep" / CURVE_PNG).read_bytes()[:4] == b"\x89PNG" and out["jobs"] == 4
     (run,) = offline_runs(tmp_path / "sweep")
-    (info,) = [r.run for r in records(next(run.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"]
+    info = run_info(run)
     assert info.run_group == "unlearn-sweepA" and info.job_type == "aggregate"
     assert read_run(run)["summary"]["unlearning/table/nrows"] == 2
 

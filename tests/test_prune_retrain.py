@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 
 from and_lightning.checkpoints import load_checkpoint
-from and_lightning.training import train
+from and_lightning.prune.unlearn import unlearn
 from conftest import compose_cfg
 
 LAYERS = ("conv1", "conv2")
@@ -65,7 +65,7 @@ def write_descriptions(path, widths: dict[str, int]) -> str:
 def test_retraining_trains_every_module_with_the_pruned_units_held_at_zero(trained_cnn, tmp_path, strategy):
     ckpt, root, overrides = trained_cnn
     descriptions = write_descriptions(tmp_path / "descriptions.jsonl", {"conv1": 4, "conv2": 8, "head": 10})
-    cfg = compose_cfg("train", root, [*overrides, "logger=none", "callbacks=none", f"prune={strategy}", "prune.target=pure_tone", "prune.words=[tone]",
+    cfg = compose_cfg("train", root, [*overrides, "logger=none", "callbacks=none", "mode=unlearn", f"prune={strategy}", "prune.target=pure_tone", "prune.words=[tone]",
                                       f"prune.ckpt={ckpt}", f"prune.descriptions={descriptions}",
                                       "prune.check_pairing=false", "prune.retrain_epochs=2",
                                       f"prune.export_ckpt={tmp_path}/unlearned.pt",
@@ -73,7 +73,7 @@ def test_retraining_trains_every_module_with_the_pruned_units_held_at_zero(train
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     TrainModeCheck.reset()
-    metrics = train(cfg)
+    metrics = unlearn(cfg)
     pruned = json.loads((tmp_path / "run" / "unlearn_result.json").read_text())["units_by_layer"]
     assert {k: len(v) for k, v in pruned.items()} == {k: len(v) for k, v in TONE_UNITS.items()}
     if strategy == "concept":

@@ -23,7 +23,7 @@ from and_lightning.prune.selection import load_records, select_units, target_voc
 from and_lightning.prune.unlearn import predict_logits, unlearn
 from and_lightning.training import train
 from conftest import CONF, REPO, compose_cfg
-from wandb_offline import offline_runs, read_run, records
+from wandb_offline import offline_runs, read_run, run_info
 
 DATA = ["data.index.clips_per_class=40"]
 
@@ -38,7 +38,8 @@ def tiny(tmp_path_factory):
 
 
 def unlearn_cfg(tiny: dict, out: Path, overrides: list[str]):
-    cfg = compose_cfg("train", tiny["root"], DATA + [f"prune.descriptions={tiny['descriptions']}", *overrides])
+    cfg = compose_cfg("train", tiny["root"], DATA + ["mode=unlearn", f"prune.descriptions={tiny['descriptions']}",
+                                                     *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
     return cfg
@@ -75,7 +76,7 @@ def test_concept_pruning_forgets_its_class_random_does_not_and_retraining_keeps_
     cfg = unlearn_cfg(tiny, out, ["prune=concept", f"prune.target={target}", f"prune.words=[{word}]",
                                   "prune.retrain_epochs=4",
                                   f"prune.export_ckpt={tmp_path}/unlearned.pt"])
-    m = train(cfg)  # train.py dispatches to unlearn when prune != none
+    m = unlearn(cfg)
     print(f"target={target} word={word}: {json.dumps({k: round(v, 3) for k, v in m.items() if isinstance(v, float)})}")
     assert m["prune/n_pruned"] > 0 and m["prune/baked_max_abs_pruned_output"] == 0.0
     assert m["pruned/selectivity_prob"] > 0.05 and m["pruned/delta_A_prob"] < m["pruned/delta_R_prob"]
@@ -151,7 +152,7 @@ def test_multirun_writes_one_table_and_one_wandb_group(tiny, tmp_path):
     assert len(lines) == 4 and all(" units; " in line for line in lines), lines
     groups, job_types = set(), []
     for run in offline_runs(sweep):
-        (info,) = [r.run for r in records(next(run.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"]
+        info = run_info(run)
         groups.add(info.run_group)
         job_types.append(info.job_type)
     assert len(groups) == 1 and groups.pop().startswith("train-") and sorted(job_types) == ["aggregate"] + ["unlearn"] * 4
@@ -169,4 +170,4 @@ def test_every_prune_option_composes(tmp_path, option):
 def test_unlearn_experiments_compose(tmp_path):
     for name in ("unlearn_table4", "unlearn_fig4"):
         cfg = compose_cfg("train", tmp_path, [f"experiment={name}"])
-        assert cfg.prune.name in ("concept", "attribute_count") and cfg.task_name == "unlearn"
+        assert cfg.prune.name in ("concept", "attribute_count") and cfg.task_name == cfg.mode == "unlearn"

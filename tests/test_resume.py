@@ -149,7 +149,8 @@ def test_an_evaluation_cut_off_half_way_is_marked_incomplete_and_redone(tmp_path
     records = [{"layer": "conv1", "unit": u, "adjectives": ["loud"] if u % 2 else ["quiet", "loud"],
                 "top_clips": ["a", "b"]} for u in range(4)]
     captions = {"a": "A loud tone. It is quiet.", "b": "A quiet hiss."}
-    interp = {"field": "adjectives", "top_n": 5, "merge": {}, "clusters": 2, "k_primes": [1], "k": 2}
+    interp = {"_target_": "and_lightning.analysis.interpretability.Interpretability", "field": "adjectives",
+              "top_n": 5, "merge": {}, "clusters": 2, "k_primes": [1], "k": 2}
     out = tmp_path / "evaluate"
 
     def evaluate(parts, encoder):

@@ -1,6 +1,7 @@
 """Checkpoints are data (issue 12 items 1, 2, 8; issue 11 items 8, 10): crafted files never run code through the
-paths a user takes (dissect.py, train.py prune=..., strategy=finetune, collect_activations), a checkpoint of
-another model or shape is a one-line error naming both, and a missing one is reported before any data is built."""
+paths a user takes (dissect.py, train.py mode=unlearn prune=..., strategy=finetune, collect_activations), a
+checkpoint of another model or shape is a one-line error naming both, and a missing one is reported before any data
+is built."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,7 @@ from and_lightning.checkpoints import CheckpointError, CheckpointNotFoundError, 
 from and_lightning.data.clips import ClipRecord
 from and_lightning.dissection import dissect, load_target
 from and_lightning.models.cnn import SmallCNN
+from and_lightning.prune.unlearn import unlearn
 from and_lightning.stages.collect import collect_activations
 from and_lightning.tracking import public_config
 from and_lightning.training import train
@@ -56,9 +58,10 @@ def run_path(path: str, root: Path, ckpt: Path) -> None:
     """Load `ckpt` the way a user's command does."""
     if path == "dissect":  # python dissect.py ckpt_path=...
         dissect(compose_cfg("dissect", root, TINY + [f"ckpt_path={ckpt}"]))
-    elif path == "prune":  # python train.py prune=class prune.ckpt=...
-        train(compose_cfg("train", root, TRAIN + ["prune=class", "prune.target=pure_tone", f"prune.ckpt={ckpt}",
-                                                  f"prune.descriptions={root}/descriptions.jsonl"]))
+    elif path == "prune":  # python train.py mode=unlearn prune=class prune.ckpt=...
+        unlearn(compose_cfg("train", root, TRAIN + ["mode=unlearn", "prune=class", "prune.target=pure_tone",
+                                                    f"prune.ckpt={ckpt}",
+                                                    f"prune.descriptions={root}/descriptions.jsonl"]))
     elif path == "finetune":  # python train.py strategy=finetune strategy.init_ckpt=...
         train(compose_cfg("train", root, TRAIN + ["strategy=finetune", f"strategy.init_ckpt={ckpt}"]))
     else:  # the library's collect_activations(checkpoint=...)

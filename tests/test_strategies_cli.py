@@ -6,8 +6,10 @@ import csv
 import json
 
 import pytest
+from hydra import initialize_config_dir
 
 from and_lightning.study import dissect_config
+from conftest import CONF
 from test_train import run_cli
 from wandb_offline import offline_runs, read_run
 
@@ -15,7 +17,8 @@ from wandb_offline import offline_runs, read_run
 def test_dissect_config_follows_the_trained_model(compose_in, tmp_path):
     cfg = compose_in("train", ["data.index.clips_per_class=7", "seed=3", "strategy=ssl", "then_dissect=true",
                                'dissect_overrides=["layers=last","describe.k=3"]'])
-    dcfg = dissect_config(cfg, "/models/x.pt")
+    with initialize_config_dir(str(CONF), version_base="1.3"):  # a plain caller initialises Hydra, as compose needs
+        dcfg = dissect_config(cfg, "/models/x.pt")
     assert dcfg.ckpt_path == "/models/x.pt" and dcfg.seed == 3 and dcfg.layers == "last" and dcfg.describe.k == 3
     assert dcfg.data.index.clips_per_class == 7 and dcfg.data.index.root == cfg.data.index.root
     assert dcfg.paths.output_dir == str(tmp_path / "run" / "dissect") and dcfg.paths.cache_dir == cfg.paths.cache_dir

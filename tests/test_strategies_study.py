@@ -7,12 +7,14 @@ import json
 import math
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from and_lightning.analysis.strategies import (
-    ACCURACY_PNG, LAYERS_PNG, RESULT_FILE, StudyCallback, aggregate, finding_text, layer_rows, read_study_results,
-    summary_rows)
-from wandb_offline import offline_runs, read_run, records
+    ACCURACY_PNG, LAYERS_PNG, RESULT_FIELDS, RESULT_FILE, aggregate, finding_text, layer_rows, summary_rows)
+from and_lightning.analysis.sweep import read_results
+from wandb_offline import offline_runs, read_run, run_info
 
 LAYERS = ["l1", "l2", "head"]
 NAN = math.nan
@@ -62,20 +64,20 @@ def by(rows, **keys):
     return row
 
 
-def test_read_study_results_in_job_order_and_clear_errors(tmp_path):
+def test_read_results_in_job_order_and_clear_errors(tmp_path):
     jobs = base_jobs()
     sweep = tmp_path / "sweep"
     for i in (10, 2, 0):  # numeric job order, not text order; a deeper folder is found too
         (sweep / str(i) / "sub").mkdir(parents=True)
         (sweep / str(i) / "sub" / RESULT_FILE).write_text(json.dumps(jobs[i % 6]))
-    assert [r["job_dir"].split("/")[-2] for r in read_study_results(sweep)] == ["0", "2", "10"]
+    assert [r["job_dir"].split("/")[-2] for r in read_results(sweep, RESULT_FILE, RESULT_FIELDS)] == ["0", "2", "10"]
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'empty'}: no {RESULT_FILE}"):
-        read_study_results(tmp_path / "empty")
+        read_results(tmp_path / "empty", RESULT_FILE, RESULT_FIELDS)
     bad = tmp_path / "bad" / "0" / RESULT_FILE
     bad.parent.mkdir(parents=True)
     bad.write_text(json.dumps({"strategy": "scratch", "seed": 0, "metrics": {}}))
     with pytest.raises(ValueError, match=rf"{bad}: missing 'layers'"):
-        read_study_results(tmp_path / "bad")
+        read_results(tmp_path / "bad", RESULT_FILE, RESULT_FIELDS)
 
 
 def test_layer_rows_seed_mean_and_sample_sd():
@@ -183,21 +185,22 @@ def test_aggregate_writes_tables_plots_and_a_study_run_in_the_group(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     (run,) = offline_runs(sweep)
     assert out["wandb_run_dir"] == str(run)
-    (info,) = [r.run for r in records(next(run.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"]
+    info = run_info(run)
     assert info.run_group == "train-sweepS" and info.job_type == "study" and info.display_name == "train-sweepS-study"
     summary = read_run(run)["summary"]
     assert summary["strategies/summary/nrows"] == 3 and summary["strategies/layers/nrows"] == 9
     assert summary["strategies/layers_plot/_type"] == "image-file" and summary["strategies/finding"] == out["finding"]
 
 
-def test_no_wandb_run_without_one_shared_group_and_callback_reads_the_config(tmp_path):
+def test_no_wandb_run_without_one_shared_group_and_callback_reads_the_config(tmp_path, compose_in):
     jobs = base_jobs()
     jobs[0]["wandb_group"] = None
     jobs[2]["metrics"] = {}  # plots and tables survive a job without any metric
     jobs[3]["metrics"] = {}
     sweep = write_sweep(tmp_path / "sweep", jobs)
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "logger": {"wandb": {"project": "p"}}})
-    StudyCallback(k_prime=3).on_multirun_end(cfg)
+    compose_in("train", ["experiment=strategies", "hydra.callbacks.study.aggregate.k_prime=3"])
+    instantiate(HydraConfig.get().callbacks.study).on_multirun_end(cfg)  # the experiment's callback
     assert offline_runs(sweep) == []
     text = (sweep / "strategies_summary.md").read_text()
     assert "K' = 3" in text and "| ssl | 2 | n/a | n/a | n/a |" in text

@@ -9,6 +9,7 @@ import yaml
 
 from and_lightning.describe.calibration import calibrate, calibrate_many, cross_removal_masks, is_contrast
 from and_lightning.describe.lexicon import ALL_ACOUSTIC_ADJECTIVES, is_acoustic
+from and_lightning.describe.llm.prompts import summary_messages
 from and_lightning.describe.open_concepts import (
     acoustic_filter_messages,
     apply_acoustic_filter,
@@ -19,6 +20,7 @@ from and_lightning.describe.open_concepts import (
     tag_text,
     words_needing_decision,
 )
+from and_lightning.describe.rule_summary import extractive_summary
 from and_lightning.describe.sentences import (
     clean_repeated_caption,
     is_junk_sentence,
@@ -26,7 +28,6 @@ from and_lightning.describe.sentences import (
     summary_sentences,
     word_tokenize,
 )
-from and_lightning.describe.summaries import extractive_summary, group_by_clip_set, summary_messages
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "concepts"
 
@@ -217,11 +218,6 @@ def test_extractive_summary_verb_agreement_attribute_subjects_and_tagger_fixes()
     # phrase takes "Most of them are ...", an attribute subject ("its pitch") keeps its subject
     assert s == ("Most of them are pulsing on and off about 2-3 times per second. "
                  "In most of them, the pitch is wavering about 5-6 times per second.")
-
-
-def test_group_by_clip_set_dedups_identical_sets():
-    groups = group_by_clip_set({("l1", 0): ["c", "a", "b"], ("l1", 1): ["a", "b", "c"], ("l2", 0): ["a", "b", "d"]})
-    assert groups == {("a", "b", "c"): [("l1", 0), ("l1", 1)], ("a", "b", "d"): [("l2", 0)]}
 
 
 # --- Module B with a fake encoder ------------------------------------------------------------------------

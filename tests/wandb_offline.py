@@ -62,5 +62,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {"history": history, "summary": summary, "config": config, "group": group}
 
 
+def run_info(run_dir: Path) -> pb.RunRecord:
+    """The run record (name, group, job type) of one offline run folder: the last one written (wandb may write it
+    again when the run is updated)."""
+    infos = [r.run for r in records(next(Path(run_dir).glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"]
+    assert infos, f"no run record in {run_dir}"
+    return infos[-1]
+
+
 def offline_runs(root: Path) -> list[Path]:
     return sorted(Path(root).rglob("offline-run-*"))

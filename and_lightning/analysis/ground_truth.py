@@ -5,38 +5,41 @@ its activation separates: AUROC(activation, has value) >= threshold over all pro
 is high on clips with that value ("high" direction, the default, since a description describes the
 most-activating clips). `direction="both"` also counts AUROC <= 1 - threshold (the neuron is high when the
 value is ABSENT). A description NAMES the attribute values its words map to through `ATTRIBUTE_VOCABULARY`
-(synonyms -> one value; negated mentions dropped). Per neuron: precision = |named & true| / |named|,
-recall = |named & true| / |true|; per layer they are micro-averaged over the neurons with a true attribute.
+(synonyms -> one value, inflections -> their lemma; negated mentions dropped). Per neuron: precision =
+|named & true| / |named|, recall = |named & true| / |true|; per layer they are micro-averaged over the neurons
+with a true attribute.
 """
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
 
+from and_lightning.describe.lexicon import find_phrases, lemmas, tokens
+from and_lightning.describe.open_concepts import is_negated
+
 # word or phrase -> "attribute=value" (None: the phrase means nothing here and blocks its words, e.g.
-# "steady pitch" is not a steady rhythm). Matched longest phrase first; "high"/"low" alone name nothing.
+# "steady pitch" is not a steady rhythm). Matched by lemma ("rumbles" is "rumble", "louder" is "loud"), longest
+# phrase first; "high"/"low" alone name nothing.
 ATTRIBUTE_VOCABULARY: dict[str, str | None] = {
     # pitch
-    **dict.fromkeys("high-pitched high-pitch shrill squeaky squeaking piercing treble high-frequency".split(),
-                    "pitch=high"),
-    **dict.fromkeys(["high pitched", "high pitch", "high frequency", "high notes", "high register"], "pitch=high"),
-    **dict.fromkeys("low-pitched low-pitch deep bass bassy low-frequency".split(), "pitch=low"),
-    **dict.fromkeys(["low pitched", "low pitch", "low frequency", "low notes", "low register"], "pitch=low"),
+    **dict.fromkeys("high-pitched shrill squeaky squeaking piercing treble high-frequency".split(), "pitch=high"),
+    **dict.fromkeys(["high pitched", "high frequency", "high notes", "high register"], "pitch=high"),
+    **dict.fromkeys("low-pitched deep bass bassy low-frequency".split(), "pitch=low"),
+    **dict.fromkeys(["low pitched", "low frequency", "low notes", "low register"], "pitch=low"),
     **dict.fromkeys("mid-pitched medium-pitched mid-range midrange mid-frequency".split(), "pitch=mid"),
-    **dict.fromkeys(["mid pitched", "medium pitched", "mid pitch", "medium pitch", "middle register"], "pitch=mid"),
+    **dict.fromkeys(["mid pitched", "medium pitched", "middle register"], "pitch=mid"),
     # loudness
     **dict.fromkeys("loud blaring deafening thunderous powerful intense".split(), "loudness=loud"),
     **dict.fromkeys("quiet faint soft hushed gentle subtle weak muted".split(), "loudness=quiet"),
     **dict.fromkeys(["barely audible", "low volume", "low-volume"], "loudness=quiet"),
     **dict.fromkeys(["high volume", "high-volume"], "loudness=loud"),
     # rhythm
-    **dict.fromkeys("pulsing pulsed pulsating pulses pulse rhythmic throbbing intermittent gated stuttering "
-                    "beating".split(), "rhythm=pulsed"),
+    **dict.fromkeys("pulse pulsating rhythmic throbbing intermittent gated stuttering beating".split(),
+                    "rhythm=pulsed"),
     **dict.fromkeys(["on and off", "starts and stops"], "rhythm=pulsed"),
     **dict.fromkeys("steady continuous constant sustained uninterrupted unbroken".split(), "rhythm=steady"),
     **dict.fromkeys(["steady pitch", "steady in pitch", "constant pitch", "pitch steady"], None),
@@ -46,58 +49,45 @@ ATTRIBUTE_VOCABULARY: dict[str, str | None] = {
     **dict.fromkeys(["clean", "clean background", "noiseless", "pristine", "no background noise",
                      "without background noise", "no noise", "silent background"], "background=clean"),
     # reverberation
-    **dict.fromkeys("reverberant reverberating reverb reverberation echo echoes echoing echoey echoy spacious "
-                    "cavernous".split(), "reverb=reverberant"),
+    **dict.fromkeys("reverberant reverberating reverb reverberation echo echoey echoy spacious cavernous".split(),
+                    "reverb=reverberant"),
     **dict.fromkeys(["reverberant tail", "echoing tail"], "reverb=reverberant"),
     **dict.fromkeys(["dry", "anechoic", "close-miked", "dry and close"], "reverb=dry"),
     # source type
-    **dict.fromkeys(["pure tone", "pure tones", "sine", "sinusoidal", "sine wave", "pure"], "source=pure_tone"),
-    **dict.fromkeys("harmonic harmonics buzzy buzz buzzing overtones".split(), "source=harmonic_tone"),
+    **dict.fromkeys(["pure tone", "sine", "sinusoidal", "sine wave", "pure"], "source=pure_tone"),
+    **dict.fromkeys("harmonic buzzy buzz overtones".split(), "source=harmonic_tone"),
     **dict.fromkeys(["chord", "chord-like", "harmonic tone"], "source=harmonic_tone"),
     **dict.fromkeys(["rising", "ascending", "upward", "sweeping up", "rising chirp"], "source=rising_chirp"),
     **dict.fromkeys(["falling", "descending", "downward", "sweeping down", "falling chirp"], "source=falling_chirp"),
-    **dict.fromkeys("hiss hissing hissy sibilant".split(), "source=noise_hiss"),
+    **dict.fromkeys("hiss hissy sibilant".split(), "source=noise_hiss"),
     **dict.fromkeys(["white noise", "noise hiss"], "source=noise_hiss"),
-    **dict.fromkeys("rumble rumbling rumbly".split(), "source=low_rumble"),
+    **dict.fromkeys("rumble rumbly".split(), "source=low_rumble"),
     **dict.fromkeys(["low rumble"], "source=low_rumble"),
-    **dict.fromkeys("click clicks clicking clicky ticking".split(), "source=click_train"),
+    **dict.fromkeys("click clicky ticking".split(), "source=click_train"),
     **dict.fromkeys(["click train", "click-train"], "source=click_train"),
     **dict.fromkeys("tremolo trembling tremulous fluttering".split(), "source=tremolo_tone"),
     **dict.fromkeys(["tremolo tone"], "source=tremolo_tone"),
-    **dict.fromkeys("vibrato wavering warbling warble".split(), "source=vibrato_tone"),
+    **dict.fromkeys("vibrato wavering warble".split(), "source=vibrato_tone"),
     **dict.fromkeys(["vibrato tone"], "source=vibrato_tone"),
-    **dict.fromkeys("percussive hit hits drum drums drumming knocking knock thud thuds tapping".split(),
-                    "source=percussive_hits"),
+    **dict.fromkeys("percussive hit drum knock thud tapping".split(), "source=percussive_hits"),
     **dict.fromkeys(["percussive hits"], "source=percussive_hits"),
 }
 NEGATORS = frozenset(["no", "not", "n't", "never", "without", "nor", "lacks", "lacking", "absent"])
 # A negation does not reach past these: "not loud, but quiet" names quiet.
 SCOPE_BREAKS = frozenset([",", ".", ";", ":", "!", "?", "but", "though", "although", "yet", "while", "whereas"])
-_TOKEN_RE = re.compile(r"n't|[a-z0-9]+(?:-[a-z0-9]+)*|[,.;:!?]")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens (hyphenated compounds kept, "isn't" -> "is", "n't", underscores as spaces:
-    "noise_hiss" -> "noise", "hiss") and the punctuation that ends a negation's scope."""
-    text = text.lower().replace("_", " ").replace("\u2019", "'")
-    return _TOKEN_RE.findall(re.sub(r"n't\b", " n't", text))
-
-
-def _negated(tokens: list[str], i: int, window: int) -> bool:
-    """A negator among the `window` tokens before position i, with no scope break between it and i."""
-    for t in reversed(tokens[max(0, i - window):i]):
-        if t in SCOPE_BREAKS:
-            return False
-        if t in NEGATORS:
-            return True
-    return False
 
 
 @functools.lru_cache(maxsize=8)
-def _phrase_index(vocabulary: tuple[tuple[str, str | None], ...]) -> tuple[dict[tuple[str, ...], str | None], int]:
-    """A vocabulary's phrases as token tuples -> value, and the longest phrase's length (built once)."""
-    vocab = {tuple(tokenize(k)): v for k, v in vocabulary}
-    return vocab, max((len(k) for k in vocab), default=1)
+def _phrase_index(vocabulary: tuple[tuple[str, str | None], ...]) -> dict[tuple[str, ...], str | None]:
+    """A vocabulary's phrases as lemma tuples -> value (built once); two phrases with the same lemmas must agree."""
+    index: dict[tuple[str, ...], str | None] = {}
+    for phrase, value in vocabulary:
+        key = lemmas(phrase)
+        if index.get(key, value) != value:
+            raise ValueError(f"ground-truth vocabulary: '{phrase}' ({value}) has the lemmas of a phrase "
+                             f"meaning {index[key]}")
+        index[key] = value
+    return index
 
 
 def named_attributes(text: str, vocabulary: Mapping[str, str | None] = ATTRIBUTE_VOCABULARY,
@@ -105,22 +95,10 @@ def named_attributes(text: str, vocabulary: Mapping[str, str | None] = ATTRIBUTE
     """The attribute values a text names: phrases matched longest first, left to right; a match with a
     negator among the `negation_window` tokens before it is dropped (unless the phrase holds the negator
     itself, e.g. "no background noise")."""
-    tokens = tokenize(text)
-    vocab, longest = _phrase_index(tuple(vocabulary.items()))
-    found: set[str] = set()
-    i = 0
-    while i < len(tokens):
-        for n in range(min(longest, len(tokens) - i), 0, -1):
-            key = tuple(tokens[i:i + n])
-            if key in vocab:
-                value = vocab[key]
-                if value is not None and not _negated(tokens, i, negation_window):
-                    found.add(value)
-                i += n
-                break
-        else:
-            i += 1
-    return found
+    words = tokens(text)
+    vocab = _phrase_index(tuple(vocabulary.items()))
+    return {vocab[key] for i, key in find_phrases(lemmas(text), vocab)
+            if vocab[key] is not None and not is_negated(words, i, negation_window, NEGATORS, SCOPE_BREAKS)}
 
 
 def attribute_indicators(attributes: Sequence[Mapping[str, str]],

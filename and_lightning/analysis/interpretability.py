@@ -16,6 +16,8 @@ import numpy as np
 from scipy.stats import linregress
 from sklearn.cluster import KMeans
 
+from and_lightning.analysis.plots import adjective_bar_chart, adjectives_per_layer_plot, uninterpretable_plot
+from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
 from and_lightning.describe.sentences import is_junk_sentence, split_sentences
 
 
@@ -109,3 +111,50 @@ def cluster_captions(captions: Mapping[str, str], encoder: Any, n_clusters: int,
         raise ValueError("no caption sentences to cluster (are the captions empty?)")
     emb = encoder.encode(sentences)
     return clip_clusters(owners, kmeans_labels(np.asarray(emb, np.float64), n_clusters, seed))
+
+
+PARTS = ("adjectives", "per_layer", "uninterpretable")
+
+
+class Interpretability(Task):
+    """`parts` of: adjective distribution (Fig. 3), adjectives per layer with a linear fit and its slope p-value
+    (Fig. 5), uninterpretable neurons per layer (Fig. 6; K-means of caption sentences seeded with the run's seed)."""
+
+    needs = ("records", "captions", "encoder")
+
+    def run(self, ctx: EvalContext) -> TaskOutput:
+        s, out = self.settings, TaskOutput()
+        parts, field, top_n, k_primes = list(s["parts"] or PARTS), s["field"], s["top_n"], s["k_primes"]
+        unknown = [p for p in parts if p not in PARTS]
+        if unknown:
+            raise ValueError(f"evaluate.interpretability.parts: unknown {unknown}; expected some of {list(PARTS)}")
+        layers = list(ctx.store.layers) if ctx.store is not None else list(dict.fromkeys(r["layer"]
+                                                                                         for r in ctx.records))
+        if "adjectives" in parts:
+            counts = adjective_counts(ctx.records, field, s["merge"])
+            top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+            out.tables.append(Table("adjectives", [{"adjective": a, "neurons": n} for a, n in top],
+                                    ["adjective", "neurons"], f"Top {top_n} adjectives (neurons whose '{field}' holds "
+                                                              "each)"))
+            out.plots["adjectives_top"] = adjective_bar_chart(counts, top_n)
+        if "per_layer" in parts:
+            stats = adjectives_per_layer(ctx.records, layers, field)
+            rows = [{"layer": k, "neurons": n, "mean_adjectives": stats["means"][k]} for k, n in stats["counts"].items()]
+            out.tables.append(Table("adjectives_per_layer", rows, ["layer", "neurons", "mean_adjectives"],
+                                    f"Adjectives per neuron (fit over neurons: slope {stats['slope']:.4f} per layer, "
+                                    f"p = {stats['p_value']:.3g})"))
+            out.plots["adjectives_per_layer"] = adjectives_per_layer_plot(stats)
+            out.metrics.update({"eval/interp/adj_slope": stats["slope"], "eval/interp/adj_slope_p": stats["p_value"]})
+            out.metrics.update({f"eval/interp/{k}/mean_adjectives": v for k, v in stats["means"].items()})
+        if "uninterpretable" in parts:
+            clusters = cluster_captions(ctx.captions, ctx.encoder, s["clusters"], ctx.seed)
+            fractions = uninterpretable_fractions(ctx.records, clusters, layers, k_primes, s["k"])
+            rows = [{"layer": layer, **{f"k{kp}": v[kp] for kp in k_primes}} for layer, v in fractions.items()]
+            out.tables.append(Table("uninterpretable", rows, ["layer", *[f"k{kp}" for kp in k_primes]],
+                                    f"Uninterpretable neurons (share; {s['clusters']} K-means clusters of caption "
+                                    f"sentences, seed {ctx.seed}, top-{s['k']} clips, no cluster shared by K' of "
+                                    "them)"))
+            out.plots["uninterpretable"] = uninterpretable_plot(fractions)
+            out.metrics.update({f"eval/interp/{layer}/uninterpretable_k{kp}": v[kp] for layer, v in fractions.items()
+                                for kp in k_primes})
+        return out

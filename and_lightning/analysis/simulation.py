@@ -21,6 +21,8 @@ import numpy as np
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from and_lightning.analysis.plots import real_vs_shuffled_plot
+from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
 from and_lightning.store.atomic import write_json
 from and_lightning.store.hashing import hash_obj
 
@@ -115,15 +117,10 @@ def _masked_pearson_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndar
     return r
 
 
-def neuron_correlations(predicted: np.ndarray, actual: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """[M, 2] (pearson, spearman) of predicted [M, n] vs actual [n, M] over each neuron's mask [M, n],
-    vectorised over neurons (masked entries are ranked last, so they never shift the kept entries' ranks)."""
-    return correlations_of_many([predicted], actual, masks)[0]
-
-
 def correlations_of_many(predictions: Iterable[np.ndarray], actual: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
-    """`neuron_correlations` of several predictions (e.g. shuffled ones) against the same activations and masks,
-    whose ranks are computed once."""
+    """Per prediction [M, n] (e.g. the real and the shuffled ones), [M, 2] (pearson, spearman) against actual [n, M]
+    over each neuron's mask [M, n], vectorised over neurons; the activations' ranks are computed once (masked
+    entries are ranked last, so they never shift the kept entries' ranks)."""
     y = np.asarray(actual, np.float64).T
     w = np.asarray(masks, bool)
     ry = rankdata(np.where(w, y, np.inf), axis=1)
@@ -258,3 +255,32 @@ def _llm_correlations(llm: Any, descs: Sequence[str], captions: Sequence[str], c
         ok = np.isfinite(r)
         out[m] = pearson(r[ok], actual[idx[ok], m]), spearman(r[ok], actual[idx[ok], m])
     return out
+
+
+class Simulation(Task):
+    """Simulation score on the held-out score clips of a fixed split saved in the dissection folder, against
+    shuffled descriptions (`simulation_report`); `predictor`: text (offline) or llm (0-10 ratings)."""
+
+    needs = ("store", "records", "captions", "encoder")
+
+    def run(self, ctx: EvalContext) -> TaskOutput:
+        s = self.settings
+        if s["predictor"] not in ("text", "llm"):
+            raise ValueError(f"evaluate.simulation.predictor must be 'text' or 'llm', got {s['predictor']!r}")
+        if s["predictor"] == "llm" and ctx.llm is None:
+            raise ValueError("evaluate.simulation.predictor=llm needs an LLM (llm=openai or llm=hf)")
+        split, split_path = load_or_make_split(ctx.split_dir, ctx.store.clip_ids, s["score_fraction"], s["split_seed"])
+        rows, per_neuron = simulation_report(
+            ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],
+            shuffles=s["shuffles"], seed=s["split_seed"], exclude_described=s["exclude_described"],
+            llm=ctx.llm if s["predictor"] == "llm" else None, llm_clips=s["llm_clips"], llm_chunk=s["llm_chunk"],
+            max_neurons_per_layer=s["max_neurons_per_layer"])
+        columns = ["layer", "predictor", "pearson", "spearman", "pearson_shuffled", "spearman_shuffled", "neurons",
+                   "score_clips"]
+        title = f"Simulation score ({s['predictor']} predictor, held-out clips)"
+        return TaskOutput(
+            tables=[Table("simulation", rows, columns, title)],
+            plots={"simulation_pearson": real_vs_shuffled_plot(rows, "pearson", "Pearson r (held-out clips)")},
+            metrics={f"eval/sim/{r['layer']}/{k}": float(r[k]) for r in rows
+                     for k in ("pearson", "spearman", "pearson_shuffled", "spearman_shuffled")},
+            neuron_scores=per_neuron, files={"simulation_split": str(split_path)})

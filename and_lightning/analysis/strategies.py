@@ -1,33 +1,26 @@
 """Compare training strategies (scratch / frozen SSL + linear head / SSL fine-tuned) over seeds from each job's
 `study_result.json`: per-layer and per-strategy tables, two plots, a finding paragraph checked against the paper's
-§9.4/§9.5 pattern, and a W&B run in the sweep's group. `StudyCallback` runs it when a Hydra multirun ends.
+§9.4/§9.5 pattern, and a W&B run in the sweep's group (`analysis.sweep`; its `AggregateCallback` runs `aggregate`
+when a Hydra multirun ends).
 """
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 
 from and_lightning.analysis.plots import save_png
-from and_lightning.analysis.tables import csv_text, markdown_table
-from and_lightning.store.atomic import write_text
-from and_lightning.tracking import point_wandb_into
+from and_lightning.analysis.sweep import Table, by_key, mean, number, publish, read_results, sd
+from and_lightning.analysis.tables import markdown_table
 
-log = logging.getLogger(__name__)
 RESULT_FILE = "study_result.json"
-SUMMARY_STEM = "strategies_summary"
-LAYERS_STEM = "strategies_layers"
+RESULT_FIELDS = {"strategy": object, "seed": object, "layers": list, "metrics": dict}  # for sweep.read_results
 LAYERS_PNG = "strategies_layers.png"
 ACCURACY_PNG = "strategies_accuracy.png"
-REQUIRED_KEYS = ("strategy", "seed", "layers", "metrics")
 ALPHA = 0.05
 # a fall of the uninterpretable share counts from 10 percentage points: the paper's supervised models drop by
 # 30-40 points, its frozen SSL backbone moves by 2-5 (spec §9.5)
@@ -54,59 +47,6 @@ SUMMARY_COLUMNS = ["strategy", "seeds", "test_acc", "test_acc_sd", "last_layer_t
                    "uninterpretable_last_hidden", "gt_f1", "sim_pearson"]
 
 
-def read_study_results(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every job's `study_result.json` under `sweep_dir` (any depth), in job order, each with its "job_dir"."""
-    sweep_dir = Path(sweep_dir)
-    paths = sorted(sweep_dir.rglob(RESULT_FILE), key=lambda p: [int(s) if s.isdigit() else s for s in p.parts])
-    if not paths:
-        raise FileNotFoundError(f"{sweep_dir}: no {RESULT_FILE} from any job (did the multirun run "
-                                f"experiment=strategies jobs, and did they finish?)")
-    results = []
-    for p in paths:
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from e
-        missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
-        if missing:
-            raise ValueError(f"{p}: missing {', '.join(map(repr, missing))} (expected keys {list(REQUIRED_KEYS)})")
-        if not isinstance(data["layers"], list) or not isinstance(data["metrics"], dict):
-            raise ValueError(f"{p}: 'layers' must be a list of layer names and 'metrics' an object")
-        results.append(data | {"job_dir": str(p.parent)})
-    return results
-
-
-def _num(metrics: dict, key: str) -> float:
-    """A metric as float; missing, null or non-numeric values are NaN."""
-    value = metrics.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return math.nan
-    return float(value)
-
-
-def _finite(values: Sequence[float]) -> np.ndarray:
-    arr = np.asarray(values, dtype=float)
-    return arr[np.isfinite(arr)]
-
-
-def _mean(values: Sequence[float]) -> float:
-    vals = _finite(values)
-    return float(vals.mean()) if vals.size else math.nan
-
-
-def _sd(values: Sequence[float]) -> float:
-    """Sample standard deviation (ddof=1) of the finite values; NaN with fewer than two."""
-    vals = _finite(values)
-    return float(vals.std(ddof=1)) if vals.size >= 2 else math.nan
-
-
-def _by_strategy(results: Sequence[dict]) -> dict[str, list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for r in results:
-        groups.setdefault(str(r["strategy"]), []).append(r)
-    return groups
-
-
 def _layers(results: Sequence[dict]) -> list[str]:
     """The layers of one strategy's jobs in depth order (first job's order; layers only later jobs have go last)."""
     layers: list[str] = []
@@ -119,15 +59,15 @@ def layer_rows(results: Sequence[dict], k_prime: int = 4) -> list[dict[str, Any]
     """One row per (strategy, layer): seed mean (and sample sd over seeds) of each per-layer metric; the
     uninterpretable share uses K' = `k_prime`. Strategies in first-seen order, layers in depth order."""
     rows = []
-    for strategy, rs in _by_strategy(results).items():
+    for strategy, rs in by_key(results, "strategy").items():
         for depth, layer in enumerate(_layers(rs), start=1):
             seeds = [r for r in rs if layer in map(str, r["layers"])]
             row: dict[str, Any] = {"strategy": strategy, "layer": layer, "depth": depth, "seeds": len(seeds)}
             for name, template in LAYER_METRICS.items():
-                values = [_num(r["metrics"], template.format(layer=layer, k=k_prime)) for r in seeds]
-                row[name] = _mean(values)
+                values = [number(r["metrics"], template.format(layer=layer, k=k_prime)) for r in seeds]
+                row[name] = mean(values)
                 if name in WITH_SD:
-                    row[f"{name}_sd"] = _sd(values)
+                    row[f"{name}_sd"] = sd(values)
             rows.append({c: row[c] for c in LAYER_COLUMNS})
     return rows
 
@@ -136,22 +76,20 @@ def summary_rows(results: Sequence[dict], k_prime: int = 4) -> list[dict[str, An
     """One row per strategy: accuracy and adjective slope over seeds, and over the hidden layers (all but the
     last, the head) the mean of the per-layer seed means, plus the first and last hidden layer's uninterpretable
     share. `adj_slope_p_max` is NaN when any seed lacks a p-value, so "< 0.05" means "every seed at 5 %"."""
-    layers_by_strategy: dict[str, list[dict]] = {}
-    for row in layer_rows(results, k_prime):
-        layers_by_strategy.setdefault(row["strategy"], []).append(row)
+    layers_by_strategy = by_key(layer_rows(results, k_prime), "strategy")
     out = []
-    for strategy, rs in _by_strategy(results).items():
+    for strategy, rs in by_key(results, "strategy").items():
         def metric(key: str, rs: list[dict] = rs) -> list[float]:
-            return [_num(r["metrics"], key) for r in rs]
+            return [number(r["metrics"], key) for r in rs]
 
         slopes, ps = metric("eval/interp/adj_slope"), metric("eval/interp/adj_slope_p")
         hidden = layers_by_strategy[strategy][:-1]
         row = {
             "strategy": strategy, "seeds": len(rs),
-            "test_acc": _mean(metric("test/acc")), "test_acc_sd": _sd(metric("test/acc")),
-            "last_layer_top1": _mean(metric("dissect/last_layer_top1")),
-            "last_layer_top1_sd": _sd(metric("dissect/last_layer_top1")),
-            "adj_slope": _mean(slopes), "adj_slope_sd": _sd(slopes),
+            "test_acc": mean(metric("test/acc")), "test_acc_sd": sd(metric("test/acc")),
+            "last_layer_top1": mean(metric("dissect/last_layer_top1")),
+            "last_layer_top1_sd": sd(metric("dissect/last_layer_top1")),
+            "adj_slope": mean(slopes), "adj_slope_sd": sd(slopes),
             "adj_slope_p_max": float(np.max(ps)) if ps else math.nan,
             "slope_tested_seeds": sum(1 for s, p in zip(slopes, ps) if math.isfinite(s) and math.isfinite(p)),
             "slope_negative_seeds": sum(1 for s, p in zip(slopes, ps) if s < 0 and p < ALPHA),
@@ -159,11 +97,11 @@ def summary_rows(results: Sequence[dict], k_prime: int = 4) -> list[dict[str, An
             "hidden_layers": len(hidden),
             "first_hidden": hidden[0]["layer"] if hidden else "",
             "last_hidden": hidden[-1]["layer"] if hidden else "",
-            "uninterpretable": _mean([h["uninterpretable"] for h in hidden]),
+            "uninterpretable": mean([h["uninterpretable"] for h in hidden]),
             "uninterpretable_first": hidden[0]["uninterpretable"] if hidden else math.nan,
             "uninterpretable_last_hidden": hidden[-1]["uninterpretable"] if hidden else math.nan,
-            "gt_f1": _mean([h["gt_f1"] for h in hidden]),
-            "sim_pearson": _mean([h["sim_pearson"] for h in hidden]),
+            "gt_f1": mean([h["gt_f1"] for h in hidden]),
+            "sim_pearson": mean([h["sim_pearson"] for h in hidden]),
         }
         out.append(row)
     return out
@@ -341,11 +279,11 @@ def _view(row: dict, columns: dict[str, str]) -> dict[str, Any]:
     """A row for people: `x ± x_sd` where an sd exists, p-values to 2 significant digits (not 0.000)."""
     out: dict[str, Any] = {"strategy": row["strategy"]}
     for key, title in columns.items():
-        value, sd = row[key], row.get(f"{key}_sd")
+        value, spread = row[key], row.get(f"{key}_sd")
         if key.endswith("_p_max"):
             value = f"{value:.2g}" if math.isfinite(value) else math.nan
-        elif sd is not None and math.isfinite(value) and math.isfinite(sd):
-            value = f"{value:.3f} ± {sd:.3f}"
+        elif spread is not None and math.isfinite(value) and math.isfinite(spread):
+            value = f"{value:.3f} ± {spread:.3f}"
         out[title] = value
     return out
 
@@ -362,72 +300,16 @@ def layers_markdown(rows: Sequence[dict], k_prime: int) -> str:
 
 
 def aggregate(sweep_dir: str | os.PathLike, wandb_project: str | None = None, k_prime: int = 4) -> dict[str, Any]:
-    """Write the summary and per-layer tables (md + csv) and both plots into `sweep_dir`; log them to the sweep's
-    W&B group when a project is given and every job has the same group. Returns paths, rows and the finding."""
+    """Write the summary and per-layer tables (md + csv) and both plots into `sweep_dir`, log them to the sweep's
+    W&B group when a project is given (`sweep.publish`). Returns the files, rows, finding and number of jobs."""
     sweep_dir = Path(sweep_dir)
-    results = read_study_results(sweep_dir)
+    results = read_results(sweep_dir, RESULT_FILE, RESULT_FIELDS)
     layers, summary = layer_rows(results, k_prime), summary_rows(results, k_prime)
     finding = finding_text(summary, k_prime)
-    paths = {name: sweep_dir / f"{stem}.{ext}" for name, stem, ext in
-             (("summary_md", SUMMARY_STEM, "md"), ("summary_csv", SUMMARY_STEM, "csv"),
-              ("layers_md", LAYERS_STEM, "md"), ("layers_csv", LAYERS_STEM, "csv"))}
-    summary_md = summary_markdown(summary, finding, k_prime)
-    write_text(paths["summary_md"], summary_md)
-    write_text(paths["summary_csv"], csv_text(summary, SUMMARY_COLUMNS))
-    write_text(paths["layers_md"], layers_markdown(layers, k_prime))
-    write_text(paths["layers_csv"], csv_text(layers, LAYER_COLUMNS))
-    plots = {"layers": layers_chart(layers, sweep_dir / LAYERS_PNG, k_prime),
-             "accuracy": accuracy_chart(summary, sweep_dir / ACCURACY_PNG)}
-    out: dict[str, Any] = {"summary": {"md": str(paths["summary_md"]), "csv": str(paths["summary_csv"])},
-                           "layers": {"md": str(paths["layers_md"]), "csv": str(paths["layers_csv"])},
-                           "plots": plots, "rows": {"summary": summary, "layers": layers},
-                           "jobs": len(results), "finding": finding}
-    groups = {r.get("wandb_group") for r in results}
-    if wandb_project:
-        if len(groups) == 1 and None not in groups:
-            out["wandb_run_dir"] = _log_wandb(summary, layers, plots, finding, groups.pop(), wandb_project, sweep_dir)
-        else:
-            log.warning("not logging the study to W&B: the jobs' wandb_group values are %s, not one group",
-                        sorted(map(str, groups)))
-    print(summary_md)
-    return out
-
-
-def _table(rows: Sequence[dict], columns: Sequence[str]):
-    import wandb
-
-    def cell(value: Any) -> Any:  # NaN as an empty cell
-        return None if isinstance(value, float) and math.isnan(value) else value
-
-    return wandb.Table(columns=list(columns), data=[[cell(r[c]) for c in columns] for r in rows])
-
-
-def _log_wandb(summary: list[dict], layers: list[dict], plots: dict[str, str], finding: str, group: str,
-               project: str, sweep_dir: Path) -> str:
-    import wandb
-
-    point_wandb_into(sweep_dir)
-    run = wandb.init(project=project, group=group, job_type="study", name=f"{group}-study",
-                     dir=str(sweep_dir), mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous")
-    try:
-        run.log({"strategies/summary": _table(summary, SUMMARY_COLUMNS),
-                 "strategies/layers": _table(layers, LAYER_COLUMNS),
-                 "strategies/layers_plot": wandb.Image(plots["layers"]),
-                 "strategies/accuracy_plot": wandb.Image(plots["accuracy"])})
-        run.summary["strategies/finding"] = finding
-        return str(Path(run.dir).parent)
-    finally:
-        run.finish()
-
-
-class StudyCallback(Callback):
-    """Hydra callback: when a multirun ends, aggregate its training-strategy study in the sweep directory."""
-
-    def __init__(self, k_prime: int = 4) -> None:
-        self.k_prime = int(k_prime)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        wandb_cfg = (config.get("logger") or {}).get("wandb")
-        project = wandb_cfg.get("project") if wandb_cfg else None
-        result = aggregate(config.hydra.sweep.dir, project, self.k_prime)
-        log.info("strategies study: %s (%d jobs)", result["summary"]["md"], result["jobs"])
+    plots = {"strategies/layers_plot": layers_chart(layers, sweep_dir / LAYERS_PNG, k_prime),
+             "strategies/accuracy_plot": accuracy_chart(summary, sweep_dir / ACCURACY_PNG)}
+    tables = {"strategies/summary": Table("strategies_summary", summary_markdown(summary, finding, k_prime), summary,
+                                          SUMMARY_COLUMNS),
+              "strategies/layers": Table("strategies_layers", layers_markdown(layers, k_prime), layers, LAYER_COLUMNS)}
+    out = publish(sweep_dir, results, tables, plots, wandb_project, "study", {"strategies/finding": finding})
+    return out | {"rows": {"summary": summary, "layers": layers}, "finding": finding}

@@ -33,14 +33,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], di
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """CSV of `rows` with a header line; NaN/None are empty cells, floats keep full precision."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for r in rows:
-        values = []
-        for c in columns:
-            v = r.get(c)
-            values.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-        writer.writerow(values)
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: v for c, v in r.items() if not (isinstance(v, float) and math.isnan(v))} for r in rows)
     return buf.getvalue()
 
 

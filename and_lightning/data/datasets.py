@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from and_lightning.data.clips import ClipRecord, DatasetIndex
 
@@ -28,50 +28,41 @@ class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
 def load_esc50(root: str | os.PathLike) -> DatasetIndex:
     """Index ESC-50 (`root/meta/esc50.csv` + `root/audio/*.wav`, folds 1-5); label = `target`, clip_id = file stem."""
     root = _existing_root(root, "ESC-50 (meta/esc50.csv and audio/*.wav)")
-    csv_path = root / "meta" / "esc50.csv"
-    records, pairs, missing = [], [], []
-    for line, row in _read_csv(csv_path, ESC50_COLUMNS, "ESC-50"):
-        target = _int_field(row, "target", csv_path, line)
-        audio = root / "audio" / row["filename"]
-        if not audio.is_file():
-            missing.append(audio)
-        pairs.append((target, row["category"], csv_path, line))
-        records.append(ClipRecord(
-            clip_id=Path(row["filename"]).stem,
-            path=str(audio),
-            label=target,
-            fold=_fold_field(row, csv_path, line, num_folds=5),
-            meta={"category": row["category"], "esc10": row["esc10"].strip().lower() == "true",
-                  "src_file": row["src_file"], "take": row["take"]},
-        ))
-    _raise_if_missing(missing, csv_path)
-    return _index("esc50", records, _class_names_from_pairs(pairs), csv_path)
+    return _index_csv(
+        "esc50", "ESC-50", root / "meta" / "esc50.csv", ESC50_COLUMNS, label="target", class_name="category",
+        file="filename", num_folds=5, audio_dir=lambda fold: root / "audio",
+        meta=lambda row, at: {"category": row["category"], "esc10": row["esc10"].strip().lower() == "true",
+                              "src_file": row["src_file"], "take": row["take"]})
 
 
 def load_urbansound8k(root: str | os.PathLike) -> DatasetIndex:
     """Index UrbanSound8K (`root/metadata/UrbanSound8K.csv` + `root/audio/fold{N}/<file>`, folds 1-10)."""
     root = _existing_root(root, "UrbanSound8K (metadata/UrbanSound8K.csv and audio/fold1..fold10/)")
-    csv_path = root / "metadata" / "UrbanSound8K.csv"
+    return _index_csv(
+        "urbansound8k", "UrbanSound8K", root / "metadata" / "UrbanSound8K.csv", URBANSOUND8K_COLUMNS, label="classID",
+        class_name="class", file="slice_file_name", num_folds=10, audio_dir=lambda fold: root / "audio" / f"fold{fold}",
+        meta=lambda row, at: {"class": row["class"], "fsID": _int_field(row, "fsID", *at),
+                              "start": _float_field(row, "start", *at), "end": _float_field(row, "end", *at),
+                              "salience": _int_field(row, "salience", *at)})
+
+
+def _index_csv(name: str, dataset: str, csv_path: Path, columns: Sequence[str], *, label: str, class_name: str,
+               file: str, num_folds: int, audio_dir: Callable[[int], Path],
+               meta: Callable[[dict[str, str], tuple[Path, int]], dict[str, Any]]) -> DatasetIndex:
+    """Index a dataset whose metadata CSV lists one clip per row: its class id (`label` column) and name, its file
+    (in `audio_dir(fold)`) and fold; `meta(row, (csv_path, line))` gives the record's other fields."""
     records, pairs, missing = [], [], []
-    for line, row in _read_csv(csv_path, URBANSOUND8K_COLUMNS, "UrbanSound8K"):
-        class_id = _int_field(row, "classID", csv_path, line)
-        fold = _fold_field(row, csv_path, line, num_folds=10)
-        audio = root / "audio" / f"fold{fold}" / row["slice_file_name"]
+    for line, row in _read_csv(csv_path, columns, dataset):
+        class_id = _int_field(row, label, csv_path, line)
+        fold = _fold_field(row, csv_path, line, num_folds)
+        audio = audio_dir(fold) / row[file]
         if not audio.is_file():
             missing.append(audio)
-        pairs.append((class_id, row["class"], csv_path, line))
-        records.append(ClipRecord(
-            clip_id=Path(row["slice_file_name"]).stem,
-            path=str(audio),
-            label=class_id,
-            fold=fold,
-            meta={"class": row["class"], "fsID": _int_field(row, "fsID", csv_path, line),
-                  "start": _float_field(row, "start", csv_path, line),
-                  "end": _float_field(row, "end", csv_path, line),
-                  "salience": _int_field(row, "salience", csv_path, line)},
-        ))
+        pairs.append((class_id, row[class_name], csv_path, line))
+        records.append(ClipRecord(clip_id=Path(row[file]).stem, path=str(audio), label=class_id, fold=fold,
+                                  meta=meta(row, (csv_path, line))))
     _raise_if_missing(missing, csv_path)
-    return _index("urbansound8k", records, _class_names_from_pairs(pairs), csv_path)
+    return _index(name, records, _class_names_from_pairs(pairs), csv_path)
 
 
 def load_gtzan(root: str | os.PathLike, num_folds: int = 10,

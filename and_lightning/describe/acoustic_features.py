@@ -1,5 +1,9 @@
-"""Pure measurements of a mono waveform for the acoustic captioner (numpy only): loudness, pitch (YIN),
-spectral shape, envelope rhythm, background noise and reverberation decay.
+"""Pure measurements of a mono waveform for the acoustic captioner: loudness, pitch (YIN), spectral shape,
+envelope rhythm, background noise and reverberation decay.
+
+librosa computes the standard features (resampling, dB, framing, RMS, STFT, spectral centroid and flatness,
+autocorrelation); this module holds what it lacks: YIN with its aperiodicity, pitch movement and harmonics, and
+the loudness-envelope measures of rhythm, hits, gaps and decay the captioner words.
 
 Levels are in dB re full-scale amplitude 1 ("dBFS" here: 20*log10(RMS), so a full-scale sine is -3 dB).
 Functions that take arrays work on the last axis and accept leading batch axes unless stated otherwise.
@@ -7,52 +11,18 @@ Functions that take arrays work on the last axis and accept leading batch axes u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import gcd
+from functools import partial
 
+import librosa
 import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.ndimage import uniform_filter1d
-from scipy.signal import butter, resample_poly, sosfiltfilt
+from scipy.ndimage import maximum_filter1d, median_filter, uniform_filter1d
+from scipy.signal import butter, sosfiltfilt
 
-DB_FLOOR = -120.0  # every level is floored here, so digital silence is finite
 _TINY = 1e-12
-
-
-def power_to_db(power: np.ndarray | float) -> np.ndarray:
-    """10*log10(power), floored at DB_FLOOR."""
-    return np.maximum(10.0 * np.log10(np.maximum(power, _TINY)), DB_FLOOR)
-
-
-def rms_dbfs(x: np.ndarray) -> np.ndarray:
-    """RMS level of the last axis in dBFS (20*log10(RMS)); DB_FLOOR for silence."""
-    x = np.asarray(x, dtype=np.float64)
-    return power_to_db(np.mean(x * x, axis=-1))
-
-
-def frame_signal(x: np.ndarray, frame_length: int, hop: int) -> np.ndarray:
-    """Complete frames of the last axis: [..., F, frame_length], F = 1 + (T - L) // hop.
-
-    A signal shorter than one frame is zero-padded to one frame. The result is a read-only view when possible.
-    """
-    n = x.shape[-1]
-    if n < frame_length:
-        pad = [(0, 0)] * (x.ndim - 1) + [(0, frame_length - n)]
-        x = np.pad(x, pad)
-    return sliding_window_view(x, frame_length, axis=-1)[..., ::hop, :]
-
-
-def frame_rms(x: np.ndarray, frame_length: int, hop: int) -> np.ndarray:
-    """RMS of complete frames of the last axis, [..., F], via a cumulative sum of squares (fast for any hop)."""
-    x = np.asarray(x, dtype=np.float64)
-    n = x.shape[-1]
-    if n < frame_length:
-        x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, frame_length - n)])
-        n = frame_length
-    cs = np.concatenate([np.zeros(x.shape[:-1] + (1,)), np.cumsum(x * x, axis=-1)], axis=-1)
-    starts = np.arange(0, n - frame_length + 1, hop)
-    energy = cs[..., starts + frame_length] - cs[..., starts]
-    return np.sqrt(np.maximum(energy, 0.0) / frame_length)
+DB_FLOOR = -120.0  # 10*log10(_TINY): every level is floored here, so digital silence is finite
+power_to_db = partial(librosa.power_to_db, amin=_TINY, top_db=None)  # 10*log10(power), floored at DB_FLOOR
 
 
 def smooth_envelope(x: np.ndarray, sample_rate: float, hop: int, cutoff_hz: float = 60.0, start: int = 0) -> np.ndarray:
@@ -62,33 +32,6 @@ def smooth_envelope(x: np.ndarray, sample_rate: float, hop: int, cutoff_hz: floa
     x = np.asarray(x, dtype=np.float64)
     power = sosfiltfilt(butter(4, cutoff_hz, fs=sample_rate, output="sos"), x * x)
     return np.sqrt(np.maximum(power[start::hop], 0.0))
-
-
-def power_spectrum(frames: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Hann-windowed power spectra of frames [..., F, L] -> (power [..., F, L//2+1], bin frequencies in Hz).
-
-    Computed in float32 (twice as fast; ample for levels and shapes)."""
-    length = frames.shape[-1]
-    window = np.hanning(length + 2)[1:-1].astype(np.float32)
-    spec = scipy.fft.rfft(frames.astype(np.float32) * window, axis=-1)
-    power = spec.real**2 + spec.imag**2
-    return power, np.fft.rfftfreq(length, 1.0 / sample_rate)
-
-
-def spectral_centroid(power: np.ndarray, freqs: np.ndarray) -> np.ndarray:
-    """Power-weighted mean frequency (Hz) over the last axis; NaN where the power is zero."""
-    total = power.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > _TINY, (power * freqs).sum(axis=-1) / np.maximum(total, _TINY), np.nan)
-
-
-def spectral_flatness(power: np.ndarray) -> np.ndarray:
-    """Geometric over arithmetic mean of the power over the last axis, in [0, 1].
-
-    About 0.56 for a white-noise periodogram frame, near 0 for a pure tone.
-    """
-    p = np.maximum(power, _TINY)
-    return np.exp(np.mean(np.log(p), axis=-1)) / np.mean(p, axis=-1)
 
 
 _MAX_MULTIPLE = 8
@@ -104,6 +47,8 @@ def _parabolic_min(curve: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.n
     return idx + shift, y1 - 0.25 * (y0 - y2) * shift
 
 
+# librosa.yin returns f0 only; the captioner also needs YIN's aperiodicity (voicing, periodicity, harmonic SNR), and
+# librosa.pyin's voiced probability is an HMM posterior, not a noise share (and pyin takes ~1.6 s per 1 s clip)
 def yin(frames: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float = 4000.0,
         threshold: float = 0.15, integration: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """YIN pitch (de Cheveigne & Kawahara 2002) of frames [..., F, L] -> (f0 Hz, aperiodicity in [0, 1]).
@@ -166,6 +111,7 @@ def yin(frames: np.ndarray, sample_rate: float, fmin: float = 50.0, fmax: float 
     return np.where(silent, np.nan, f0), np.where(silent, 1.0, aperiodicity)
 
 
+# scipy.stats.theilslopes takes every pair: here pairs stay within one voiced stretch and at least min_dt apart
 def theil_sen_slope(t: np.ndarray, y: np.ndarray, min_dt: float = 0.03, groups: np.ndarray | None = None,
                     max_points: int = 400) -> float:
     """Median of pairwise slopes (y units per t unit) over pairs at least `min_dt` apart; NaN if none.
@@ -187,6 +133,7 @@ def theil_sen_slope(t: np.ndarray, y: np.ndarray, min_dt: float = 0.03, groups: 
     return float(np.median((y[None, :] - y[:, None])[mask] / dt[mask]))
 
 
+# no library measures pitch modulation (vibrato rate / extent / purity of a pitch contour)
 def vibrato(semitones: np.ndarray, frame_rate: float, fmin: float = 3.0,
             fmax: float = 12.0) -> tuple[float, float, float]:
     """Periodic modulation of a contiguous pitch contour (semitones) -> (rate Hz, peak-to-peak extent, purity).
@@ -215,6 +162,7 @@ def vibrato(semitones: np.ndarray, frame_rate: float, fmin: float = 3.0,
     return float(peak), extent, purity
 
 
+# librosa.f0_harmonics samples the spectrum at k*f0; the harmonic measures need the energy of the Hann main lobe there
 def harmonic_energies(power: np.ndarray, freqs: np.ndarray, f0: np.ndarray, n_harmonics: int = 30,
                       half_width_bins: float = 2.0) -> np.ndarray:
     """Energy near each harmonic k*f0 (k = 1..n_harmonics) of each frame: power [..., F, B], f0 [..., F] -> [..., F, K].
@@ -261,6 +209,7 @@ def correct_subharmonic(f0: np.ndarray, harmonics: np.ndarray, share: float = 0.
     return f0 * factor
 
 
+# librosa.beat / tempo track onset pulses (BPM); this is the rhythm of the loudness envelope, slow swells included
 def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5, peak_ratio: float = 0.85,
                          min_prominence: float = 0.25) -> tuple[float, float]:
     """Repetition rate of an amplitude envelope [n] -> (rate Hz, strength in [-1, 1]); (NaN, 0) if none.
@@ -278,9 +227,7 @@ def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5, 
     lag_max = min(n // 2, int(np.ceil(env_rate / min_hz)))
     if lag_max <= lag_min + 1 or np.dot(x, x) <= _TINY:
         return float("nan"), 0.0
-    n_fft = 1 << int(np.ceil(np.log2(2 * n)))
-    spec = np.fft.rfft(x, n_fft)
-    acf = np.fft.irfft(spec.real**2 + spec.imag**2, n_fft)[: lag_max + 2]
+    acf = librosa.autocorrelate(x, max_size=lag_max + 2)
     lags = np.arange(lag_max + 2)
     acf = acf / acf[0] * n / (n - lags)
     mid = acf[lag_min : lag_max + 1]
@@ -299,6 +246,8 @@ def envelope_periodicity(env: np.ndarray, env_rate: float, min_hz: float = 0.5, 
     return float(env_rate / (lag + shift)), float(min(y1, 1.0))
 
 
+# envelope measures below (masked autocorrelation, hits, gaps, wobble, onsets, decay): no library counterpart;
+# librosa.onset detects spectral-flux onsets, not the level rises and decays in dB that are worded here
 def masked_autocorrelation(x: np.ndarray, mask: np.ndarray, max_lag: int, min_pairs: int = 20) -> np.ndarray:
     """Pearson correlation of x[t] with x[t+lag] over the pairs where both frames are in `mask`, for lags
     0..max_lag -> [max_lag + 1] (NaN where fewer than `min_pairs` pairs remain).
@@ -344,8 +293,7 @@ def hit_peaks(env_db: np.ndarray, env_rate: float, rise_db: float = 9.0, rise_s:
     env_db = np.asarray(env_db, dtype=np.float64)
     n = len(env_db)
     k_sp, k_rise, k_drop = (max(1, int(round(s * env_rate))) for s in (spacing_s, rise_s, drop_s))
-    padded = np.concatenate([np.full(k_sp, -np.inf), env_db, np.full(k_sp, -np.inf)])
-    local_max = sliding_window_view(padded, 2 * k_sp + 1).max(axis=-1)
+    local_max = maximum_filter1d(env_db, 2 * k_sp + 1, mode="constant", cval=-np.inf)
     before = sliding_window_view(np.concatenate([np.full(k_rise, np.inf), env_db]), k_rise).min(axis=-1)[:n]
     later = np.concatenate([env_db[k_drop:], np.full(k_drop, np.inf)])
     ok = ((env_db >= local_max) & (env_db >= env_db.max() - within_db) & (env_db - before >= rise_db)
@@ -383,7 +331,7 @@ def pitch_wobble(f0: np.ndarray, voiced: np.ndarray, min_frames: int = 8, max_ju
         if b - a < min_frames:
             continue
         st = 12.0 * np.log2(f0[a:b] / 440.0)
-        st = np.median(sliding_window_view(np.pad(st, 2, mode="edge"), 5), axis=-1)
+        st = median_filter(st, 5, mode="nearest")
         t = np.arange(len(st), dtype=np.float64)
         resid = st - np.polyval(np.polyfit(t, st, 1), t)
         keep = np.abs(resid - np.median(resid)) < max_jump_st  # octave / fifth errors are not wavering
@@ -491,15 +439,6 @@ def offset_decay_rates(env_db: np.ndarray, env_rate: float, floor_db: float, hol
     return np.asarray(rates, dtype=np.float64)
 
 
-def to_analysis_rate(wave: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
-    """Polyphase-resample a 1-D float waveform to `target_rate` (float64; no-op when equal)."""
-    x = np.asarray(wave, dtype=np.float64)
-    if sample_rate == target_rate:
-        return x
-    g = gcd(int(sample_rate), int(target_rate))
-    return resample_poly(x, target_rate // g, sample_rate // g)
-
-
 @dataclass(frozen=True)
 class AcousticMeasurements:
     """Everything the acoustic captioner measures on one clip (plain floats/ints; NaN = not measurable)."""
@@ -579,7 +518,7 @@ def _pitch_measures(f0: np.ndarray, aperiodicity: np.ndarray, voiced: np.ndarray
     a, b = runs[np.argmax(runs[:, 1] - runs[:, 0])]
     contour = 12.0 * np.log2(f0[a:b] / 440.0)
     if len(contour) >= 5:  # median-of-5 smoothing removes isolated octave errors
-        contour = np.median(sliding_window_view(np.pad(contour, 2, mode="edge"), 5), axis=-1)
+        contour = median_filter(contour, 5, mode="nearest")
     vib_rate, vib_extent, vib_purity = vibrato(contour, frame_rate)
     totals = harmonics.sum(axis=0)
     return dict(
@@ -648,17 +587,20 @@ def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000,
     The background level comes from quiet envelope frames when >= 10% of them are `gap_db` below the peak,
     else (mostly periodic sounds) from YIN's aperiodicity; otherwise it is not measurable (NaN).
     """
-    x = to_analysis_rate(wave, sample_rate, analysis_rate)
+    x = librosa.resample(np.asarray(wave, dtype=np.float64), orig_sr=sample_rate, target_sr=analysis_rate,
+                         res_type="polyphase")
     x = x - x.mean()
     sr = float(analysis_rate)
     hop, n_fft = int(sr * 0.010), 1024
     env_hop = int(sr * 0.005)
     env_rate = sr / env_hop
-    env = frame_rms(x, int(sr * 0.010), env_hop)
+    base = dict(duration_s=len(x) / sr, rms_dbfs=float(power_to_db(np.mean(x * x))))
+    x = np.pad(x, (0, max(0, n_fft - len(x))))  # at least one spectrum frame
+    env = librosa.feature.rms(y=x, frame_length=int(sr * 0.010), hop_length=env_hop, center=False,
+                              dtype=np.float64)[0]
     env_db = power_to_db(env**2)
-    peak_db = float(env_db.max())
+    peak_db = base["peak_dbfs"] = float(env_db.max())
     active_env = env_db >= peak_db - active_range_db
-    base = dict(duration_s=len(x) / sr, rms_dbfs=float(rms_dbfs(x)), peak_dbfs=peak_db)
     if peak_db < silence_dbfs:
         return AcousticMeasurements(
             **base, **_PITCH_NONE, active_rms_dbfs=DB_FLOOR, active_fraction=0.0, voiced_fraction=0.0,
@@ -668,8 +610,9 @@ def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000,
             low_share=_NAN, loud_periodicity=0.0, flutter_rate_hz=_NAN, flutter_strength=0.0, click_rate_hz=_NAN,
             click_strength=0.0, ripple=0.0, n_hits=0, n_gaps=0, level_flat_share=1.0, decay_dominance=0.0)
 
-    frames = frame_signal(x, n_fft, hop)
-    power, freqs = power_spectrum(frames, sr)
+    frames = librosa.util.frame(x, frame_length=n_fft, hop_length=hop, axis=0)
+    power = np.abs(librosa.stft(x.astype(np.float32), n_fft=n_fft, hop_length=hop, center=False).T) ** 2
+    freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
     frame_db = power_to_db(np.mean(frames * frames, axis=-1))
     active = frame_db >= frame_db.max() - active_range_db
     loud = frame_db >= frame_db.max() - 10.0
@@ -696,8 +639,9 @@ def measure_clip(wave: np.ndarray, sample_rate: int, analysis_rate: int = 16000,
         active_rms_dbfs=float(power_to_db(np.mean(env[active_env] ** 2))),
         active_fraction=float(active_env.mean()), voiced_fraction=float(voiced.sum() / max(active.sum(), 1)),
         periodicity=float(np.median(1.0 - aperiodicity[active])),
-        centroid_hz=float(spectral_centroid(mean_power, freqs)),
-        flatness=float(np.mean(spectral_flatness(power[active][:, freqs >= fmin]))),
+        centroid_hz=float(librosa.feature.spectral_centroid(S=mean_power[:, None], freq=freqs)[0, 0]),
+        flatness=float(np.mean(librosa.feature.spectral_flatness(S=power[active][:, freqs >= fmin].T, power=1.0,
+                                                                 amin=_TINY))),
         low_share=float(mean_power[freqs < 150.0].sum() / max(mean_power.sum(), _TINY)),
         loud_periodicity=float(np.median(1.0 - aperiodicity[loud])),
         noise_floor_db=floor_db, snr_db=float(snr),

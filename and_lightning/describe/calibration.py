@@ -15,7 +15,6 @@ reproduction.
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from and_lightning.describe.lexicon import attribute_values
+from and_lightning.describe.lexicon import attribute_values, tokens
 from and_lightning.describe.sentences import JUNK_PHRASES, summary_sentences
 
 DEFAULT_THRESHOLD = 0.9
@@ -56,7 +55,7 @@ def cross_removal_masks(sim: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
 
 def _values(sentence: str) -> set[tuple[str, int]]:
     """The (attribute, value) pairs a sentence's words name."""
-    return {v for w in set(re.findall(r"[a-z][a-z-]*", sentence.lower())) for v in attribute_values(w)}
+    return {v for w in set(tokens(sentence)) for v in attribute_values(w)}
 
 
 def is_contrast(a: str, b: str) -> bool:

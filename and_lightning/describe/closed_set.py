@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from and_lightning.describe.lexicon import find
 from and_lightning.describe.llm.base import ChatRequest
 from and_lightning.describe.similarity import SIMILARITIES, similarity
 from and_lightning.store.activations import top_clip_index
@@ -252,12 +253,9 @@ class ICLPick:
 
 
 def _mentions(text: str, concepts: Sequence[str]) -> list[str]:
-    """The concepts `text` names (whole words, "_" as a space), in the order of their first mention."""
-    def words(x: str) -> str:
-        return re.sub(r"[\s_]+", " ", x.lower()).strip()
-
-    text = words(text)
-    found = [(m.start(), c) for c in concepts if (m := re.search(rf"\b{re.escape(words(c))}\b", text))]
+    """The concepts `text` names (whole words up to inflection, "_" as a space), in the order of their first
+    mention (`lexicon.find`)."""
+    found = [(i, c) for c in concepts if (i := find(c, text)) is not None]
     return [c for _, c in sorted(found)]
 
 

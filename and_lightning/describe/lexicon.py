@@ -1,9 +1,18 @@
-"""Word lists for Module C: acoustic adjectives (the offline acoustic filter), non-descriptive words
-(the original's `remove_dummy` stop-list), English stopwords (NLTK's list, whose data is not available
-offline) and negators."""
+"""Words: lists for Module C (acoustic adjectives for the offline acoustic filter, the original's `remove_dummy`
+stop-list, English stopwords from NLTK's list, whose data is not available offline, negators) and the one
+lemmatizer and whole-word matcher that concept pruning, ground truth and Module C use.
+
+Lemmas come from lemminflect's dictionary (English lemma tables, no part-of-speech tagger needed); tokens are
+`sentences.word_tokenize`'s.
+"""
 from __future__ import annotations
 
-import re
+import functools
+from typing import Collection, Sequence
+
+from lemminflect import getAllLemmas
+
+from and_lightning.describe.sentences import word_tokenize
 
 # Adjectives that can describe the tone, emotion or acoustic features of a sound: the question the
 # original asks an LLM (spec §8). Grouped for readability; `is_acoustic` also accepts inflected and
@@ -80,7 +89,7 @@ ATTRIBUTE_VALUES: dict[str, tuple[frozenset[str], ...]] = {
 def attribute_values(word: str) -> set[tuple[str, int]]:
     """(attribute, value index) pairs a word names ("louder" -> {("loudness", 0)}); empty if none."""
     w = normalise_word(word)
-    forms = {w, *_base_forms(w)}
+    forms = {w, lemma(w, "ADJ")}
     return {(name, i) for name, values in ATTRIBUTE_VALUES.items() for i, v in enumerate(values) if forms & v}
 
 # Second halves of hyphenated compounds that make any compound acoustic: "low-frequency",
@@ -116,27 +125,63 @@ STOPWORDS = frozenset("""
 # "isn't" into "is" + "n't", so "n't" must count too).
 NEGATORS = frozenset(["no", "not", "n't", "never", "without", "nor"])
 
-_STRIP_RE = re.compile(r"^[^\w]+|[^\w]+$")
+CLAUSE_PUNCTUATION = frozenset(",.;:!?")
+# Without a part of speech, a word is lemmatised as the first of these that it can be.
+_POS_ORDER = ("NOUN", "ADJ", "VERB", "ADV", "AUX")
 
 
+def tokens(text: str) -> list[str]:
+    """Lower-case word tokens of `text` (`word_tokenize`'s: hyphenated compounds whole, "isn't" -> "is", "n't";
+    "_" as a space: "noise_hiss" -> "noise", "hiss") and its clause punctuation; other symbols are dropped."""
+    return [t for t in word_tokenize(str(text).lower().replace("_", " "))
+            if t in CLAUSE_PUNCTUATION or any(ch.isalnum() for ch in t)]
+
+
+@functools.lru_cache(maxsize=65536)
 def normalise_word(word: str) -> str:
-    """Lower-case, trim surrounding punctuation/quotes, join spaced compounds: " 'High pitched' " -> "high-pitched"."""
-    return re.sub(r"\s+", "-", _STRIP_RE.sub("", word.strip().lower()))
+    """A word or spaced compound as one token: " 'High pitched' " -> "high-pitched"."""
+    return "-".join(t for t in tokens(word) if t not in CLAUSE_PUNCTUATION)
 
 
-def _base_forms(word: str) -> list[str]:
-    """Candidate positive forms of a comparative/superlative: louder -> loud, noisier -> noisy,
-    gentlest -> gentle, bigger -> big."""
-    out = []
-    for suffix in ("er", "est"):
-        if word.endswith(suffix) and len(word) > len(suffix) + 2:
-            stem = word[: -len(suffix)]
-            out += [stem, stem + "e"]
-            if stem.endswith("i"):
-                out.append(stem[:-1] + "y")
-            if len(stem) > 2 and stem[-1] == stem[-2]:
-                out.append(stem[:-1])
-    return out
+@functools.lru_cache(maxsize=None)
+def lemma(word: str, pos: str | None = None) -> str:
+    """The dictionary lemma of a lower-case token: rumbles -> rumble, chirping -> chirp, louder -> loud.
+
+    `pos` is a universal part of speech ("NOUN", "VERB", "ADJ", ...); without one, the lemma for the first of
+    NOUN, ADJ, VERB, ADV, AUX that the word can be (lower -> low, cleaner -> cleaner). A hyphenated compound is
+    lemmatised on its last part (click-trains -> click-train). A word the dictionary does not know (or not as
+    `pos`) is its own lemma.
+    """
+    head, dash, last = word.rpartition("-")
+    found = getAllLemmas(last, pos) if pos else getAllLemmas(last)
+    return head + dash + next((found[p][0] for p in ((pos,) if pos else _POS_ORDER) if p in found), last)
+
+
+@functools.lru_cache(maxsize=65536)
+def lemmas(text: str) -> tuple[str, ...]:
+    """The lemmas of `tokens(text)`, punctuation as is: "Low rumbles." -> ("low", "rumble", ".")."""
+    return tuple(lemma(t) for t in tokens(text))
+
+
+def find(phrase: str, text: str) -> int | None:
+    """Where the phrase's words first occur in the text, whole, consecutive and up to inflection (the position of
+    its first token), or None: "low_rumble" is at 2 in "they are low rumbles", "tone" is in "tones"; "rain" is
+    not in "train", "his" not in "hissing"."""
+    found = find_phrases(lemmas(text), {lemmas(phrase)})
+    return found[0][0] if found else None
+
+
+def find_phrases(words: Sequence[str], phrases: Collection[tuple[str, ...]]) -> list[tuple[int, tuple[str, ...]]]:
+    """(position, phrase) of the `phrases` (lemma tuples) in `words` (a text's lemmas): longest first, left to
+    right, never overlapping."""
+    longest = max(map(len, phrases), default=0)
+    found, i = [], 0
+    while i < len(words):
+        n = next((n for n in range(min(longest, len(words) - i), 0, -1) if tuple(words[i:i + n]) in phrases), 0)
+        if n:
+            found.append((i, tuple(words[i:i + n])))
+        i += max(n, 1)
+    return found
 
 
 def is_acoustic(word: str) -> bool:
@@ -149,7 +194,7 @@ def is_acoustic(word: str) -> bool:
     w = normalise_word(word)
     if not w:
         return False
-    if w in ALL_ACOUSTIC_ADJECTIVES or any(b in ALL_ACOUSTIC_ADJECTIVES for b in _base_forms(w)):
+    if w in ALL_ACOUSTIC_ADJECTIVES or lemma(w, "ADJ") in ALL_ACOUSTIC_ADJECTIVES:
         return True
     if "-" in w:
         parts = [p for p in w.split("-") if p]

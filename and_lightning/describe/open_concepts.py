@@ -28,7 +28,8 @@ def _dedup(words: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def is_negated(tokens: list[str], i: int, window: int = 4, negators: frozenset[str] = NEGATORS) -> bool:
+def is_negated(tokens: list[str], i: int, window: int = 4, negators: frozenset[str] = NEGATORS,
+               breaks: frozenset[str] = CLAUSE_BREAKS) -> bool:
     """Whether a negator is among the `window` tokens before position i, within i's clause.
 
     The window is tokens[max(0, i - window):i] (the original's tokens[i-4:i] is empty for i < 4), cut
@@ -36,7 +37,7 @@ def is_negated(tokens: list[str], i: int, window: int = 4, negators: frozenset[s
     """
     before = [t.lower() for t in tokens[max(0, i - window):i]]
     for j in range(len(before) - 1, -1, -1):
-        if before[j] in CLAUSE_BREAKS:
+        if before[j] in breaks:
             before = before[j + 1:]
             break
     return any(t in negators for t in before)

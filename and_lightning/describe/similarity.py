@@ -91,17 +91,18 @@ def _summed_top_clip_terms(Q: Tensor, idx: Tensor, term: Callable[[Tensor], Tens
     return torch.cat(out, dim=0)
 
 
-def wpmi(
-    P: Tensor,
-    A: Tensor,
-    top_k: int = 28,
-    a: float = 2.0,
-    lam: float = 0.6,
-    min_prob: float = 1e-7,
-    p_is_prob: bool = False,
-    faithful: bool = False,
-    tiebreak: Tensor | None = None,
-) -> Tensor:
+def _pmi_on_top_clips(P: Tensor, A: Tensor, top_k: int, a: float, lam: float, p_is_prob: bool, faithful: bool,
+                      tiebreak: Tensor | None, term: Callable[[Tensor], Tensor]) -> Tensor:
+    """S = log p(c|m) - lam * log p(c) with log p(c|m) = sum over neuron m's top min(top_k, N) clips of term(Q[j, c])
+    (Q: `_concept_probs`; `term` gets [k, neurons, C], rank r in row r)."""
+    P, A = _check(P, A)
+    Q = _concept_probs(P, a, p_is_prob, faithful)
+    idx = top_clip_index(A, min(top_k, A.shape[0]), tiebreak, faithful)
+    return _marginal_pmi(_summed_top_clip_terms(Q, idx, term, faithful), lam)
+
+
+def wpmi(P: Tensor, A: Tensor, top_k: int = 28, a: float = 2.0, lam: float = 0.6, min_prob: float = 1e-7,
+         p_is_prob: bool = False, faithful: bool = False, tiebreak: Tensor | None = None) -> Tensor:
     """Weighted pointwise mutual information (CLIP-Dissect).
 
     Q = softmax(a * P) over concepts (or Q = P when `p_is_prob`, see `_concept_probs`);
@@ -111,26 +112,12 @@ def wpmi(
     top_k is clamped to N when there are fewer clips. A neuron's top clips are ranked by `top_clip_index` (equal
     activations by `tiebreak` [N, M], the store's tie-break statistic, then the lower clip index).
     """
-    P, A = _check(P, A)
-    Q = _concept_probs(P, a, p_is_prob, faithful)
-    idx = top_clip_index(A, min(top_k, A.shape[0]), tiebreak, faithful)
-    log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(q + min_prob), faithful)
-    return _marginal_pmi(log_p, lam)
+    return _pmi_on_top_clips(P, A, top_k, a, lam, p_is_prob, faithful, tiebreak, lambda q: torch.log(q + min_prob))
 
 
-def soft_wpmi(
-    P: Tensor,
-    A: Tensor,
-    top_k: int = 100,
-    a: float = 10.0,
-    lam: float = 1.0,
-    min_prob: float = 1e-7,
-    p_start: float = 0.998,
-    p_end: float = 0.97,
-    p_is_prob: bool = False,
-    faithful: bool = False,
-    tiebreak: Tensor | None = None,
-) -> Tensor:
+def soft_wpmi(P: Tensor, A: Tensor, top_k: int = 100, a: float = 10.0, lam: float = 1.0, min_prob: float = 1e-7,
+              p_start: float = 0.998, p_end: float = 0.97, p_is_prob: bool = False, faithful: bool = False,
+              tiebreak: Tensor | None = None) -> Tensor:
     """Soft WPMI (CLIP-Dissect), TAB's similarity.
 
     Q as in `wpmi`. The clip at rank r (0-based) of neuron m's top k clips is "in the concept" with
@@ -139,13 +126,12 @@ def soft_wpmi(
     k = min(top_k, N): with fewer clips than top_k the schedule is spread over the clips there are.
     Top clips and `tiebreak` as in `wpmi`.
     """
-    P, A = _check(P, A)
-    Q = _concept_probs(P, a, p_is_prob, faithful)
-    k = min(top_k, A.shape[0])
-    idx = top_clip_index(A, k, tiebreak, faithful)
-    p_r = (p_start - torch.arange(k, dtype=Q.dtype, device=Q.device) / k * (p_start - p_end)).view(k, 1, 1)
-    log_p = _summed_top_clip_terms(Q, idx, lambda q: torch.log(1 + p_r * (q - 1) + min_prob), faithful)
-    return _marginal_pmi(log_p, lam)
+    def term(q: Tensor) -> Tensor:
+        k = q.shape[0]
+        p_r = (p_start - torch.arange(k, dtype=q.dtype, device=q.device) / k * (p_start - p_end)).view(k, 1, 1)
+        return torch.log(1 + p_r * (q - 1) + min_prob)
+
+    return _pmi_on_top_clips(P, A, top_k, a, lam, p_is_prob, faithful, tiebreak, term)
 
 
 class TooFewClipsError(ValueError):

@@ -3,8 +3,8 @@
 Every strategy returns a `Selection` of (layer, unit) pairs. Candidates are ranked by a strategy-specific
 priority with ties broken by a seeded shuffle, then capped (`max_units` / `max_fraction`), so a capped
 selection keeps the best-matching neurons and the same seed gives the same units. The output layer is never
-a candidate unless `include_head` is set. Concept words match whole words or simple inflections
-(`words_match`), never substrings: `rain` does not match `train`.
+a candidate unless `include_head` is set. Concept words match whole words up to inflection (`words_match`),
+never substrings: `rain` does not match `train`.
 """
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import logging
 import math
 import os
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from and_lightning.describe.lexicon import normalise_word
+from and_lightning.describe.lexicon import find, normalise_word
 from and_lightning.stages.describe import read_descriptions
 
 log = logging.getLogger(__name__)
@@ -92,49 +91,13 @@ def prunable_records(records: Sequence[dict], head: str, include_head: bool = Fa
     return [r for r in records if r["layer"] in wanted]
 
 
-# --- word matching --------------------------------------------------------------------------------------
-_SPLIT_RE = re.compile(r"[^0-9a-z]+")
-_KEEP_DOUBLE = frozenset("lsfz")  # hiss, bell, cliff, buzz keep their double letter
-
-
-def word_forms(token: str) -> set[str]:
-    """A token and its simple lemma candidates: plural -s/-es/-ies, -ing and -ed, each with an optional
-    silent e and an undoubled final consonant (chirps/chirping/chirped -> chirp, rising -> rise,
-    flies -> fly, humming -> hum). Stems shorter than 3 letters are not produced."""
-    forms = {token}
-    if len(token) > 4 and token.endswith("ies"):
-        forms.add(token[:-3] + "y")
-    if len(token) > 3 and token.endswith("es"):
-        forms.add(token[:-2])
-    if len(token) > 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
-        forms.add(token[:-1])
-    for suffix in ("ing", "ed"):
-        stem = token[: -len(suffix)]
-        if token.endswith(suffix) and len(stem) >= 3:
-            forms.update({stem, stem + "e"})
-            if stem[-1] == stem[-2] and stem[-1] not in _KEEP_DOUBLE:
-                forms.add(stem[:-1])
-    return forms
-
-
-def _tokens(text: str) -> list[set[str]]:
-    return [word_forms(t) for t in _SPLIT_RE.split(str(text).lower()) if t]
-
-
-def _contains(haystack: list[set[str]], needle: list[set[str]]) -> bool:
-    n = len(needle)
-    return n > 0 and any(all(haystack[i + j] & needle[j] for j in range(n)) for i in range(len(haystack) - n + 1))
-
-
 def words_match(a: str, b: str) -> bool:
-    """Whether one term's words occur, whole and consecutive, in the other's (either way round).
-
-    Terms are split on anything not a letter or digit ("water_drops" -> water, drops) and words are compared
-    through `word_forms`. So "drop" matches "water_drops", "chirping" matches "chirp", "church bell" matches
-    "church_bells", but "rain" does not match "train" and "use" does not match "mouse_click".
+    """Whether one term's words occur, whole, consecutive and up to inflection, in the other's (either way round:
+    the paper's OCP takes a noun that is part of the class name). So "drop" matches "water_drops", "chirping"
+    matches "chirp", "church bell" matches "church_bells", "low_rumble" matches "are low rumbles", but "rain"
+    does not match "train" and "use" does not match "mouse_click" (`lexicon.find`).
     """
-    ta, tb = _tokens(a), _tokens(b)
-    return _contains(tb, ta) or _contains(ta, tb)
+    return find(a, b) is not None or find(b, a) is not None
 
 
 # --- strategies: each yields (record, priority, reason) for its candidates ------------------------------

@@ -2,7 +2,7 @@
 on the held-out split, optionally retrain on the retained classes with the masks held, and log it all to W&B.
 
 Phases: `before` (the clean, unpruned model: never pruned, spec §12.1 item 10), `pruned`, and `retrained`
-when `prune.retrain_epochs > 0`. Run it as `python train.py prune=<strategy> prune.target=<class>
+when `prune.retrain_epochs > 0`. Run it as `python train.py mode=unlearn prune=<strategy> prune.target=<class>
 prune.descriptions=<dissection>/descriptions.jsonl`.
 """
 from __future__ import annotations

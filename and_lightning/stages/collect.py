@@ -12,7 +12,6 @@ The store is identical whatever the number of ranks, batches or restarts.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import lightning as L
 import numpy as np
+from filelock import FileLock
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 import torch
 from torch import nn
@@ -224,18 +224,13 @@ def _trainer_kwargs(user: Mapping[str, Any] | None, writer: ActivationWriter, pr
 
 @contextmanager
 def _exclusive(lock: Path) -> Iterator[None]:
-    """Serialise collections of one store across processes (an advisory flock on `lock`), so that concurrent
+    """Serialise collections of one store across processes (a `filelock` lock on `lock`), so that concurrent
     jobs of a sweep compute it once. Only global rank 0 locks: the other ranks of a distributed run join it."""
     if rank_zero_only.rank != 0:
         yield
         return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(lock):
+        yield
 
 
 def _ensure_topk(store: Path, top_k: int) -> None:

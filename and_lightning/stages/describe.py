@@ -26,13 +26,14 @@ from and_lightning.describe.closed_set import (
 )
 from and_lightning.describe.similarity import TOP_CLIP_SIMILARITIES
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest
+from and_lightning.describe.llm.prompts import summary_messages
 from and_lightning.describe.open_concepts import (
     OpenConcepts, acoustic_filter_request, acoustic_verdict, apply_acoustic_filter, extract_open_concepts,
     words_needing_decision,
 )
 from and_lightning.describe.lexicon import is_acoustic, normalise_word
+from and_lightning.describe.rule_summary import extractive_summary
 from and_lightning.describe.sentences import clean_llm_summary
-from and_lightning.describe.summaries import extractive_summary, group_by_clip_set, summary_messages
 from and_lightning.store.activations import ActivationStore
 from and_lightning.store.atomic import write_npy, write_text
 
@@ -157,10 +158,8 @@ def describe_layer(
              store.tie_break[layer], (t.top_unresolved > 0).sum(), (t.bottom_unresolved > 0).sum())
     top_sets = [tuple(sorted(t.top_ids[u].tolist())) for u in units]
     low_sets = [tuple(sorted(t.bottom_ids[u].tolist())) for u in units]
-    groups = group_by_clip_set({("high", u): s for u, s in zip(units, top_sets)}
-                               | {("low", u): s for u, s in zip(units, low_sets)})
-    summaries, fixes = summarise(list(groups), captions, llm, dcfg.summary.min_share, dcfg.summary.clean_repeats,
-                                 memo.summaries, memo.fixes)
+    summaries, fixes = summarise(top_sets + low_sets, captions, llm, dcfg.summary.min_share,
+                                 dcfg.summary.clean_repeats, memo.summaries, memo.fixes)
     pairs = [(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)]
     new_pairs = [p for p in dict.fromkeys(pairs) if p not in memo.calibrated]
     memo.calibrated.update(zip(new_pairs, calibrate_many(
@@ -265,7 +264,7 @@ def describe_stage(
     out_dir = Path(out_dir)
     method = dcfg.closed_set.method
     if method == "icl" and llm is None:
-        raise ValueError("describe.closed_set.method=icl needs an LLM (llm=openai or llm=hf), not llm=none")
+        raise ValueError("describe.closed_set.method=icl needs an LLM (llm=openai, hf or smollm2); none is configured")
     require_audio_side(method, encoder)
     P, p_is_prob = None, False
     memo = DescribeMemo()

@@ -95,9 +95,8 @@ class KVCache:
         (`<cache>.claims/<first two hex digits>.lock`); a thread's tasks share its claims."""
         with self._lock:
             lock = self._claims.get(key[:2])
-            if lock is None:
+            if lock is None:  # FileLock makes the folder
                 folder = self.path.with_name(self.path.name + ".claims")
-                folder.mkdir(exist_ok=True)
                 lock = self._claims[key[:2]] = FileLock(folder / f"{key[:2]}.lock")
         try:
             lock.acquire(blocking=False)

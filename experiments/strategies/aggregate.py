@@ -1,6 +1,6 @@
 """Re-aggregate a training-strategies study: python experiments/strategies/aggregate.py <sweep dir> [options].
 
-The multirun does this itself when it ends (the StudyCallback of experiment=strategies); run this after adding
+The multirun does this itself when it ends (the AggregateCallback of experiment=strategies); run this after adding
 jobs to a sweep folder, when a sweep was interrupted, or to look at another K'.
 """
 import argparse
@@ -17,8 +17,7 @@ def main() -> None:
                         help="K' of the uninterpretable-neuron criterion (spec §9.5; default 4)")
     args = parser.parse_args()
     out = aggregate(args.sweep_dir, args.wandb_project, args.k_prime)
-    print(f"{out['jobs']} jobs -> {out['summary']['md']}, {out['layers']['md']}, "
-          f"{out['plots']['layers']}, {out['plots']['accuracy']}")
+    print(f"{out['jobs']} jobs -> {', '.join(out['files'])}")
 
 
 if __name__ == "__main__":

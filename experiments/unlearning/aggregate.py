@@ -14,7 +14,7 @@ def main() -> None:
     parser.add_argument("--wandb-project", default=None, help="also log the table to this project, in the sweep's group")
     args = parser.parse_args()
     out = aggregate(args.sweep_dir, args.wandb_project)
-    print(f"{out['jobs']} jobs -> {out['table']}, {out['csv']}, {out['curve']}")
+    print(f"{out['jobs']} jobs -> {', '.join(out['files'])}")
 
 
 if __name__ == "__main__":

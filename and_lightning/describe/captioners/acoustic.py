@@ -11,7 +11,7 @@ reference these words are left out.
 It sees only the audio (Clip.wave, Clip.sample_rate), never labels or manifests. Phrasing varies between clips
 but is deterministic: the wording is drawn with a random generator seeded by the clip's audio content. The second
 sentence names the sound again ("The chirp is pulsing ...") and keeps verb forms the lexicon POS tagger reads
-right, so the offline summaries (summaries.extractive_summary) find the phrases clips share.
+right, so the offline summaries (rule_summary.extractive_summary) find the phrases clips share.
 """
 from __future__ import annotations
 
@@ -377,7 +377,7 @@ class AcousticCaptioner(Captioner):
     """
 
     name = "acoustic"
-    model = "acoustic-v3"
+    model = "acoustic-v4"  # bumped when the measurements change (v4: librosa STFT, periodic Hann window)
 
     def __init__(self, thresholds: Mapping[str, Any] | None = None, reference: Mapping[str, Any] | None = None,
                  analysis_rate: int = 16000, fmin: float = 40.0, fmax: float = 4000.0) -> None:

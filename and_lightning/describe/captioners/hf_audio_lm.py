@@ -12,6 +12,7 @@ import torch
 
 from and_lightning.data.audio_io import resample
 from and_lightning.describe.captioners.base import Captioner, Clip
+from and_lightning.describe.llm.hf_chat import generate_text, load_pretrained
 from and_lightning.describe.llm.schema import InvalidReply, shown, valid_reply
 
 DEFAULT_PROMPT = (
@@ -57,18 +58,9 @@ class HFAudioLMCaptioner(Captioner):
             return
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-        try:
-            self._processor = AutoProcessor.from_pretrained(self.model)
-            self._model = Qwen2AudioForConditionalGeneration.from_pretrained(
-                self.model, dtype=getattr(torch, self.dtype)
-            )
-        except (OSError, ValueError) as e:
-            raise RuntimeError(
-                f"hf_audio_lm: cannot load a Qwen2-Audio processor/model from {self.model!r} (a local directory or "
-                f"hub id; offline machines need a local path): {e}"
-            ) from e
-        self._processor.tokenizer.padding_side = "left"  # batched generation of a decoder-only LM
-        self._model.to(self.device).eval()
+        self._processor, self._model = load_pretrained("hf_audio_lm", "a Qwen2-Audio processor/model", self.model,
+                                                       AutoProcessor, Qwen2AudioForConditionalGeneration, self.dtype,
+                                                       self.device)
 
     def _prompt_text(self) -> str:
         conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": self.prompt}]}]
@@ -79,11 +71,6 @@ class HFAudioLMCaptioner(Captioner):
         processor = self._processor
         sr = processor.feature_extractor.sampling_rate
         text = self._prompt_text()
-        sampling = (
-            {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-            if self.temperature > 0
-            else {"do_sample": False}
-        )
         captions: list[str] = []
         for start in range(0, len(clips), self.batch_size):
             batch = clips[start : start + self.batch_size]
@@ -98,16 +85,9 @@ class HFAudioLMCaptioner(Captioner):
             inputs = processor(
                 text=[text] * len(batch), audio=audios, sampling_rate=sr, return_tensors="pt", padding=True
             ).to(self.device)
-            with torch.random.fork_rng(devices=[]), torch.inference_mode():
-                torch.manual_seed(self.seed)
-                out = self._model.generate(
-                    **inputs,
-                    max_new_tokens=self.max_new_tokens,
-                    pad_token_id=processor.tokenizer.pad_token_id,
-                    **sampling,
-                )
-            new_tokens = out[:, inputs["input_ids"].shape[1]:]
-            for clip, reply in zip(batch, processor.batch_decode(new_tokens, skip_special_tokens=True)):
+            replies = generate_text(self._model, processor, inputs, self.seed, self.temperature, self.top_p,
+                                    max_new_tokens=self.max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id)
+            for clip, reply in zip(batch, replies):
                 try:
                     captions.append(valid_reply(reply, None))
                 except InvalidReply as e:  # a local model repeats itself: no retry, and nothing invalid is cached

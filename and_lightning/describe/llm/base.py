@@ -38,10 +38,6 @@ class LLMReplyError(LLMRequestError):
     """A request kept getting replies that fail validation (empty or garbage text, invalid JSON, wrong fields)."""
 
 
-class LLMNotConfiguredError(LLMError):
-    """Raised by the `none` backend: the run was configured without an LLM."""
-
-
 @dataclass(frozen=True)
 class ChatRequest:
     """One chat completion to make: OpenAI-style `messages`, a JSON schema for structured output (None: text),
@@ -73,20 +69,17 @@ class LLMStats:
         return asdict(self)
 
 
-def as_request(item: ChatRequest | Sequence[dict] | tuple | dict) -> ChatRequest:
-    """Accept a ChatRequest, a list of messages, a (messages, schema) tuple or {"messages", "schema"}."""
+def as_request(item: ChatRequest | Sequence[dict] | tuple) -> ChatRequest:
+    """Accept a ChatRequest, a list of messages or a (messages, schema) tuple."""
     if isinstance(item, ChatRequest):
         return item
-    if isinstance(item, dict) and "messages" in item:
-        return ChatRequest(list(item["messages"]), item.get("schema"), item.get("kind"),
-                           bool(item.get("text_fallback")))
     if isinstance(item, tuple) and len(item) == 2:
         return ChatRequest(list(item[0]), item[1])
     if isinstance(item, list) and all(isinstance(m, dict) and "role" in m for m in item):
         return ChatRequest(item)
     raise TypeError(
-        "a chat request must be a ChatRequest, a list of {'role', 'content'} messages, a (messages, schema) "
-        f"tuple or a dict with 'messages'; got {type(item).__name__}: {str(item)[:80]}"
+        "a chat request must be a ChatRequest, a list of {'role', 'content'} messages or a (messages, schema) "
+        f"tuple; got {type(item).__name__}: {str(item)[:80]}"
     )
 
 

@@ -5,7 +5,7 @@
 (`gguf.converted_model`). Structured requests get the schema as an instruction and, with `constrained`, decoding
 masked to it (`constrained.JSONSchemaLogitsProcessor`). Text requests are generated with repetition control
 (`repetition_penalty`, `no_repeat_ngram_size`; never on structured requests, whose JSON repeats by design). Every
-reply is validated (`schema.valid_reply`); with sampling an invalid reply is regenerated up to `max_retries` times,
+reply is validated (`schema.valid_reply`); with sampling an invalid reply is regenerated up to `reply_retries` times,
 with greedy decoding (temperature 0) a retry would repeat it, so it fails at once (a request with `text_fallback`
 keeps it as text instead).
 """
@@ -16,10 +16,38 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest, LLMError, LLMReplyError
 from and_lightning.describe.llm.constrained import JSONSchemaLogitsProcessor, ll_tokenizer
 from and_lightning.describe.llm.gguf import converted_model, locate_gguf
 from and_lightning.describe.llm.schema import InvalidReply, shown, valid_reply
+
+
+def load_pretrained(who: str, what: str, path: str, processor_cls: Any, model_cls: Any, dtype: str,
+                    device: str) -> tuple[Any, Any]:
+    """(tokenizer or processor, model in eval mode on `device`) from a local directory or hub id, padding on the left
+    for batched generation; one error naming `who` and `path` when they do not load."""
+    try:
+        processor = processor_cls.from_pretrained(path)
+        model = model_cls.from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as e:
+        raise LLMError(f"{who}: cannot load {what} from {path!r} (a local directory or hub id; offline machines need "
+                       f"a local path): {e}", status="load_failed") from e
+    getattr(processor, "tokenizer", processor).padding_side = "left"  # a decoder-only LM generates after the prompt
+    return processor, model.to(device).eval()
+
+
+def generate_text(model: Any, processor: Any, inputs: Any, seed: int, temperature: float, top_p: float,
+                  **kwargs: Any) -> list[str]:
+    """The decoded new tokens of `model.generate` on a batch: greedy at temperature 0, else sampled with `seed`
+    (without touching the global RNG)."""
+    sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0
+                else {"do_sample": False})
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        torch.manual_seed(seed)
+        out = model.generate(**inputs, **sampling, **kwargs)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def with_schema_instruction(messages: list[dict], schema: dict) -> list[dict]:
@@ -44,7 +72,7 @@ class HFChatLLM(ChatLLM):
     seed: int = 0
     max_new_tokens: int = 256
     batch_size: int = 8
-    max_retries: int = 2
+    reply_retries: int = 2  # regenerations of invalid replies (as AsyncRetryingLLM.reply_retries)
     device: str = "cpu"
     dtype: str = "float32"
     gguf_file: str | None = None  # a GGUF file in `model` (a directory or an installed package)
@@ -65,36 +93,25 @@ class HFChatLLM(ChatLLM):
     def _load(self) -> None:
         if self._model is not None:
             return
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        try:
-            path = self.model
-            if self.gguf_file:
-                path = converted_model(locate_gguf(self.model, self.gguf_file), self.gguf_cache_dir)
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype))
-        except (OSError, ValueError) as e:
-            raise LLMError(
-                f"{self.describe()}: cannot load the model/tokenizer from {self.model!r} (a local directory or hub "
-                f"id; offline machines need a local path): {e}",
-                backend=self.name, model=self.model, status="load_failed",
-            ) from e
+        path = self.model
+        if self.gguf_file:
+            path = str(converted_model(locate_gguf(self.model, self.gguf_file), self.gguf_cache_dir))
+        self._tokenizer, self._model = load_pretrained(self.describe(), "the model/tokenizer", path, AutoTokenizer,
+                                                       AutoModelForCausalLM, self.dtype, self.device)
         if self._tokenizer.chat_template is None:
             raise LLMError(
                 f"{self.describe()}: the tokenizer at {self.model!r} has no chat template; use an instruct/chat model",
                 backend=self.name, model=self.model, status="no_chat_template",
             )
-        self._tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
-        self._model.to(self.device).eval()
 
     def generate(self, conversations: list[list[dict]], seed: int,
                  schemas: list[dict | None] | None = None) -> list[str]:
         """Greedy or sampled replies to a batch of conversations (one forward-generate call). `schemas`: the JSON
         schema of each structured request (None: text), which `constrained` decoding keeps to."""
-        import torch
         from transformers import LogitsProcessorList
 
         self._load()
@@ -102,9 +119,7 @@ class HFChatLLM(ChatLLM):
         schemas = schemas or [None] * len(conversations)
         prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        kwargs: dict[str, Any] = {"do_sample": False}
-        if self.temperature > 0:
-            kwargs = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        kwargs: dict[str, Any] = {}
         if all(s is None for s in schemas):
             kwargs.update(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
         elif self.constrained:
@@ -112,17 +127,13 @@ class HFChatLLM(ChatLLM):
                 self._ll_tokenizer = ll_tokenizer(tok)
             kwargs["logits_processor"] = LogitsProcessorList(
                 [JSONSchemaLogitsProcessor(self._ll_tokenizer, schemas, enc["input_ids"].shape[1])])
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(seed)
-            out = self._model.generate(
-                **enc, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs
-            )
-        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return generate_text(self._model, tok, enc, seed, self.temperature, self.top_p,
+                             max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
 
     async def _complete_uncached(
         self, items: list[tuple[str, ChatRequest]], on_result: Callable[..., None]
     ) -> None:
-        attempts = self.max_retries + 1 if self.temperature > 0 else 1
+        attempts = self.reply_retries + 1 if self.temperature > 0 else 1
         items = sorted(items, key=lambda kv: kv[1].schema is not None)  # text and structured in separate batches
         for start in range(0, len(items), self.batch_size):
             pending = items[start : start + self.batch_size]

@@ -89,15 +89,10 @@ class OpenAIChatLLM(AsyncRetryingLLM):
                                attempts=self.max_retries + 1 if retried else 1)
 
     async def _send(self, client: openai.AsyncOpenAI, request: ChatRequest) -> str:
-        kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages, "temperature": self.temperature}
-        if self.top_p is not None:
-            kwargs["top_p"] = self.top_p
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
-        if self.max_tokens is not None:
-            kwargs["max_tokens"] = self.max_tokens
-        if self.frequency_penalty is not None:
-            kwargs["frequency_penalty"] = self.frequency_penalty
+        optional = {"top_p": self.top_p, "seed": self.seed, "max_tokens": self.max_tokens,
+                    "frequency_penalty": self.frequency_penalty}
+        kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages, "temperature": self.temperature,
+                                  **{k: v for k, v in optional.items() if v is not None}}
         if self.extra_body:
             kwargs["extra_body"] = dict(self.extra_body)
         if request.schema is not None:

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, create_model
 
 MAX_TEXT_CHARS = 20_000  # a summary or caption longer than this is a runaway generation, not an answer
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 _UNREADABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")  # control characters, undecodable bytes
 
 
@@ -76,17 +75,13 @@ def _annotation(schema: dict, name: str) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _adapter(schema_json: str) -> TypeAdapter:
+def _reply_adapter(schema_json: str) -> TypeAdapter:
+    """The pydantic validator of replies to a request with this JSON schema (an object; strict types;
+    `additionalProperties: false` forbids extra fields), built once per schema (its sorted JSON text)."""
     schema = json.loads(schema_json)
     if schema.get("type") != "object":
         raise ValueError(f"a structured request's JSON schema must describe an object, got type {schema.get('type')!r}")
     return TypeAdapter(_annotation(schema, str(schema.get("title", "reply"))))
-
-
-def reply_adapter(schema: dict) -> TypeAdapter:
-    """The pydantic validator of replies to a request with this JSON schema (an object; strict types;
-    `additionalProperties: false` forbids extra fields), built once per schema."""
-    return _adapter(json.dumps(schema, sort_keys=True))
 
 
 def _one_line(error: ValidationError) -> str:
@@ -102,39 +97,35 @@ def shown(reply: Any, limit: int = 200) -> str:
 
 
 def _embedded_object(text: str) -> str | None:
-    """The first complete JSON object inside `text` ("Sure! {"answer": "yes", ...} Hope this helps"), or None."""
+    """The first complete JSON object inside `text` ("Sure! {"answer": "yes", ...} Hope this helps", or one in a
+    ```json fence), or None."""
     decoder = json.JSONDecoder()
     for match in re.finditer(r"\{", text):
         try:
-            value, _ = decoder.raw_decode(text, match.start())
+            value, end = decoder.raw_decode(text, match.start())
         except json.JSONDecodeError:
             continue
         if isinstance(value, dict):
-            return json.dumps(value)
+            return text[match.start():end]
     return None
 
 
 def valid_reply(reply: Any, schema: dict | None, text_fallback: bool = False) -> Any:
-    """The reply as the caller gets it: stripped text when `schema` is None, else the parsed JSON object (a
-    surrounding ``` fence, or text around one complete object, is tolerated). `reply` is the raw text, or an already
+    """The reply as the caller gets it: stripped text when `schema` is None, else the parsed JSON object (text
+    around one complete object, e.g. a ``` fence, is tolerated). `reply` is the raw text, or an already
     parsed value read from a cache. `text_fallback`: a reply to a structured request that is not the JSON asked for
     but readable text is returned as that text (the caller parses it). Raises InvalidReply naming what is wrong."""
     try:
         if schema is None:
             return _TEXT.validate_python(reply)
-        adapter = reply_adapter(schema)
-        if isinstance(reply, str):
-            match = _FENCE.match(reply)
-            text = match.group(1) if match else reply
-            try:
-                value = adapter.validate_json(text)
-            except ValidationError:
-                embedded = _embedded_object(text)
-                if embedded is None:
-                    raise
-                value = adapter.validate_json(embedded)
-        else:
-            value = adapter.validate_python(reply)
+        adapter = _reply_adapter(json.dumps(schema, sort_keys=True))
+        try:
+            value = adapter.validate_json(reply) if isinstance(reply, str) else adapter.validate_python(reply)
+        except ValidationError:
+            embedded = _embedded_object(reply) if isinstance(reply, str) else None
+            if embedded is None:
+                raise
+            value = adapter.validate_json(embedded)
         return adapter.dump_python(value, exclude_unset=True)
     except ValidationError as e:
         if text_fallback and isinstance(reply, str):

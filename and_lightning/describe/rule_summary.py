@@ -1,10 +1,6 @@
-"""Summaries of a neuron's K most (or least) activating clips' captions (spec §6).
-
-Two ways: the LLM prompt of the original (a commonality summary, `summary_messages`), and an offline
-extractive summary (`extractive_summary`) naming the descriptor phrases most captions share (adjectives, the
-sound's noun phrase, what it does, its setting), used with llm=none.
-Neurons with the same clip set get the same summary: group them with `group_by_clip_set` and
-summarise each group once.
+"""The rule-based summary of a neuron's K most (or least) activating clips' captions (spec §6), used when no LLM is
+configured: `extractive_summary` names the descriptor phrases most captions share (adjectives, the sound's noun
+phrase, what it does, its setting) in short sentences. The LLM's summary prompt is in `describe.llm.prompts`.
 """
 from __future__ import annotations
 
@@ -12,48 +8,12 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Mapping, Sequence
+from typing import Sequence
 
-from and_lightning.describe.lexicon import NON_DESCRIPTIVE, STOPWORDS, is_acoustic
+from and_lightning.describe.lexicon import NON_DESCRIPTIVE, STOPWORDS, is_acoustic, lemma
 from and_lightning.describe.open_concepts import ADJECTIVE_TAGS, is_negated, tag_text
 from and_lightning.describe.sentences import clean_repeated_caption
 
-SUMMARY_SYSTEM_PROMPT = (
-    "Here are descriptions of some audio clips. Please summarize these descriptions by identifying "
-    "their commonalities."
-)
-SUMMARY_MAX_TOKENS = 1024  # the original's generation budget
-
-
-def summary_messages(captions: Sequence[str], clean: bool = True) -> list[dict]:
-    """Chat messages for the original's commonality summary: the system instruction, then the captions
-    (after the 8-gram repetition cleaning unless `clean=False`) joined by newlines, as in the original.
-    The same prompt serves the highly and the lowly activating sets; no label or activation is shown."""
-    if not captions:
-        raise ValueError("summary_messages needs at least one caption")
-    texts = [clean_repeated_caption(c) if clean else c for c in captions]
-    return [
-        {"role": "system", "content": SUMMARY_SYSTEM_PROMPT},
-        {"role": "user", "content": "\n".join(t.strip() for t in texts)},
-    ]
-
-
-def clip_set_key(clip_ids: Iterable[str]) -> tuple[str, ...]:
-    """The order-free identity of a clip set: its sorted clip ids."""
-    return tuple(sorted(clip_ids))
-
-
-def group_by_clip_set(neuron_clips: Mapping[Hashable, Sequence[str]]) -> dict[tuple[str, ...], list[Hashable]]:
-    """{clip_set_key: [neuron keys with that clip set]} in first-seen order, so each set is summarised
-    once (spec §12.3: identical prompts were regenerated for every neuron). Summarise a group from its
-    key (the sorted ids) so the summary does not depend on which neuron came first."""
-    groups: dict[tuple[str, ...], list[Hashable]] = {}
-    for neuron, clips in neuron_clips.items():
-        groups.setdefault(clip_set_key(clips), []).append(neuron)
-    return groups
-
-
-# --- offline extractive summary ------------------------------------------------------------------------
 # Each caption is parsed (lexicon POS tags, split into clauses at punctuation) into descriptor phrases:
 #   adjectives   "quiet", "high-pitched", "rich in harmonics"
 #   noun phrases "pure tone", "low-pitched percussive hits", "train of rapid clicks", "clean background"
@@ -299,16 +259,8 @@ def _vp_end(clause: list[tuple[str, str]], i: int) -> int:
     return j
 
 
-def _verb_stem(w: str) -> str:
-    """A crude stem for matching verb forms: pulsing / pulses / pulsed / pulse -> puls."""
-    for suffix in ("ing", "es", "ed", "s", "e"):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
-            return w[: -len(suffix)]
-    return w
-
-
 def _verb_phrase(clause: list[tuple[str, str]], i: int, subject: str) -> _Phrase:
-    """The verb phrase at i (numbers as '#'), keyed by its verb's stem so 'pulses' matches 'is pulsing'."""
+    """The verb phrase at i (numbers as '#'), keyed by its verb's lemma so 'pulses' matches 'is pulsing'."""
     words, numbers = [], []
     j, end = i, _vp_end(clause, i)
     while j < end:
@@ -321,7 +273,7 @@ def _verb_phrase(clause: list[tuple[str, str]], i: int, subject: str) -> _Phrase
         words.append(clause[j][0])
         j += 1
     aux = clause[i - 1][0] if i > 0 and clause[i - 1][0] in _AUXILIARIES else ""
-    key = " ".join([_verb_stem(words[0])] + words[1:])
+    key = " ".join([lemma(words[0], "VERB")] + words[1:])
     return _Phrase("vp", key, ([aux] if aux else []) + words, numbers, subject=subject)
 
 

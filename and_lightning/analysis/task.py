@@ -1,0 +1,81 @@
+"""The evaluation task interface. A task is one class named by `_target_` in its section of conf/evaluate/ (the
+section's other keys are its constructor's arguments); `run` reads what a dissection produced (`EvalContext`) and
+returns tables, plots, metrics and per-unit scores (`TaskOutput`), which stages/evaluate.py writes the same way for
+every task (CSV + Markdown, PNG, evaluation.json, W&B through the report stage)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
+
+
+class TaskSkipped(Exception):
+    """Raised by a task that does not apply to this dissection; the message says why."""
+
+
+@dataclass
+class EvalContext:
+    """What a task may read. store: ActivationStore; records: descriptions.jsonl rows; captions: clip id -> caption;
+    clips: clip id -> ClipRecord; captioner: the run's configured captioner; split_dir: where the simulation's
+    explain/score split is kept (the dissection folder, so every evaluation of one dissection scores the same clips);
+    audio_embed: () -> CLAP audio embeddings of store.clip_ids, for TAB (its concept side is `encoder`);
+    label_captions: the captions name each clip's class (captioner=labels)."""
+
+    store: Any = None
+    records: Sequence[Mapping[str, Any]] | None = None
+    captions: Mapping[str, str] | None = None
+    clips: Mapping[str, Any] | None = None
+    class_names: Sequence[str] | None = None
+    concepts: Sequence[str] | None = None
+    head_layer: str | None = None
+    encoder: Any = None
+    llm: Any = None
+    captioner: Any = None
+    split_dir: Path | None = None
+    audio_embed: Callable[[], Tensor] | None = None
+    model_name: str = ""
+    seed: int = 0
+    label_captions: bool = False
+
+    def acts(self) -> dict[str, np.ndarray]:
+        """layer -> [N, M] activations, memory-mapped: a layer is read from the store when it is used."""
+        return {layer: self.store.acts(layer) for layer in self.store.layers}
+
+
+@dataclass
+class Table:
+    """Written as `<out>/<name>.csv` and `.md` (files `<name>_csv`, `<name>_md`)."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    title: str
+
+
+@dataclass
+class TaskOutput:
+    """tables; plots (name -> figure, written as `<out>/<name>.png`); metrics (W&B keys); neuron_scores keyed by
+    (layer, unit) for the reports; files the task wrote itself."""
+
+    tables: list[Table] = field(default_factory=list)
+    plots: dict[str, Figure] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    neuron_scores: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+class Task:
+    """`settings`: the task's section of conf/evaluate/ (documented there) without `_target_`; `needs`: the
+    EvalContext fields that must be set (else a one-line error before the task runs)."""
+
+    needs: tuple[str, ...] = ()
+
+    def __init__(self, **settings: Any):
+        self.settings = settings
+
+    def run(self, ctx: EvalContext) -> TaskOutput:
+        raise NotImplementedError
