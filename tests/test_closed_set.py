@@ -18,7 +18,6 @@ from and_lightning.describe.closed_set import (
     tab_scores,
     tab_scores_matrix,
     top_concepts,
-    topk_accuracy,
 )
 from fakes import FakeBagOfWordsEncoder
 
@@ -149,16 +148,6 @@ def test_top_concepts_ranks_with_stable_ties_and_nan_last():
     assert [n for n, _ in ranked[1]] == ["c", "b", "d"]
     with pytest.raises(ValueError, match="concepts"):
         top_concepts(S, ["a", "b"])
-
-
-def test_topk_accuracy_hand_computed():
-    S = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.3, 0.1], [0.0, 1.0, 0.5], [0.3, 0.2, 0.1]])
-    gt = [0, 2, 2, -1]  # hits top-1: yes, no, no; top-2: yes, no (c2 is last), yes; neuron 3 has no gt
-    assert topk_accuracy(S, gt, 1) == pytest.approx(1 / 3)
-    assert topk_accuracy(S, gt, 2) == pytest.approx(2 / 3)
-    assert topk_accuracy(S, gt, 3) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="no neuron has a ground-truth"):
-        topk_accuracy(S, [-1] * 4, 1)
 
 
 def test_concept_cosine_hand_computed():

@@ -41,7 +41,7 @@ def check_targets(container: dict, group: str) -> None:
     for key, target in found.items():
         if target != "???":  # a class the user names (model=custom)
             assert callable(get_object(target)), f"{key}._target_={target} is not a class or function"
-    if group in BUILT:
+    if group in BUILT and container[group] is not None:  # null: nothing to build (llm=none)
         node = container[group]
         entries = [f"{group}.{e}" for e in node] if group in ("callbacks", "logger") else [group]
         assert all(e in found for e in entries), f"{group}: {entries} need a _target_"

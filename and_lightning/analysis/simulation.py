@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from and_lightning.analysis.plots import real_vs_shuffled_plot
 from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
+from and_lightning.store.activations import top_clip_index
 from and_lightning.store.atomic import write_json
 from and_lightning.store.hashing import hash_obj
 
@@ -170,7 +172,7 @@ def llm_clip_choice(actual: np.ndarray, allowed: np.ndarray, n_clips: int, rng: 
     random other allowed clips (as automated-interpretability's top-and-random scoring), shuffled."""
     pool = np.flatnonzero(allowed)
     n = min(n_clips, len(pool))
-    top = pool[np.argsort(-actual[pool], kind="stable")[: n // 2]]
+    top = pool[top_clip_index(torch.from_numpy(actual[pool, None]), n // 2)[:, 0].numpy()]
     rest = np.setdiff1d(pool, top)
     chosen = np.concatenate([top, rng.choice(rest, size=n - len(top), replace=False)])
     return rng.permutation(chosen)

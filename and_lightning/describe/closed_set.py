@@ -120,20 +120,6 @@ def top_concepts(S: Tensor, concept_names: Sequence[str], k: int = 5,
 
 
 # --- last-layer metrics (spec §5.5) ---------------------------------------------------------------------
-def topk_accuracy(S: Tensor, gt_index: Tensor | Sequence[int], k: int) -> float:
-    """Fraction of neurons whose ground-truth concept index is among their top-k scores (`_ranked_concepts`).
-    Neurons with a negative gt index (no ground truth) are left out."""
-    gt = torch.as_tensor(gt_index, dtype=torch.long)
-    if gt.shape != (S.shape[0],):
-        raise ValueError(f"gt_index must have one entry per neuron ({S.shape[0]}), got shape {tuple(gt.shape)}")
-    valid = gt >= 0
-    if not valid.any():
-        raise ValueError("no neuron has a ground-truth concept (all gt_index < 0)")
-    top = _ranked_concepts(S, min(k, S.shape[1]), faithful=False)
-    hit = (top == gt.unsqueeze(1)).any(dim=1)
-    return float(hit[valid].float().mean())
-
-
 def concept_cosine(pred_names: Sequence[str], gt_names: Sequence[str], encoder: TextEncoderLike) -> float:
     """Mean over neurons of cos(enc(gt), enc(top-1 prediction)) (Table 2's "Cos"). Names are encoded as
     given (underscores kept, as the original), so an exact match scores 1."""

@@ -73,7 +73,7 @@ def top_clip_index(values: Tensor, k: int, tiebreak: Tensor | None = None, faith
         return torch.topk(values, k=k, dim=0).indices
     if tiebreak is not None:
         tiebreak = tiebreak.to(values.device)
-    if k >= values.shape[0]:
+    if k == 0 or k >= values.shape[0]:
         return _order(values, tiebreak)[:k]
     top = torch.topk(values, k, dim=0).values  # NaN ranks first, as in a descending sort
     above = values >= top[-1]
