@@ -1,0 +1,110 @@
+"""SAE features as units (issue 16): the splice computes exactly what the model did, erasing a feature removes
+exactly its contribution, and `dissect layers=[conv2] sae=topk` trains an SAE, logs it and dissects its features."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from and_lightning.models.cnn import SmallCNN
+from and_lightning.prune.masks import UnitMasks
+from and_lightning.sae.fit import SAEModule, check_sae_layers, fvu
+from and_lightning.sae.model import SparseAutoencoder, sae_settings
+from and_lightning.sae.splice import SplicedAdapter
+
+
+def train_sae(kind: str, tokens: torch.Tensor, d_sae: int = 32, k: int = 4, steps: int = 150) -> SparseAutoencoder:
+    """A small SAE fitted on `tokens` with the training step of SAEModule (sae-lens' loss)."""
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(kind, tokens.shape[1], d_sae, k)
+    module = SAEModule(sae, lr=3e-3, dead_after=2000)
+    module.log_dict = lambda *a, **kw: None  # no trainer attached
+    opt = module.configure_optimizers()
+    for step in range(steps):
+        loss = module.training_step([tokens[torch.randint(len(tokens), (256,))]], step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return sae.eval()
+
+
+@pytest.fixture(scope="module")
+def cnn_and_positions():
+    """A random SmallCNN (eval mode), 6 clips of noise + tones, and conv2's outputs at every position."""
+    torch.manual_seed(0)
+    cnn = SmallCNN(num_classes=3, channels=(4, 8)).eval()
+    t = torch.arange(16000) / 16000
+    wave = torch.cat([0.3 * torch.randn(3, 16000), torch.stack([torch.sin(2 * torch.pi * f * t) for f in
+                                                                 (220, 880, 3000)])])
+    rows = []
+    h = cnn.layer_module("conv2").register_forward_hook(lambda m, a, out: rows.append(out.movedim(1, -1)))
+    with torch.no_grad():
+        cnn(wave)
+    h.remove()
+    return cnn, wave, rows[0].reshape(-1, 8)
+
+
+def capture(spliced: SplicedAdapter, wave: torch.Tensor, erase: list[int]) -> dict[str, torch.Tensor]:
+    """One pass with features `erase` of conv2.sae erased: the feature vectors [B, freq, time, features] as
+    collection records them, conv2's output as the next block reads it (before its ReLU), and the logits."""
+    seen: dict[str, torch.Tensor] = {}
+    masks = UnitMasks(spliced, {"conv2.sae": erase}).apply()  # registered first: the captures see the erasure
+    handles = [spliced.layer_module(name).register_forward_hook(
+        lambda m, a, out, name=name: seen.__setitem__(name, out)) for name in ("conv2.sae", "conv2")]
+    try:
+        with torch.no_grad():
+            seen["logits"] = spliced(wave)
+    finally:
+        masks.remove()
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+def test_unpruned_splice_is_identity_and_erasing_one_feature_zeroes_only_it(cnn_and_positions, kind):
+    cnn, wave, tokens = cnn_and_positions
+    sae = train_sae(kind, tokens)
+    with torch.no_grad():
+        assert fvu(tokens, sae.reconstruct(tokens)) < 0.5  # the SAE learned something: the splice is not trivial
+        before = cnn(wave)
+    spliced = SplicedAdapter(cnn, {"conv2": sae})
+    assert spliced.layers()["conv2.sae"] == 32 and list(spliced.layer_paths())[:3] == ["conv1", "conv2", "conv2.sae"]
+    clean = capture(spliced, wave, [])
+    torch.testing.assert_close(clean["logits"], before, atol=1e-5, rtol=0)  # unpruned splice: the model itself
+
+    feature = int((clean["conv2.sae"] > 0).flatten(0, -2).sum(0).argmax())  # the feature that fires most often
+    erased = capture(spliced, wave, [feature])
+    assert clean["conv2.sae"][..., feature].abs().max() > 0
+    assert torch.equal(erased["conv2.sae"][..., feature], torch.zeros_like(erased["conv2.sae"][..., feature]))
+    others = [i for i in range(32) if i != feature]
+    assert torch.equal(erased["conv2.sae"][..., others], clean["conv2.sae"][..., others])  # nothing else moved
+    # conv2's output lost exactly code_f x decoder direction f at every position (the error term is unchanged)
+    with torch.no_grad():
+        direction = sae.decode_delta(torch.eye(32))[feature]
+    removed = (clean["conv2"] - erased["conv2"]).movedim(1, -1)
+    torch.testing.assert_close(removed, clean["conv2.sae"][..., feature, None] * direction, atol=1e-5, rtol=1e-4)
+    assert (erased["logits"] - before).abs().max() > 1e-4  # and the model's output changed
+
+
+def test_batchtopk_codes_do_not_depend_on_the_batch(cnn_and_positions):
+    sae = train_sae("batchtopk", cnn_and_positions[2], steps=50)
+    with torch.no_grad():
+        codes = sae.encode(cnn_and_positions[2])
+        torch.testing.assert_close(sae.encode(cnn_and_positions[2][:5]), codes[:5])
+        assert 0 < (codes > 0).sum(-1).float().mean() < 32
+
+
+def test_bad_sae_settings_name_the_field():
+    with pytest.raises(ValueError, match=r"^layers=all: with `sae` set"):
+        check_sae_layers("all")
+    with pytest.raises(ValueError, match=r"layers=\['conv\*'\]"):
+        check_sae_layers(["conv*"])
+    assert check_sae_layers(["conv4"]) == ["conv4"]
+    with pytest.raises(ValueError, match=r"^sae.kind='relu'"):
+        sae_settings({"kind": "relu", "expansion": 4, "k": 8}, 16)
+    with pytest.raises(ValueError, match=r"^sae.k=100: expected an integer between 1 and the number of features \(64\)"):
+        sae_settings({"kind": "topk", "expansion": 4, "k": 100}, 16)
+    assert sae_settings({"kind": "batchtopk", "expansion": 4, "k": 8}, 16)["d_sae"] == 64
