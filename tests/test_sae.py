@@ -108,3 +108,39 @@ def test_bad_sae_settings_name_the_field():
     with pytest.raises(ValueError, match=r"^sae.k=100: expected an integer between 1 and the number of features \(64\)"):
         sae_settings({"kind": "topk", "expansion": 4, "k": 100}, 16)
     assert sae_settings({"kind": "batchtopk", "expansion": 4, "k": 8}, 16)["d_sae"] == 64
+
+
+def test_dissect_with_sae_describes_features_like_neurons(trained_cnn):
+    """`dissect layers=[conv2] sae=topk`: the SAE is trained and logged (W&B), and `conv2.sae` gets every output
+    the neurons of conv2 get: one description record per feature, and rows in the evaluation tables."""
+    from and_lightning.dissection import dissect
+    from conftest import compose_cfg
+    from wandb_offline import read_run
+
+    _, root, overrides = trained_cnn
+    cfg = compose_cfg("dissect", root, overrides + [
+        "layers=[conv2]", "sae=topk", "sae.expansion=2", "sae.k=4", "sae.epochs=2", "sae.max_tokens=3000",
+        "evaluate.tasks=[ground_truth,polysemanticity]"])
+    result = dissect(cfg)
+    assert result["layers"] == ["conv2", "conv2.sae"]
+    rows = [json.loads(line) for line in Path(result["descriptions"]).read_text().splitlines()]
+    by_layer = {layer: [r for r in rows if r["layer"] == layer] for layer in result["layers"]}
+    assert [r["unit"] for r in by_layer["conv2.sae"]] == list(range(16))  # 2 x 8 units
+    assert set(by_layer["conv2.sae"][0]) == set(by_layer["conv2"][0])  # the same record as a neuron's
+    assert all(r["description"] for r in by_layer["conv2.sae"] if r["top_values"][0] > 0)
+    m = result["metrics"]
+    assert m["sae/features/conv2"] == 16 and m["sae/l0/conv2"] == pytest.approx(4.0)
+    assert 0 <= m["sae/fvu/conv2"] < 1 and 0 <= m["sae/dead_fraction/conv2"] < 1
+    for table in ("ground_truth", "polysemanticity"):
+        text = Path(result["evaluate"]["files"][f"{table}_csv"]).read_text()
+        assert "\nconv2," in text and "\nconv2.sae," in text
+    # the SAE's own W&B run: loss, FVU, L0 and dead features
+    runs = [read_run(d) for d in Path(cfg.paths.output_dir, "wandb").glob("offline-run-*")]
+    sae_run = next(r for r in runs if r["summary"].get("sae/fvu") is not None)
+    assert sae_run["summary"]["sae/l0"] == pytest.approx(4.0)
+    assert {"sae/train_mse", "sae/train_fvu", "sae/dead_fraction"} <= set(sae_run["summary"])
+    # a rerun reuses the SAE (cached by store, layer and settings) and finds the same feature values
+    again = dissect(compose_cfg("dissect", root, overrides + [
+        "layers=[conv2]", "sae=topk", "sae.expansion=2", "sae.k=4", "sae.epochs=2", "sae.max_tokens=3000",
+        "evaluate.tasks=[]", "stage=collect"]))
+    assert again["store"] == result["store"]
