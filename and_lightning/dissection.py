@@ -91,13 +91,13 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, trainer_kwargs=cfg.trainer,
         top_k=cfg.describe.k, reuse_only="collect" not in stages, pre_activation=cfg.describe.faithful))
     store = collect(adapter, layers)
-    sae_metrics = {}
+    sae_metrics, neurons = {}, {}
     if cfg.get("sae"):  # SAEs on the layers' positions, spliced in: `<layer>.sae` features beside the neurons
         adapter, layers, sae_metrics = splice_saes(cfg, adapter, store.manifest["key"], layers, records,
                                                    data.sample_rate, data.clip_seconds)
-        store = collect(adapter, layers)
+        neurons, store = {"neuron_store": str(store.path)}, collect(adapter, layers)
     out = dissection_dir(cfg, store)
-    result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out), "layers": layers}
+    result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out), "layers": layers, **neurons}
     label_captions = getattr(get_class(cfg.captioner._target_), "uses_labels", False)
     if label_captions:  # every metric below is computed with captions that name the classes
         result.update(captions="labels", note=NOT_COMPARABLE)
