@@ -15,8 +15,13 @@ from and_lightning.sae.model import SparseAutoencoder, sae_settings
 from and_lightning.sae.splice import SplicedAdapter
 
 
-def train_sae(kind: str, tokens: torch.Tensor, d_sae: int = 32, k: int = 4, steps: int = 150) -> SparseAutoencoder:
-    """A small SAE fitted on `tokens` with the training step of SAEModule (sae-lens' loss)."""
+_TRAINED: dict[str, SparseAutoencoder] = {}
+
+
+def train_sae(kind: str, tokens: torch.Tensor, d_sae: int = 32, k: int = 4, steps: int = 100) -> SparseAutoencoder:
+    """A small SAE fitted on `tokens` with the training step of SAEModule (sae-lens' loss), once per kind."""
+    if kind in _TRAINED:
+        return _TRAINED[kind]
     torch.manual_seed(0)
     sae = SparseAutoencoder(kind, tokens.shape[1], d_sae, k)
     module = SAEModule(sae, lr=3e-3, dead_after=2000)
@@ -27,7 +32,8 @@ def train_sae(kind: str, tokens: torch.Tensor, d_sae: int = 32, k: int = 4, step
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return sae.eval()
+    _TRAINED[kind] = sae.eval()
+    return _TRAINED[kind]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +96,7 @@ def test_unpruned_splice_is_identity_and_erasing_one_feature_zeroes_only_it(cnn_
 
 
 def test_batchtopk_codes_do_not_depend_on_the_batch(cnn_and_positions):
-    sae = train_sae("batchtopk", cnn_and_positions[2], steps=50)
+    sae = train_sae("batchtopk", cnn_and_positions[2])
     with torch.no_grad():
         codes = sae.encode(cnn_and_positions[2])
         torch.testing.assert_close(sae.encode(cnn_and_positions[2][:5]), codes[:5])

@@ -1,6 +1,6 @@
 """Neurons vs SAE features of the same layer on the same clips (issue 16): one table per run.
 
-    python experiments/sae/sae_vs_neurons.py 'layers=[conv4]' sae=topk [erase_units=3]
+    python experiments/sae/sae_vs_neurons.py 'layers=[conv4]' sae=topk [+erase_units=3]
 
 Runs (or reuses: every stage is cached) `dissect` with the given overrides, then erases, per class, the
 `erase_units` neurons and the `erase_units` SAE features that name the class best (and as many random ones), and
