@@ -116,6 +116,7 @@ def test_bad_sae_settings_name_the_field():
     assert sae_settings({"kind": "batchtopk", "expansion": 4, "k": 8}, 16)["d_sae"] == 64
 
 
+@pytest.mark.slow  # ~60 s: trains the session's tiny CNN, an SAE, and describes 24 units
 def test_dissect_with_sae_describes_features_like_neurons(trained_cnn):
     """`dissect layers=[conv2] sae=topk`: the SAE is trained and logged (W&B), and `conv2.sae` gets every output
     the neurons of conv2 get: one description record per feature, and rows in the evaluation tables."""
@@ -125,8 +126,8 @@ def test_dissect_with_sae_describes_features_like_neurons(trained_cnn):
 
     _, root, overrides = trained_cnn
     cfg = compose_cfg("dissect", root, overrides + [
-        "layers=[conv2]", "sae=topk", "sae.expansion=2", "sae.k=4", "sae.epochs=2", "sae.max_tokens=3000",
-        "evaluate.tasks=[ground_truth,polysemanticity]"])
+        "layers=[conv2]", "sae=topk", "sae.expansion=2", "sae.k=4", "sae.epochs=6", "sae.max_tokens=3000",
+        "sae.batch_size=128", "sae.lr=0.003", "evaluate.tasks=[ground_truth,polysemanticity]"])
     result = dissect(cfg)
     assert result["layers"] == ["conv2", "conv2.sae"]
     rows = [json.loads(line) for line in Path(result["descriptions"]).read_text().splitlines()]
@@ -147,6 +148,6 @@ def test_dissect_with_sae_describes_features_like_neurons(trained_cnn):
     assert {"sae/train_mse", "sae/train_fvu", "sae/dead_fraction"} <= set(sae_run["summary"])
     # a rerun reuses the SAE (cached by store, layer and settings) and finds the same feature values
     again = dissect(compose_cfg("dissect", root, overrides + [
-        "layers=[conv2]", "sae=topk", "sae.expansion=2", "sae.k=4", "sae.epochs=2", "sae.max_tokens=3000",
-        "evaluate.tasks=[]", "stage=collect"]))
+        "layers=[conv2]", "sae=topk", "sae.expansion=2", "sae.k=4", "sae.epochs=6", "sae.max_tokens=3000",
+        "sae.batch_size=128", "sae.lr=0.003", "evaluate.tasks=[]", "stage=collect"]))
     assert again["store"] == result["store"]
