@@ -151,3 +151,15 @@ def test_dissect_with_sae_describes_features_like_neurons(trained_cnn):
         "layers=[conv2]", "sae=topk", "sae.expansion=2", "sae.k=4", "sae.epochs=6", "sae.max_tokens=3000",
         "sae.batch_size=128", "sae.lr=0.003", "evaluate.tasks=[]", "stage=collect"]))
     assert again["store"] == result["store"]
+
+
+def test_polysemanticity_counts_classes_among_top_clips_and_skips_constant_units():
+    from and_lightning.analysis.polysemanticity import polysemanticity
+
+    labels = {f"c{i}": i % 4 for i in range(40)}  # 4 classes, 10 clips each
+    records = [{"layer": "l", "unit": 0, "top_clips": ["c0", "c4", "c8"], "top_values": [3, 2, 1], "bottom_values": [0]},
+               {"layer": "l", "unit": 1, "top_clips": ["c0", "c1", "c2"], "top_values": [3, 2, 1], "bottom_values": [0]},
+               {"layer": "l", "unit": 2, "top_clips": ["c0", "c1", "c2"], "top_values": [0, 0, 0], "bottom_values": [0]}]
+    (row,) = polysemanticity(records, labels, draws=500)
+    assert (row["units"], row["constant"], row["distinct_classes"], row["single_class"]) == (3, 1 / 3, 2.0, 0.5)
+    assert 2.3 < row["distinct_classes_random"] < 2.6  # 3 random clips of 4 balanced classes: about 2.45
