@@ -2,6 +2,7 @@
 exactly its contribution, and `dissect layers=[conv2] sae=topk` trains an SAE, logs it and dissects its features."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def capture(spliced: SplicedAdapter, wave: torch.Tensor, erase: list[int]) -> di
 @pytest.mark.parametrize("kind", ["topk", "batchtopk"])
 def test_unpruned_splice_is_identity_and_erasing_one_feature_zeroes_only_it(cnn_and_positions, kind):
     cnn, wave, tokens = cnn_and_positions
+    cnn = copy.deepcopy(cnn)  # the splice hooks the model in place: keep the fixture's model unspliced
     sae = train_sae(kind, tokens)
     with torch.no_grad():
         assert fvu(tokens, sae.reconstruct(tokens)) < 0.5  # the SAE learned something: the splice is not trivial
