@@ -15,6 +15,7 @@ from and_lightning.checkpoints import build, load_adapter
 from and_lightning.describe.captioners.labels import NOT_COMPARABLE
 from and_lightning.describe.llm.factory import build_llm
 from and_lightning.models.registry import resolve_layers
+from and_lightning.sae.fit import check_sae_layers, splice_saes
 from and_lightning.stages.caption import caption_stage, read_captions
 from and_lightning.stages.collect import collect_activations
 from and_lightning.stages.describe import describe_stage, read_descriptions, require_audio_side, tab_audio_embedder
@@ -78,19 +79,25 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         return _finish(cfg, {"metrics": ev.metrics, "evaluate": {"files": ev.files, "images": ev.images}})
     # the model and its layers before the data: a wrong checkpoint or layer name fails at once
     adapter, class_names = load_target(cfg)
-    layers = resolve_layers(adapter, cfg.layers)
+    layers = resolve_layers(adapter, check_sae_layers(cfg.layers) if cfg.get("sae") else cfg.layers)
     head = resolve_layers(adapter, "last")[0]
     data = build(cfg.data)
     records = data.index.folds(cfg.data.predict_folds)
     if cfg.describe.k > len(records):
         raise ValueError(f"describe.k={cfg.describe.k}: expected at most the number of probing clips ({len(records)})")
     class_names = class_names or data.class_names
-    store = ActivationStore.open(collect_activations(
-        adapter, records, data.sample_rate, data.clip_seconds, layers, cfg.reduction, cfg.store_dir,
+    collect = lambda model, names: ActivationStore.open(collect_activations(  # noqa: E731
+        model, records, data.sample_rate, data.clip_seconds, names, cfg.reduction, cfg.store_dir,
         batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, trainer_kwargs=cfg.trainer,
         top_k=cfg.describe.k, reuse_only="collect" not in stages, pre_activation=cfg.describe.faithful))
+    store = collect(adapter, layers)
+    sae_metrics, neurons = {}, {}
+    if cfg.get("sae"):  # SAEs on the layers' positions, spliced in: `<layer>.sae` features beside the neurons
+        adapter, layers, sae_metrics = splice_saes(cfg, adapter, store.manifest["key"], layers, records,
+                                                   data.sample_rate, data.clip_seconds)
+        neurons, store = {"neuron_store": str(store.path)}, collect(adapter, layers)
     out = dissection_dir(cfg, store)
-    result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out), "layers": layers}
+    result: dict[str, Any] = {"store": str(store.path), "dissection_dir": str(out), "layers": layers, **neurons}
     label_captions = getattr(get_class(cfg.captioner._target_), "uses_labels", False)
     if label_captions:  # every metric below is computed with captions that name the classes
         result.update(captions="labels", note=NOT_COMPARABLE)
@@ -133,7 +140,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
                             seed=cfg.seed, label_captions=label_captions)
         metrics.update(ev.metrics)
         result["evaluate"] = {"files": ev.files, "images": ev.images, "skipped": ev.skipped}
-    result["metrics"] = metrics
+    result["metrics"] = {**sae_metrics, **metrics}
     if "report" in stages:
         sample_rate = store.manifest["preprocessing"]["sample_rate"]
         result["html_report"] = str(html_report_stage(

@@ -61,7 +61,7 @@ def test_every_train_option_composes(tmp_path, group, option):
     check_targets(container, group)
 
 
-DISSECT_GROUPS = ["captioner", "llm", "text_encoder", "concepts", "describe", "data", "model"]
+DISSECT_GROUPS = ["captioner", "llm", "text_encoder", "concepts", "describe", "data", "model", "sae"]
 DISSECT_CASES = [(g, o) for g in DISSECT_GROUPS for o in group_options(g)]
 
 
@@ -71,6 +71,15 @@ def test_every_dissect_option_composes(tmp_path, group, option):
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert container["stage"] == "all"
     check_targets(container, group)
+
+
+def test_sae_options(tmp_path):
+    """sae: null by default (neurons only); sae=topk / batchtopk name their kind and share the other settings."""
+    assert compose_cfg("dissect", tmp_path).get("sae") is None
+    assert compose_cfg("dissect", tmp_path, ["sae=none"]).get("sae") is None
+    topk, batch = (compose_cfg("dissect", tmp_path, [f"sae={o}", "seed=3"]).sae for o in ("topk", "batchtopk"))
+    assert (topk.kind, batch.kind, topk.seed) == ("topk", "batchtopk", 3)
+    assert {k: v for k, v in batch.items() if k != "kind"} == {k: v for k, v in topk.items() if k != "kind"}
 
 
 def test_concepts_follow_the_dataset(tmp_path):

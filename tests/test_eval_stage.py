@@ -188,7 +188,7 @@ def test_dissecting_without_the_head_runs_the_other_tasks_and_says_why_last_laye
     caplog.set_level("INFO")
     cfg = compose_cfg("dissect", tmp_path, ["ckpt_path=null", "model.channels=[4,4,4]", "data.index.clips_per_class=4",
                                             "data.batch_size=10", "logger=none", f"layers=[{','.join(layers)}]"])
-    assert cfg.evaluate.tasks == ["last_layer", "ground_truth", "simulation", "interpretability"]
+    assert cfg.evaluate.tasks == ["last_layer", "ground_truth", "simulation", "interpretability", "polysemanticity"]
     out = dissect(cfg)
     reason = f"the output layer 'head' was not dissected (layers: {', '.join(layers)}); add it to layers= for Table 2"
     saved = json.loads((tmp_path / "run" / "evaluate" / "evaluation.json").read_text())

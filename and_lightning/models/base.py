@@ -102,8 +102,9 @@ UNIT_MODULES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchN
 
 
 def unit_dim(module: nn.Module) -> int:
-    """The output dimension that indexes a layer's units: last for Linear, 1 (channels) otherwise."""
-    return -1 if isinstance(module, nn.Linear) else 1
+    """The output dimension that indexes a layer's units: last for Linear, 1 (channels) otherwise, or the module's
+    own `unit_dim` (an SAE's feature tap, `sae/splice.py`)."""
+    return getattr(module, "unit_dim", -1 if isinstance(module, nn.Linear) else 1)
 
 
 def unit_count(module: nn.Module) -> int:

@@ -19,10 +19,11 @@ from and_lightning.models.base import UNIT_MODULES, TargetAdapter, unit_count, u
 
 
 def maskable(module: nn.Module, name: str = "") -> nn.Module:
-    """`module` if unit masks apply to it (Linear, Conv, BatchNorm: one weight row per unit), else TypeError."""
-    if not isinstance(module, UNIT_MODULES):
+    """`module` if unit masks apply to it (Linear, Conv, BatchNorm: one weight row per unit; an SAE's feature
+    tap, `sae/splice.py`: one feature per unit), else TypeError."""
+    if not isinstance(module, UNIT_MODULES) and not hasattr(module, "unit_dim"):
         raise TypeError(f"layer '{name}' is a {type(module).__name__}; unit masks apply to Linear, Conv and "
-                        "BatchNorm layers")
+                        "BatchNorm layers and to SAE features")
     return module
 
 
@@ -72,6 +73,8 @@ class UnitMasks:
         layer's outputs in training mode too)."""
         for layer, mask in self.pruned.items():
             module = self.adapter.layer_module(layer)
+            if not isinstance(module, UNIT_MODULES):
+                raise TypeError(f"layer '{layer}': SAE features have no weights to bake; keep the mask hooks")
             module.weight[mask.to(module.weight.device)] = 0
             if module.bias is not None:
                 module.bias[mask.to(module.bias.device)] = 0
