@@ -2,9 +2,9 @@
 correlate the prediction with the real activation (Pearson and Spearman), per layer, against the same
 descriptions shuffled among the layer's neurons.
 
-Held out: the probing clips are split once into an explain half and a score half (`make_split`, saved to
-disk by `load_or_make_split`); a neuron is scored on the score clips that were NOT among the top-k / bottom-k
-clips its description was written from. Predictors:
+Held out: the one explain/score split of analysis/split.py (shared with detection and intervention); a neuron is
+scored on the score clips that were NOT among the top-k / bottom-k clips its description was written from.
+Predictors:
 - offline (`text_predictions`): cosine of the text embeddings of the description and each clip's caption;
 - LLM (`llm_predictions`): a 0-10 rating of each clip's caption given the description, as a JSON reply.
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from itertools import chain
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -22,9 +20,8 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from and_lightning.analysis.plots import real_vs_shuffled_plot
+from and_lightning.analysis.split import load_or_make_split, score_masks, split_settings
 from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
-from and_lightning.store.atomic import write_json
-from and_lightning.store.hashing import hash_obj
 
 RATING_SCHEMA = {
     "title": "simulated_activations",
@@ -45,37 +42,6 @@ RATING_SCHEMA = {
 }
 
 
-# ------------------------------------------------------------------------------------------------ the split
-def make_split(clip_ids: Sequence[str], score_fraction: float, seed: int) -> dict[str, Any]:
-    """A fixed random split of the clips into "explain" and "score" (round(score_fraction * N) clips),
-    both kept in the clips' given order; the same ids, fraction and seed always give the same split."""
-    if not 0.0 < score_fraction < 1.0:
-        raise ValueError(f"score_fraction must be in (0, 1), got {score_fraction}")
-    ids = list(clip_ids)
-    if len(set(ids)) != len(ids):
-        raise ValueError("clip ids must be unique")
-    n_score = int(round(score_fraction * len(ids)))
-    chosen = set(np.random.default_rng(seed).permutation(len(ids))[:n_score].tolist())
-    return {"seed": int(seed), "score_fraction": float(score_fraction), "clips_hash": hash_obj(ids),
-            "explain": [c for i, c in enumerate(ids) if i not in chosen],
-            "score": [c for i, c in enumerate(ids) if i in chosen]}
-
-
-def load_or_make_split(folder: str | os.PathLike, clip_ids: Sequence[str], score_fraction: float,
-                       seed: int) -> tuple[dict[str, Any], Path]:
-    """The split saved in `folder` for these clips, fraction and seed (made and saved on first use)."""
-    ids = list(clip_ids)
-    path = Path(folder) / f"split-s{seed}-f{score_fraction:g}-{hash_obj(ids)[:12]}.json"
-    if path.is_file():
-        split = json.loads(path.read_text(encoding="utf-8"))
-        if split.get("clips_hash") != hash_obj(ids) or sorted(split["explain"] + split["score"]) != sorted(ids):
-            raise ValueError(f"{path}: saved split does not cover this store's clips; delete it to make a new one")
-        return split, path
-    split = make_split(ids, score_fraction, seed)
-    write_json(path, split)
-    return split, path
-
-
 # ---------------------------------------------------------------------------------------------- correlation
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson r; NaN when either side is constant or has fewer than 2 values."""
@@ -92,17 +58,6 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rho = Pearson r of the average ranks (ties share their mean rank)."""
     return pearson(rankdata(x), rankdata(y))
-
-
-def score_masks(records: Sequence[Mapping[str, Any]], score_ids: Sequence[str], exclude_described: bool) -> np.ndarray:
-    """bool [M, n] over `score_ids`: the clips each neuron is scored on (not its own top / bottom clips)."""
-    masks = np.ones((len(records), len(score_ids)), bool)
-    if exclude_described:
-        column = {c: j for j, c in enumerate(score_ids)}
-        for m, record in enumerate(records):
-            seen = [column[c] for c in (*record.get("top_clips", []), *record.get("bottom_clips", [])) if c in column]
-            masks[m, seen] = False
-    return masks
 
 
 def _masked_pearson_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -258,7 +213,7 @@ def _llm_correlations(llm: Any, descs: Sequence[str], captions: Sequence[str], c
 
 
 class Simulation(Task):
-    """Simulation score on the held-out score clips of a fixed split saved in the dissection folder, against
+    """Simulation score on the held-out score clips of the shared split (analysis/split.py), against
     shuffled descriptions (`simulation_report`); `predictor`: text (offline) or llm (0-10 ratings)."""
 
     needs = ("store", "records", "captions", "encoder")
@@ -269,10 +224,11 @@ class Simulation(Task):
             raise ValueError(f"evaluate.simulation.predictor must be 'text' or 'llm', got {s['predictor']!r}")
         if s["predictor"] == "llm" and ctx.llm is None:
             raise ValueError("evaluate.simulation.predictor=llm needs an LLM (llm=openai or llm=hf)")
-        split, split_path = load_or_make_split(ctx.split_dir, ctx.store.clip_ids, s["score_fraction"], s["split_seed"])
+        fraction, seed, exclude = split_settings(s.get("split"))
+        split, split_path = load_or_make_split(ctx.split_dir, ctx.store.clip_ids, fraction, seed)
         rows, per_neuron = simulation_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],
-            shuffles=s["shuffles"], seed=s["split_seed"], exclude_described=s["exclude_described"],
+            shuffles=s["shuffles"], seed=seed, exclude_described=exclude,
             llm=ctx.llm if s["predictor"] == "llm" else None, llm_clips=s["llm_clips"], llm_chunk=s["llm_chunk"],
             max_neurons_per_layer=s["max_neurons_per_layer"])
         columns = ["layer", "predictor", "pearson", "spearman", "pearson_shuffled", "spearman_shuffled", "neurons",
@@ -283,4 +239,4 @@ class Simulation(Task):
             plots={"simulation_pearson": real_vs_shuffled_plot(rows, "pearson", "Pearson r (held-out clips)")},
             metrics={f"eval/sim/{r['layer']}/{k}": float(r[k]) for r in rows
                      for k in ("pearson", "spearman", "pearson_shuffled", "spearman_shuffled")},
-            neuron_scores=per_neuron, files={"simulation_split": str(split_path)})
+            neuron_scores=per_neuron, files={"simulation_split": str(split_path), "split": str(split_path)})
