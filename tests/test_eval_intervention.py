@@ -93,3 +93,53 @@ def test_true_description_beats_shuffled_and_generic_is_chance():
     with pytest.raises(ValueError, match="evaluate.intervention"):
         intervention_report(records, {"hidden": hidden}, ids, captions, split, FakeBagOfWordsEncoder(),
                             PlantedAdapter(), load_waves, amplify=1.0)
+
+
+class ToyStore:
+    """FAKE activation store of the planted dissection: clip ids, one layer, its activations, a manifest."""
+
+    def __init__(self, ids, hidden):
+        self.clip_ids, self.layers, self._acts = ids, ["hidden"], hidden
+        self.manifest = {"preprocessing": {"sample_rate": 16000, "clip_seconds": 1.0, "pre_activation": False}}
+
+    def acts(self, layer):
+        return self._acts
+
+
+def test_scorers_as_evaluate_tasks_share_one_split(tmp_path, monkeypatch):
+    import json
+
+    from and_lightning.analysis import intervention
+    from and_lightning.stages.evaluate import evaluate_stage
+    from conftest import compose_cfg
+
+    ids, captions, hidden, records, load_waves = planted(n=120)
+    cfg = compose_cfg("dissect", tmp_path, ["evaluate.tasks=[simulation,detection,intervention]",
+                                            "evaluate.intervention.max_clips=40", "evaluate.detection.shuffles=2"])
+    store = ToyStore(ids, hidden)
+    waves = load_waves(ids)[0]
+
+    class Clip:  # what ClipDataset returns for a planted clip (its 4 properties as the "waveform")
+        def __init__(self, records, sr, seconds):
+            self.ids = list(records)
+
+        def __getitem__(self, i):
+            return {"audio": waves[ids.index(self.ids[i])], "length": torch.tensor(4)}
+
+    monkeypatch.setattr("and_lightning.data.clips.ClipDataset", Clip)
+    res = evaluate_stage(cfg.evaluate, tmp_path / "ev", split_dir=tmp_path / "dissection", store=store,
+                         records=records, captions=captions, clips={c: c for c in ids},
+                         encoder=FakeBagOfWordsEncoder(), model=PlantedAdapter(), seed=0)
+    assert intervention.Intervention.needs[-1] == "model"
+    saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    split = saved["files"]["split"]
+    assert split == res.files["simulation_split"] and len(list((tmp_path / "dissection").glob("split-*.json"))) == 1
+    m = res.metrics
+    assert m["eval/det/hidden/auprc"] > m["eval/det/hidden/auprc_shuffled"] + 0.1
+    assert m["eval/int/hidden/ablate_ratio"] > 3 * m["eval/int/hidden/ablate_ratio_shuffled"]
+    assert {"det_auprc", "det_f1", "int_ablate_ratio", "int_amplify_ratio", "sim_pearson"} <= set(
+        res.neuron_scores[("hidden", 0)])
+    assert "| hidden |" in (tmp_path / "ev" / "detection.md").read_text()
+    assert (tmp_path / "ev" / "intervention.csv").read_text().startswith("layer,ablate_ratio,ablate_ratio_shuffled")
+    for name in ("detection_auprc", "intervention_ablate"):
+        assert open(res.images[name], "rb").read(4) == b"\x89PNG"

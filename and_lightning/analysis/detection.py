@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -170,6 +171,7 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
         recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])[:max_neurons_per_layer]
         if not recs:
             continue
+        started = time.perf_counter()
         units = [r["unit"] for r in recs]
         acts = np.asarray(acts, np.float64)[:, units]
         actual = acts[[row_of[c] for c in score_ids]]
@@ -202,7 +204,8 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
             row[f"recall_q{k + 1}"] = nanmean(real[:, 3 + k])
             row[f"recall_q{k + 1}_shuffled"] = nanmean([nanmean(s[:, 3 + k]) for s in shuffled])
         row.update(neurons=len(recs), scored=int(np.isfinite(real[:, 0]).sum()),
-                   clips_per_unit=float(np.mean([len(s[0]) for s in samples])))
+                   clips_per_unit=float(np.mean([len(s[0]) for s in samples])),
+                   seconds_per_unit=(time.perf_counter() - started) / len(recs))
         rows.append(row)
         per_neuron.update({(layer, u): {"det_auprc": float(r[0]), "det_f1": float(r[1])} for u, r in zip(units, real)})
         dists[layer] = (real[:, 0], np.concatenate([s[:, 0] for s in shuffled]))
@@ -230,7 +233,7 @@ class Detection(Task):
             max_neurons_per_layer=s["max_neurons_per_layer"])
         recall = [f"recall_q{k + 1}{x}" for k in range(s["quantiles"]) for x in ("", "_shuffled")]
         columns = ["layer", "judge", "auprc", "auprc_shuffled", "f1", "f1_shuffled", "positive_share", *recall,
-                   "neurons", "scored", "clips_per_unit"]
+                   "neurons", "scored", "clips_per_unit", "seconds_per_unit"]
         title = f"Detection score ({s['judge']} judge, held-out clips; AUPRC chance = positive_share)"
         return TaskOutput(
             tables=[Table("detection", rows, columns, title)],
