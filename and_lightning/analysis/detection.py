@@ -85,6 +85,14 @@ def calibrated_thresholds(cos_explain: np.ndarray, acts_explain: np.ndarray, sam
     return out
 
 
+def calibration_subset(explain_ids: Sequence[str], n: int | None, seed: int) -> list[str]:
+    """A seeded subset of `n` explain clips (in their order) to calibrate the text judge on; all when n is None."""
+    if n is None or len(explain_ids) <= n:
+        return list(explain_ids)
+    keep = set(np.random.default_rng([seed, 11]).choice(len(explain_ids), n, replace=False).tolist())
+    return [c for i, c in enumerate(explain_ids) if i in keep]
+
+
 def judge_messages(description: str, captions: Sequence[str]) -> list[dict]:
     """Chat messages asking whether the unit fires on each numbered caption, given its description (yes/no)."""
     listing = "\n".join(f"{i + 1}. {c}" for i, c in enumerate(captions))
@@ -144,12 +152,13 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
                      field: str = "description", positive_fraction: float = 0.2, quantiles: int = 4,
                      per_quantile: int = 5, negatives: str = "random", shuffles: int = 5, seed: int = 0,
                      exclude_described: bool = True, llm: Any = None, llm_chunk: int = 20,
-                     max_neurons_per_layer: int | None = None,
+                     max_neurons_per_layer: int | None = None, calibration_clips: int | None = 300,
                      ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, float]], dict[str, Any]]:
     """(rows, per_neuron, distributions). Rows, per layer: mean over units of AUPRC, F1 and recall per quantile
     (`recall_q1` = the top quantile), real and with descriptions shuffled among the layer's units (mean over
     `shuffles` permutations; with an LLM, one). per_neuron[(layer, unit)] = {"det_auprc", "det_f1"};
-    distributions[layer] = (real per-unit AUPRC, shuffled per-unit AUPRC) for the plot."""
+    distributions[layer] = (real per-unit AUPRC, shuffled per-unit AUPRC) for the plot. The text judge is calibrated
+    on a seeded subset of `calibration_clips` explain clips (None: all; their captions are embedded once)."""
     if negatives not in ("random", "low"):
         raise ValueError(f"evaluate.detection.negatives must be 'random' or 'low', got {negatives!r}")
     if not 0.0 < positive_fraction < 1.0 or quantiles < 1 or per_quantile < 1:
@@ -157,7 +166,7 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
                          f"{positive_fraction}, {quantiles}, {per_quantile}")
     row_of = {c: i for i, c in enumerate(clip_ids)}
     score_ids = [c for c in split["score"] if c in captions]
-    explain_ids = [c for c in split["explain"] if c in captions]
+    explain_ids = calibration_subset([c for c in split["explain"] if c in captions], calibration_clips, seed)
     if len(score_ids) < 3:
         raise ValueError(f"detection needs captions of >= 3 score clips, found {len(score_ids)} "
                          "(caption every clip: describe.closed_set.method=db captions all of them)")
@@ -230,7 +239,7 @@ class Detection(Task):
             positive_fraction=s["positive_fraction"], quantiles=s["quantiles"], per_quantile=s["per_quantile"],
             negatives=s["negatives"], shuffles=s["shuffles"], seed=seed, exclude_described=exclude,
             llm=ctx.llm if s["judge"] == "llm" else None, llm_chunk=s["llm_chunk"],
-            max_neurons_per_layer=s["max_neurons_per_layer"])
+            max_neurons_per_layer=s["max_neurons_per_layer"], calibration_clips=s["calibration_clips"])
         recall = [f"recall_q{k + 1}{x}" for k in range(s["quantiles"]) for x in ("", "_shuffled")]
         columns = ["layer", "judge", "auprc", "auprc_shuffled", "f1", "f1_shuffled", "positive_share", *recall,
                    "neurons", "scored", "clips_per_unit", "seconds_per_unit"]

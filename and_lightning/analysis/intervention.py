@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from and_lightning.analysis.detection import calibrated_thresholds, detection_sample
+from and_lightning.analysis.detection import calibrated_thresholds, calibration_subset, detection_sample
 from and_lightning.analysis.judge_metrics import effect_ratio
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import text_predictions
@@ -72,12 +72,14 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
                         amplify: float = 3.0, shuffles: int = 5, seed: int = 0, exclude_described: bool = True,
                         positive_fraction: float = 0.2, quantiles: int = 4, per_quantile: int = 5,
                         negatives: str = "random", max_neurons_per_layer: int | None = None,
+                        calibration_clips: int | None = 300,
                         ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, float]], dict[str, Any]]:
     """(rows, per_neuron, distributions). Rows, per layer: median over units of the ablation and amplification
     effect ratios, real and shuffled (`shuffles` permutations pooled), the share of units whose ablation ratio
     is > 1, the mean matched clips per unit and the seconds per unit. per_neuron[(layer, unit)] =
     {"int_ablate_ratio", "int_amplify_ratio"}; distributions[layer] = (real, shuffled) per-unit ablation ratios
-    (log10) for the plot. `load_waves(ids)` -> (waves [n, T], lengths [n] or None) at the model's rate."""
+    (log10) for the plot. The judge is calibrated as detection's (on `calibration_clips` explain clips).
+    `load_waves(ids)` -> (waves [n, T], lengths [n] or None) at the model's rate."""
     if max_clips < 3 or units_per_pass < 1 or amplify == 1.0:
         raise ValueError("evaluate.intervention: need max_clips >= 3, units_per_pass >= 1, amplify != 1; got "
                          f"{max_clips}, {units_per_pass}, {amplify}")
@@ -89,7 +91,7 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
     if len(score_ids) > max_clips:
         keep = set(np.random.default_rng([seed, 7]).choice(len(score_ids), max_clips, replace=False).tolist())
         score_ids = [c for i, c in enumerate(score_ids) if i in keep]
-    explain_ids = [c for c in split["explain"] if c in captions]
+    explain_ids = calibration_subset([c for c in split["explain"] if c in captions], calibration_clips, seed)
     captions_used = [captions[c] for c in score_ids + explain_ids]
     adapter.eval()
     waves, lengths = load_waves(score_ids)
@@ -169,7 +171,7 @@ class Intervention(Task):
             field=s["field"], max_clips=s["max_clips"], units_per_pass=s["units_per_pass"], amplify=s["amplify"],
             shuffles=s["shuffles"], seed=seed, exclude_described=exclude, positive_fraction=s["positive_fraction"],
             quantiles=s["quantiles"], per_quantile=s["per_quantile"], negatives=s["negatives"],
-            max_neurons_per_layer=s["max_neurons_per_layer"])
+            max_neurons_per_layer=s["max_neurons_per_layer"], calibration_clips=s["calibration_clips"])
         if not rows:
             raise TaskSkipped("no dissected layer is a layer of the model")
         columns = ["layer", "ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled",
