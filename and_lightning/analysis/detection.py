@@ -12,7 +12,6 @@ the same scorer run on the descriptions shuffled among the layer's units.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from and_lightning.analysis.judge_metrics import average_precision, best_threshold, f1_score, recall_per_quantile
+from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import nanmean, text_predictions
 from and_lightning.analysis.split import load_or_make_split, score_masks, split_settings
@@ -93,46 +93,27 @@ def calibration_subset(explain_ids: Sequence[str], n: int | None, seed: int) -> 
     return [c for i, c in enumerate(explain_ids) if i in keep]
 
 
+JUDGE_SYSTEM = (
+    "You check explanations of units of an audio classifier. Given an explanation of what a unit responds to and "
+    "numbered captions of audio clips, say for each clip whether the unit fires on it (true) or not (false). Reply "
+    'with a JSON object {"judgements": [{"clip": <number>, "fires": <true|false>}, ...]} with one entry per clip.')
+
+
 def judge_messages(description: str, captions: Sequence[str]) -> list[dict]:
     """Chat messages asking whether the unit fires on each numbered caption, given its description (yes/no)."""
-    listing = "\n".join(f"{i + 1}. {c}" for i, c in enumerate(captions))
-    return [
-        {"role": "system", "content":
-            "You check explanations of units of an audio classifier. Given an explanation of what a unit responds "
-            "to and numbered captions of audio clips, say for each clip whether the unit fires on it (true) or not "
-            '(false). Reply with a JSON object {"judgements": [{"clip": <number>, "fires": <true|false>}, ...]} '
-            "with one entry per clip."},
-        {"role": "user", "content": f"Unit explanation: {description}\n\nClips:\n{listing}"},
-    ]
+    return numbered_messages(JUDGE_SYSTEM, "Unit explanation", description, captions)
 
 
 def parse_judgements(reply: Any, n: int) -> np.ndarray:
     """1.0 / 0.0 per clip from a structured reply; clips it leaves out (or numbers out of range) are NaN."""
-    if isinstance(reply, str):
-        reply = json.loads(reply)
-    out = np.full(n, np.nan)
-    for item in reply.get("judgements", []):
-        i = int(item["clip"]) - 1
-        if 0 <= i < n:
-            out[i] = 1.0 if item["fires"] else 0.0
-    return out
+    return parse_numbered(reply, n, "judgements", lambda item: 1.0 if item["fires"] else 0.0)
 
 
 def llm_judgements(llm: Any, descriptions: Sequence[str], captions: Sequence[str],
                    samples: Sequence[np.ndarray], chunk: int) -> list[np.ndarray]:
     """Per unit, the LLM's 1/0 judgements of the captions at its sample's indices (`chunk` clips per request, all
     requests sent together through the client's batching and cache)."""
-    requests, where = [], []
-    for m, (desc, idx) in enumerate(zip(descriptions, samples)):
-        for start in range(0, len(idx), chunk):
-            part = idx[start:start + chunk]
-            requests.append((judge_messages(desc, [captions[i] for i in part]), JUDGE_SCHEMA))
-            where.append((m, start, len(part)))
-    replies = llm.complete_many(requests) if requests else []
-    out = [np.full(len(idx), np.nan) for idx in samples]
-    for (m, start, n), reply in zip(where, replies):
-        out[m][start:start + n] = parse_judgements(reply, n)
-    return out
+    return llm_per_clip(llm, descriptions, captions, samples, chunk, judge_messages, JUDGE_SCHEMA, parse_judgements)
 
 
 def unit_scores(scores: np.ndarray, quantile: np.ndarray, threshold: float, quantiles: int) -> np.ndarray:

@@ -10,7 +10,6 @@ Predictors:
 """
 from __future__ import annotations
 
-import json
 import math
 from itertools import chain
 from typing import Any, Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import real_vs_shuffled_plot
 from and_lightning.analysis.split import load_or_make_split, score_masks, split_settings
 from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
@@ -95,29 +95,21 @@ def text_predictions(descriptions: Sequence[str], captions: Sequence[str], encod
     return (d @ c.T).numpy()
 
 
+RATING_SYSTEM = (
+    "You simulate one neuron of an audio classifier. Given an explanation of what the neuron responds to and "
+    "numbered captions of audio clips, predict how strongly the neuron activates on each clip, from 0 (not at all) "
+    'to 10 (as strongly as it ever does). Reply with a JSON object {"ratings": [{"clip": <number>, "rating": '
+    "<0-10>}, ...]} with one entry per clip.")
+
+
 def rating_messages(description: str, captions: Sequence[str]) -> list[dict]:
     """Chat messages asking for a 0-10 activation rating of every numbered caption given a description."""
-    listing = "\n".join(f"{i + 1}. {c}" for i, c in enumerate(captions))
-    return [
-        {"role": "system", "content":
-            "You simulate one neuron of an audio classifier. Given an explanation of what the neuron responds "
-            "to and numbered captions of audio clips, predict how strongly the neuron activates on each clip, "
-            "from 0 (not at all) to 10 (as strongly as it ever does). Reply with a JSON object "
-            '{"ratings": [{"clip": <number>, "rating": <0-10>}, ...]} with one entry per clip.'},
-        {"role": "user", "content": f"Neuron explanation: {description}\n\nClips:\n{listing}"},
-    ]
+    return numbered_messages(RATING_SYSTEM, "Neuron explanation", description, captions)
 
 
 def parse_ratings(reply: Any, n: int) -> np.ndarray:
     """Ratings [n] from a structured reply; clips the reply leaves out (or numbers out of range) are NaN."""
-    if isinstance(reply, str):
-        reply = json.loads(reply)
-    out = np.full(n, np.nan)
-    for item in reply.get("ratings", []):
-        i = int(item["clip"]) - 1
-        if 0 <= i < n:
-            out[i] = float(item["rating"])
-    return out
+    return parse_numbered(reply, n, "ratings", lambda item: float(item["rating"]))
 
 
 def llm_clip_choice(actual: np.ndarray, allowed: np.ndarray, n_clips: int, rng: np.random.Generator) -> np.ndarray:
@@ -134,17 +126,7 @@ def llm_clip_choice(actual: np.ndarray, allowed: np.ndarray, n_clips: int, rng: 
 def llm_predictions(llm: Any, descriptions: Sequence[str], captions: Sequence[str],
                     choices: Sequence[np.ndarray], chunk: int = 20) -> list[np.ndarray]:
     """Per neuron, the LLM's ratings of the captions at its chosen indices (one request per `chunk` clips)."""
-    requests, where = [], []
-    for m, (desc, idx) in enumerate(zip(descriptions, choices)):
-        for start in range(0, len(idx), chunk):
-            part = idx[start:start + chunk]
-            requests.append((rating_messages(desc, [captions[i] for i in part]), RATING_SCHEMA))
-            where.append((m, start, len(part)))
-    replies = llm.complete_many(requests) if requests else []
-    out = [np.full(len(idx), np.nan) for idx in choices]
-    for (m, start, n), reply in zip(where, replies):
-        out[m][start:start + n] = parse_ratings(reply, n)
-    return out
+    return llm_per_clip(llm, descriptions, captions, choices, chunk, rating_messages, RATING_SCHEMA, parse_ratings)
 
 
 # ---------------------------------------------------------------------------------------------- the report
