@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -22,8 +23,8 @@ from and_lightning.analysis.judge_metrics import average_precision, best_thresho
 from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import nanmean, text_predictions
-from and_lightning.analysis.split import load_or_make_split, score_masks, split_settings
-from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
+from and_lightning.analysis.split import held_out_split, score_masks
+from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output
 
 JUDGE_SCHEMA = {
     "title": "detection_judgements",
@@ -99,14 +100,10 @@ JUDGE_SYSTEM = (
     'with a JSON object {"judgements": [{"clip": <number>, "fires": <true|false>}, ...]} with one entry per clip.')
 
 
-def judge_messages(description: str, captions: Sequence[str]) -> list[dict]:
-    """Chat messages asking whether the unit fires on each numbered caption, given its description (yes/no)."""
-    return numbered_messages(JUDGE_SYSTEM, "Unit explanation", description, captions)
-
-
-def parse_judgements(reply: Any, n: int) -> np.ndarray:
-    """1.0 / 0.0 per clip from a structured reply; clips it leaves out (or numbers out of range) are NaN."""
-    return parse_numbered(reply, n, "judgements", lambda item: 1.0 if item["fires"] else 0.0)
+# (description, captions) -> chat messages asking whether the unit fires on each numbered caption (yes/no)
+judge_messages = partial(numbered_messages, JUDGE_SYSTEM, "Unit explanation")
+# (reply, n) -> 1.0 / 0.0 per clip; clips the reply leaves out (or numbers out of range) are NaN
+parse_judgements = partial(parse_numbered, key="judgements", value=lambda item: 1.0 if item["fires"] else 0.0)
 
 
 def llm_judgements(llm: Any, descriptions: Sequence[str], captions: Sequence[str],
@@ -213,8 +210,7 @@ class Detection(Task):
             raise ValueError(f"evaluate.detection.judge must be 'text' or 'llm', got {s['judge']!r}")
         if s["judge"] == "llm" and ctx.llm is None:
             raise ValueError("evaluate.detection.judge=llm needs an LLM (llm=openai or llm=hf)")
-        fraction, seed, exclude = split_settings(s.get("split"))
-        split, split_path = load_or_make_split(ctx.split_dir, ctx.store.clip_ids, fraction, seed)
+        split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
         rows, per_neuron, dists = detection_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],
             positive_fraction=s["positive_fraction"], quantiles=s["quantiles"], per_quantile=s["per_quantile"],
@@ -225,9 +221,6 @@ class Detection(Task):
         columns = ["layer", "judge", "auprc", "auprc_shuffled", "f1", "f1_shuffled", "positive_share", *recall,
                    "neurons", "scored", "clips_per_unit", "seconds_per_unit"]
         title = f"Detection score ({s['judge']} judge, held-out clips; AUPRC chance = positive_share)"
-        return TaskOutput(
-            tables=[Table("detection", rows, columns, title)],
-            plots={"detection_auprc": score_distribution_plot(dists, "per-unit detection AUPRC")},
-            metrics={f"eval/det/{r['layer']}/{k}": float(r[k]) for r in rows
-                     for k in ("auprc", "auprc_shuffled", "f1", "f1_shuffled")},
-            neuron_scores=per_neuron, files={"split": str(split_path)})
+        return scorer_output("detection", rows, columns, title,
+                             {"detection_auprc": score_distribution_plot(dists, "per-unit detection AUPRC")}, "det",
+                             ("auprc", "auprc_shuffled", "f1", "f1_shuffled"), per_neuron, split_path)

@@ -24,8 +24,8 @@ from and_lightning.analysis.detection import calibrated_thresholds, calibration_
 from and_lightning.analysis.judge_metrics import effect_ratio
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import text_predictions
-from and_lightning.analysis.split import load_or_make_split, score_masks, split_settings
-from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput, TaskSkipped
+from and_lightning.analysis.split import held_out_split, score_masks
+from and_lightning.analysis.task import EvalContext, Task, TaskOutput, TaskSkipped, scorer_output
 from and_lightning.prune.masks import row_unit_edit
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,7 @@ class Intervention(Task):
         from and_lightning.data.clips import ClipDataset
 
         s = self.settings
-        fraction, seed, exclude = split_settings(s.get("split"))
-        split, split_path = load_or_make_split(ctx.split_dir, ctx.store.clip_ids, fraction, seed)
+        split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
         pre = ctx.store.manifest["preprocessing"]
         if pre.get("pre_activation"):
             raise TaskSkipped("the dissection recorded pre-activation values (describe.faithful); intervention edits "
@@ -179,9 +178,7 @@ class Intervention(Task):
                    "seconds_per_unit"]
         title = (f"Intervention effect ratio (median per layer; output KL on clips the description matches / the "
                  f"others; ablation and x{s['amplify']:g}; chance = 1)")
-        return TaskOutput(
-            tables=[Table("intervention", rows, columns, title)],
-            plots={"intervention_ablate": score_distribution_plot(dists, "log10 ablation effect ratio per unit")},
-            metrics={f"eval/int/{r['layer']}/{k}": float(r[k]) for r in rows
-                     for k in ("ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled")},
-            neuron_scores=per_neuron, files={"split": str(split_path)})
+        plots = {"intervention_ablate": score_distribution_plot(dists, "log10 ablation effect ratio per unit")}
+        return scorer_output("intervention", rows, columns, title, plots, "int",
+                             ("ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled"),
+                             per_neuron, split_path)

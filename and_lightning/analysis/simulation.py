@@ -20,8 +20,8 @@ from scipy.stats import rankdata
 
 from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import real_vs_shuffled_plot
-from and_lightning.analysis.split import load_or_make_split, score_masks, split_settings
-from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
+from and_lightning.analysis.split import held_out_split, score_masks
+from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output
 
 RATING_SCHEMA = {
     "title": "simulated_activations",
@@ -206,8 +206,7 @@ class Simulation(Task):
             raise ValueError(f"evaluate.simulation.predictor must be 'text' or 'llm', got {s['predictor']!r}")
         if s["predictor"] == "llm" and ctx.llm is None:
             raise ValueError("evaluate.simulation.predictor=llm needs an LLM (llm=openai or llm=hf)")
-        fraction, seed, exclude = split_settings(s.get("split"))
-        split, split_path = load_or_make_split(ctx.split_dir, ctx.store.clip_ids, fraction, seed)
+        split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
         rows, per_neuron = simulation_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],
             shuffles=s["shuffles"], seed=seed, exclude_described=exclude,
@@ -216,9 +215,9 @@ class Simulation(Task):
         columns = ["layer", "predictor", "pearson", "spearman", "pearson_shuffled", "spearman_shuffled", "neurons",
                    "score_clips"]
         title = f"Simulation score ({s['predictor']} predictor, held-out clips)"
-        return TaskOutput(
-            tables=[Table("simulation", rows, columns, title)],
-            plots={"simulation_pearson": real_vs_shuffled_plot(rows, "pearson", "Pearson r (held-out clips)")},
-            metrics={f"eval/sim/{r['layer']}/{k}": float(r[k]) for r in rows
-                     for k in ("pearson", "spearman", "pearson_shuffled", "spearman_shuffled")},
-            neuron_scores=per_neuron, files={"simulation_split": str(split_path), "split": str(split_path)})
+        out = scorer_output(
+            "simulation", rows, columns, title,
+            {"simulation_pearson": real_vs_shuffled_plot(rows, "pearson", "Pearson r (held-out clips)")}, "sim",
+            ("pearson", "spearman", "pearson_shuffled", "spearman_shuffled"), per_neuron, split_path)
+        out.files["simulation_split"] = str(split_path)
+        return out

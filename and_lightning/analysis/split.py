@@ -59,6 +59,14 @@ def split_settings(split: Mapping[str, Any] | None) -> tuple[float, int, bool]:
     return float(fraction), seed, bool(s.get("exclude_described", True))
 
 
+def held_out_split(folder: str | os.PathLike, clip_ids: Sequence[str], settings: Mapping[str, Any] | None,
+                   ) -> tuple[dict[str, Any], Path, int, bool]:
+    """(split, its file, seed, exclude_described) for a scorer's `split` setting (the `evaluate.split` section)."""
+    fraction, seed, exclude = split_settings(settings)
+    split, path = load_or_make_split(folder, clip_ids, fraction, seed)
+    return split, path, seed, exclude
+
+
 def score_masks(records: Sequence[Mapping[str, Any]], score_ids: Sequence[str], exclude_described: bool) -> np.ndarray:
     """bool [M, n] over `score_ids`: the clips each neuron is scored on (not its own top / bottom clips)."""
     masks = np.ones((len(records), len(score_ids)), bool)

@@ -81,3 +81,13 @@ class Task:
 
     def run(self, ctx: EvalContext) -> TaskOutput:
         raise NotImplementedError
+
+
+def scorer_output(name: str, rows: list[dict[str, Any]], columns: list[str], title: str, plots: dict[str, Figure],
+                  prefix: str, keys: Sequence[str], neuron_scores: dict[tuple[str, int], dict[str, Any]],
+                  split_path: Path) -> TaskOutput:
+    """What a per-layer description scorer returns: the table `name`, its plots, metrics
+    `eval/<prefix>/<layer>/<key>` for `keys`, the per-unit scores, and the shared split's file as files["split"]."""
+    return TaskOutput(tables=[Table(name, rows, columns, title)], plots=plots,
+                      metrics={f"eval/{prefix}/{r['layer']}/{k}": float(r[k]) for r in rows for k in keys},
+                      neuron_scores=neuron_scores, files={"split": str(split_path)})
