@@ -31,8 +31,11 @@ def test_metrics_hand_computed():
     assert math.isnan(average_precision(s, np.zeros(4, bool)))
     assert f1_score(np.array([1, 1, 0, 0], bool), y) == pytest.approx(0.5)  # TP 1, FP 1, FN 1
     assert f1_score(np.ones(4, bool), y) == pytest.approx(2 / 3)  # all "yes": TP 2, FP 2
-    # F1 at t = .9, .8, .7, .6: 2/3, 1/2, 4/5, 2/3
-    assert best_threshold(s, y) == pytest.approx(0.7)
+    # balanced accuracy at t = .9, .8, .7, .6: 3/4, 1/2, 3/4, 1/2: the higher of the tied thresholds
+    assert best_threshold(s, y) == pytest.approx(0.9)
+    # t = .9 .. .5: (TPR + TNR) / 2 = 2/3, 5/6, 7/12, 3/4, 1/2 -> .8 (F1 would pick .6: 6/7 > 4/5)
+    assert best_threshold(np.array([0.9, 0.8, 0.7, 0.6, 0.5]), np.array([1, 1, 0, 1, 0], bool)) == pytest.approx(0.8)
+    assert best_threshold(np.ones(4), y) == 1.0 and math.isnan(best_threshold(s, np.zeros(4, bool)))
     got = recall_per_quantile(np.array([1, 0, 1, 1, 0], bool), np.array([0, 0, 1, -1, -1]), 3)
     assert got[:2].tolist() == [0.5, 1.0] and math.isnan(got[2])
     assert effect_ratio(np.array([4.0, 2.0, 1.0, 1.0]), np.array([1, 1, 0, 0], bool)) == pytest.approx(3.0)

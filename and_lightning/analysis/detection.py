@@ -5,7 +5,7 @@ Per unit, a balanced sample of the held-out score clips it was not described fro
 drawn evenly from the quantiles of its top `positive_fraction` clips by activation, as many negatives drawn at
 random (or from the low-activation clips) below them. Judges:
 - text (offline): cos(description, caption) of the text encoder, "yes" at a per-unit threshold calibrated on the
-  explain clips (`calibrated_thresholds`: the F1-best threshold on the same kind of sample drawn there);
+  explain clips (`calibrated_thresholds`: the best balanced accuracy on the same kind of sample drawn there);
 - llm: a yes/no per clip from the configured LLM, in batches of `llm_chunk` captions (cached by the LLM client).
 Reported per unit and per layer: AUPRC, F1 at the judge's threshold, recall per activation quantile, each against
 the same scorer run on the descriptions shuffled among the layer's units.
@@ -75,8 +75,8 @@ def detection_sample(acts: np.ndarray, allowed: np.ndarray, positive_fraction: f
 
 def calibrated_thresholds(cos_explain: np.ndarray, acts_explain: np.ndarray, sample: Callable[..., Any],
                           rng: np.random.Generator) -> np.ndarray:
-    """[M] the text judge's threshold per unit: the F1-best threshold of cos_explain [M, n] on the unit's sample of
-    the explain clips (`sample(acts, allowed, rng)` -> (indices, quantile)); NaN when it has no sample."""
+    """[M] the text judge's threshold per unit: `best_threshold` of cos_explain [M, n] on the unit's sample of the
+    explain clips (`sample(acts, allowed, rng)` -> (indices, quantile)); NaN when it has no sample."""
     out = np.full(len(cos_explain), np.nan)
     allowed = np.ones(acts_explain.shape[0], bool)
     for m in range(len(cos_explain)):

@@ -1,5 +1,5 @@
 """The math of the description scorers as small pure functions (NumPy, one unit at a time): average precision
-(AUPRC), F1 at a judge's threshold, the F1-best threshold, recall per activation quantile, and the intervention's
+(AUPRC), F1 at a judge's threshold, the threshold of best balanced accuracy, recall per activation quantile, and the intervention's
 effect ratio. Each returns NaN when its inputs leave it undefined (no positives, nothing sampled)."""
 from __future__ import annotations
 
@@ -35,14 +35,16 @@ def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The threshold t (one of the scores; "yes" = score >= t) with the highest F1 on these labels, the highest such
-    t on ties; NaN when there are no scores or no positives (calibration of the text judge, on explain clips)."""
+    """The threshold t (one of the scores; "yes" = score >= t) with the highest balanced accuracy (TPR + TNR) / 2
+    on these labels, the highest such t on ties; NaN when there are no scores or no positives. (The text judge's
+    calibration on explain clips; F1 would favour saying "yes" to every clip, which scores 2/3 on a balanced set.)"""
     s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
     if not s.size or not y.any():
         return math.nan
     candidates = np.unique(s)[::-1]
-    f1 = [f1_score(s >= t, y) for t in candidates]
-    return float(candidates[int(np.nanargmax(f1))])
+    yes = s[None, :] >= candidates[:, None]
+    tnr = (~yes[:, ~y]).mean(axis=1) if (~y).any() else np.zeros(len(candidates))
+    return float(candidates[int(np.argmax(yes[:, y].mean(axis=1) + tnr))])
 
 
 def recall_per_quantile(predicted: np.ndarray, quantile: np.ndarray, quantiles: int) -> np.ndarray:
