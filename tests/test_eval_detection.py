@@ -130,3 +130,19 @@ def test_bad_settings_name_the_field():
         detection_report(records, {"L": acts}, ids, captions, split, FakeBagOfWordsEncoder(), negatives="high")
     with pytest.raises(ValueError, match="captions of >= 3 score clips"):
         detection_report(records, {"L": acts}, ids, {}, split, FakeBagOfWordsEncoder())
+
+
+def test_task_settings_errors_name_the_field():
+    from and_lightning.analysis.detection import Detection
+    from and_lightning.analysis.split import split_settings
+    from and_lightning.analysis.task import EvalContext
+
+    with pytest.raises(ValueError, match="evaluate.detection.judge must be 'text' or 'llm', got 'gpt'"):
+        Detection(judge="gpt").run(EvalContext())
+    with pytest.raises(ValueError, match="evaluate.detection.judge=llm needs an LLM"):
+        Detection(judge="llm").run(EvalContext())
+    with pytest.raises(ValueError, match=r"evaluate.split.score_fraction must be in \(0, 1\), got 1.5"):
+        split_settings({"score_fraction": 1.5})
+    with pytest.raises(ValueError, match="evaluate.split.seed must be an integer"):
+        split_settings({"seed": "x"})
+    assert split_settings({"score_fraction": 0.25, "seed": 3, "exclude_described": False}) == (0.25, 3, False)
