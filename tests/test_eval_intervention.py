@@ -143,3 +143,27 @@ def test_scorers_as_evaluate_tasks_share_one_split(tmp_path, monkeypatch):
     assert (tmp_path / "ev" / "intervention.csv").read_text().startswith("layer,ablate_ratio,ablate_ratio_shuffled")
     for name in ("detection_auprc", "intervention_ablate"):
         assert open(res.images[name], "rb").read(4) == b"\x89PNG"
+
+
+def test_shared_prefix_equals_repeated_input_and_is_refused_when_batch_size_matters():
+    from and_lightning.analysis.intervention import prefix_can_be_shared
+
+    adapter = PlantedAdapter().eval()
+    waves = torch.rand(6, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        base = adapter(waves)
+    for factor in (0.0, 3.0):
+        shared = unit_changes(adapter, "hidden", [0, 1, 3], waves, None, base, factor, 2, shared_prefix=True)
+        plain = unit_changes(adapter, "hidden", [0, 1, 3], waves, None, base, factor, 2)
+        np.testing.assert_allclose(shared, plain, rtol=1e-6, atol=1e-9)
+    assert prefix_can_be_shared(adapter, "hidden", [0, 1], waves, None, base)
+
+    class BatchMixing(PlantedAdapter):  # the head reads a batch statistic: rows of one pass are not independent
+        def forward(self, wave):
+            h = torch.relu(self.net["hidden"](wave))
+            return self.net["head"](h - h.mean(0, keepdim=True) * (h.shape[0] != wave.shape[0]))
+
+    mixing = BatchMixing().eval()
+    with torch.no_grad():
+        base = mixing(waves)
+    assert not prefix_can_be_shared(mixing, "hidden", [0, 1], waves, None, base)

@@ -8,7 +8,8 @@ clips into those it matches and the rest; the effect ratio (judge_metrics.effect
 matching clips over the mean change on the others: > 1 when the unit matters where the description says. Reported
 per unit and per layer (median), against the same ratios for the descriptions shuffled among the layer's units (the
 edits are made once; only the matches change). Units are edited `units_per_pass` at a time, one unit per block of
-rows of one forward pass.
+rows of one forward pass; the layers before the edited one run once per pass when the model allows it
+(`prefix_can_be_shared`).
 """
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ def output_change(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def unit_changes(adapter: Any, layer: str, units: Sequence[int], waves: torch.Tensor, lengths: torch.Tensor | None,
-                 base: torch.Tensor, factor: float, units_per_pass: int) -> np.ndarray:
+                 base: torch.Tensor, factor: float, units_per_pass: int, shared_prefix: bool = False) -> np.ndarray:
     """[len(units), n] output change of each clip when one unit of `layer` is scaled by `factor` (0: ablated),
-    `units_per_pass` units per forward pass (each in its own block of the n clips' rows)."""
+    `units_per_pass` units per forward pass (each in its own block of the n clips' rows). `shared_prefix`: run the
+    layers before `layer` once per pass on the n clips and repeat the layer's output (`row_unit_edit(repeat=)`)."""
     width = adapter.layers()[layer]
     out = []
     for start in range(0, len(units), units_per_pass):
@@ -52,11 +54,26 @@ def unit_changes(adapter: Any, layer: str, units: Sequence[int], waves: torch.Te
         rows = torch.zeros(len(chunk) * len(waves), width, dtype=torch.bool)
         for b, u in enumerate(chunk):
             rows[b * len(waves):(b + 1) * len(waves), u] = True
-        with row_unit_edit(adapter, layer, rows, factor):
-            edited = adapter.run(waves.repeat(len(chunk), 1),
-                                 None if lengths is None else lengths.repeat(len(chunk)))
+        k = len(chunk)
+        with row_unit_edit(adapter, layer, rows, factor, repeat=k if shared_prefix else 1):
+            edited = (adapter.run(waves, lengths) if shared_prefix else
+                      adapter.run(waves.repeat(k, 1), None if lengths is None else lengths.repeat(k)))
         out.append(output_change(base, edited).numpy())
     return np.concatenate(out)
+
+
+def prefix_can_be_shared(adapter: Any, layer: str, units: Sequence[int], waves: torch.Tensor,
+                         lengths: torch.Tensor | None, base: torch.Tensor) -> bool:
+    """Whether `shared_prefix` gives the same changes as repeating the input, checked on 2 units and 4 clips of
+    `layer` (models whose later layers read the input's batch size, or fold frames into it, fail it)."""
+    few, n = list(units[:2]), min(4, len(waves))
+    sub = (waves[:n], None if lengths is None else lengths[:n], base[:n])
+    try:
+        shared = unit_changes(adapter, layer, few, *sub, 0.0, len(few), shared_prefix=True)
+    except RuntimeError:
+        return False
+    plain = unit_changes(adapter, layer, few, *sub, 0.0, len(few))
+    return shared.shape == plain.shape and bool(np.allclose(shared, plain, rtol=1e-4, atol=1e-7))
 
 
 def _median(x: np.ndarray) -> float:
@@ -117,7 +134,8 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
         cos = text_predictions(descs, captions_used, encoder)
         cos_score, cos_explain = cos[:, :len(score_ids)], cos[:, len(score_ids):]
         acts_explain = np.asarray(acts, np.float64)[[row_of[c] for c in explain_ids]][:, units]
-        changes = {name: unit_changes(adapter, layer, units, waves, lengths, base, factor, units_per_pass)
+        shared = prefix_can_be_shared(adapter, layer, units, waves, lengths, base)
+        changes = {name: unit_changes(adapter, layer, units, waves, lengths, base, factor, units_per_pass, shared)
                    for name, factor in (("ablate", 0.0), ("amplify", amplify))}
         rng = np.random.default_rng([seed, li])
         ratios = []

@@ -101,15 +101,23 @@ def _scale_hook(mask: torch.Tensor, dim: int, factor: float):
 
 
 @contextmanager
-def row_unit_edit(adapter: TargetAdapter, layer: str, rows: torch.Tensor, factor: float = 0.0) -> Iterator[None]:
+def row_unit_edit(adapter: TargetAdapter, layer: str, rows: torch.Tensor, factor: float = 0.0,
+                  repeat: int = 1) -> Iterator[None]:
     """While inside, scale the units `rows` [B, width] (bool, per batch row) of `layer` by `factor`: 0 zeroes them
     with the pruning masks' own hook (ablation), another factor amplifies them. Lets one forward pass edit a
-    different unit in each block of rows (the intervention scorer)."""
+    different unit in each block of rows (the intervention scorer). `repeat` > 1: the forward pass gets B / repeat
+    rows and the layer's output is repeated `repeat` times (blocks in order) before the edit, so the layers before
+    it run once (for models whose later layers do not depend on the input's batch size)."""
     module = maskable(adapter.layer_module(layer), layer)
     if rows.dim() != 2 or rows.shape[1] != unit_count(module):
         raise ValueError(f"layer '{layer}' has {unit_count(module)} units; got a row mask of shape {tuple(rows.shape)}")
     dim = unit_dim(module)
-    handle = module.register_forward_hook(_zero_hook(rows, dim) if factor == 0 else _scale_hook(rows, dim, factor))
+    edit = _zero_hook(rows, dim) if factor == 0 else _scale_hook(rows, dim, factor)
+
+    def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return edit(mod, inputs, output.repeat(repeat, *[1] * (output.dim() - 1)) if repeat > 1 else output)
+
+    handle = module.register_forward_hook(hook)
     try:
         yield
     finally:
