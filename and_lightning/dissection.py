@@ -137,7 +137,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
                             captions=captions, clips=by_id, class_names=class_names,
                             concepts=list(cfg.concepts.concepts), head_layer=head, encoder=encoder, llm=llm,
                             captioner=captioner, split_dir=out, audio_embed=audio_embed, model_name=cfg.model.name,
-                            seed=cfg.seed, label_captions=label_captions)
+                            seed=cfg.seed, label_captions=label_captions, model=adapter)
         metrics.update(ev.metrics)
         result["evaluate"] = {"files": ev.files, "images": ev.images, "skipped": ev.skipped}
     result["metrics"] = {**sae_metrics, **metrics}

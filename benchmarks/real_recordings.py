@@ -113,6 +113,7 @@ def unpack(package: str, cache: Path) -> Path:
             run(["apt-get", "download", "-q", package], cwd=debs)
         (deb,) = debs.glob(f"{package}_*.deb")
         tmp = target.with_name(target.name + ".part")
+        tmp.parent.mkdir(parents=True, exist_ok=True)  # dpkg-deb -x makes only the last folder of the path
         run(["dpkg-deb", "-x", str(deb), str(tmp)])
         tmp.rename(target)
     return target

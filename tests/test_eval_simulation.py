@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from and_lightning.analysis.simulation import (
-    RATING_SCHEMA, correlations_of_many, llm_clip_choice, load_or_make_split, make_split, parse_ratings, pearson,
-    score_masks, simulation_report, spearman, text_predictions,
+    RATING_SCHEMA, correlations_of_many, llm_clip_choice, parse_ratings, pearson, simulation_report, spearman,
+    text_predictions,
 )
+from and_lightning.analysis.split import load_or_make_split, make_split, score_masks
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
 from openai_server import OpenAITestServer, last_user_text
 from fakes import FakeBagOfWordsEncoder

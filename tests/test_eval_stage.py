@@ -157,6 +157,7 @@ def test_real_pipeline_descriptions_beat_shuffled_ones(tmp_path, capsys):
         m = res.metrics
         assert m[f"eval/gt/description/{layer}/f1"] > m[f"eval/gt/description/{layer}/f1_shuffled"], layer
         assert m[f"eval/sim/{layer}/pearson"] > m[f"eval/sim/{layer}/pearson_shuffled"], layer
+        assert m[f"eval/det/{layer}/auprc"] > m[f"eval/det/{layer}/auprc_shuffled"], layer
     # Table 2's DB cos_cubed row recomputes what describe stored for the head: the same top-1, well above chance
     top1 = m["eval/last_layer/db/cos_cubed/top1"]
     assert top1 == pytest.approx(100 * out["metrics"]["dissect/last_layer_top1"]) and top1 >= 80.0
@@ -166,9 +167,10 @@ def test_real_pipeline_descriptions_beat_shuffled_ones(tmp_path, capsys):
     assert table[("tab", "-", "False")]["note"] == \
         "skipped: no CLAP audio side in the text encoder (TAB needs text_encoder=clap)"
     assert 0.0 <= m["eval/interp/adj_slope_p"] <= 1.0
-    for name in ("ground_truth_f1", "simulation_pearson", "adjectives_top", "adjectives_per_layer", "uninterpretable"):
+    for name in ("ground_truth_f1", "simulation_pearson", "detection_auprc", "adjectives_top", "adjectives_per_layer",
+                 "uninterpretable"):
         assert Path(res.images[name]).read_bytes()[:4] == b"\x89PNG", name
-    assert Path(res.files["simulation_split"]).parent == folder
+    assert Path(res.files["simulation_split"]).parent == folder and res.files["split"] == res.files["simulation_split"]
     gt_rows = list(csv.DictReader(open(res.files["ground_truth_csv"])))
     assert [(r["layer"], r["field"]) for r in gt_rows] == [(layer, f) for layer in store.layers
                                                            for f in cfg.evaluate.ground_truth.fields]
@@ -188,7 +190,8 @@ def test_dissecting_without_the_head_runs_the_other_tasks_and_says_why_last_laye
     caplog.set_level("INFO")
     cfg = compose_cfg("dissect", tmp_path, ["ckpt_path=null", "model.channels=[4,4,4]", "data.index.clips_per_class=4",
                                             "data.batch_size=10", "logger=none", f"layers=[{','.join(layers)}]"])
-    assert cfg.evaluate.tasks == ["last_layer", "ground_truth", "simulation", "interpretability", "polysemanticity"]
+    assert cfg.evaluate.tasks == ["last_layer", "ground_truth", "simulation", "detection", "interpretability",
+                                  "polysemanticity"]
     out = dissect(cfg)
     reason = f"the output layer 'head' was not dissected (layers: {', '.join(layers)}); add it to layers= for Table 2"
     saved = json.loads((tmp_path / "run" / "evaluate" / "evaluation.json").read_text())
@@ -200,6 +203,7 @@ def test_dissecting_without_the_head_runs_the_other_tasks_and_says_why_last_laye
     assert set(m) == set(out["metrics"]) and not [k for k in m if "last_layer" in k]
     assert {k.split("/")[3] for k in m if k.startswith("eval/gt/")} == set(layers)
     assert {k.split("/")[2] for k in m if k.startswith("eval/sim/")} == set(layers)
+    assert {k.split("/")[2] for k in m if k.startswith("eval/det/")} == set(layers)
     assert {k.split("/")[2] for k in m if k.endswith("/mean_adjectives")} == set(layers)
     for layer in layers:  # no cluster shared by K' top clips implies none shared by more: shares grow with K'
         k3, k4, k5 = (m[f"eval/interp/{layer}/uninterpretable_k{kp}"] for kp in (3, 4, 5))

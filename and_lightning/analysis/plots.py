@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from and_lightning.store.atomic import atomic_path
 
@@ -98,3 +99,17 @@ def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | os.PathLike,
               extent=(0, len(x) / sample_rate, 0, sample_rate / 2))
     ax.set_axis_off()
     return save_png(fig, path, dpi=80, bbox_inches=None)
+
+
+def score_distribution_plot(dists: Mapping[str, tuple[np.ndarray, np.ndarray]], ylabel: str) -> Figure:
+    """Per layer, box plots of a per-unit score: the real descriptions' (blue) beside the shuffled ones' (grey)."""
+    fig, ax, x = _per_layer_axes(list(dists), ylabel, inches_per_label=0.8)
+    for values, shift, color in ((0, -0.2, "#4477aa"), (1, 0.2, "#bbbbbb")):
+        data = [np.asarray(d[values], np.float64) for d in dists.values()]
+        data = [d[np.isfinite(d)] for d in data]
+        parts = ax.boxplot(data, positions=x + shift, widths=0.35, patch_artist=True, manage_ticks=False)
+        for box in parts["boxes"]:
+            box.set_facecolor(color)
+    ax.legend([Rectangle((0, 0), 1, 1, color=c) for c in ("#4477aa", "#bbbbbb")],
+              ["descriptions", "shuffled baseline"], fontsize=8)
+    return fig

@@ -2,19 +2,16 @@
 correlate the prediction with the real activation (Pearson and Spearman), per layer, against the same
 descriptions shuffled among the layer's neurons.
 
-Held out: the probing clips are split once into an explain half and a score half (`make_split`, saved to
-disk by `load_or_make_split`); a neuron is scored on the score clips that were NOT among the top-k / bottom-k
-clips its description was written from. Predictors:
+Held out: the one explain/score split of analysis/split.py (shared with detection and intervention); a neuron is
+scored on the score clips that were NOT among the top-k / bottom-k clips its description was written from.
+Predictors:
 - offline (`text_predictions`): cosine of the text embeddings of the description and each clip's caption;
 - LLM (`llm_predictions`): a 0-10 rating of each clip's caption given the description, as a JSON reply.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from itertools import chain
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -22,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import real_vs_shuffled_plot
-from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
+from and_lightning.analysis.split import held_out_split, score_masks
+from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output
 from and_lightning.store.activations import top_clip_index
-from and_lightning.store.atomic import write_json
-from and_lightning.store.hashing import hash_obj
 
 RATING_SCHEMA = {
     "title": "simulated_activations",
@@ -47,37 +44,6 @@ RATING_SCHEMA = {
 }
 
 
-# ------------------------------------------------------------------------------------------------ the split
-def make_split(clip_ids: Sequence[str], score_fraction: float, seed: int) -> dict[str, Any]:
-    """A fixed random split of the clips into "explain" and "score" (round(score_fraction * N) clips),
-    both kept in the clips' given order; the same ids, fraction and seed always give the same split."""
-    if not 0.0 < score_fraction < 1.0:
-        raise ValueError(f"score_fraction must be in (0, 1), got {score_fraction}")
-    ids = list(clip_ids)
-    if len(set(ids)) != len(ids):
-        raise ValueError("clip ids must be unique")
-    n_score = int(round(score_fraction * len(ids)))
-    chosen = set(np.random.default_rng(seed).permutation(len(ids))[:n_score].tolist())
-    return {"seed": int(seed), "score_fraction": float(score_fraction), "clips_hash": hash_obj(ids),
-            "explain": [c for i, c in enumerate(ids) if i not in chosen],
-            "score": [c for i, c in enumerate(ids) if i in chosen]}
-
-
-def load_or_make_split(folder: str | os.PathLike, clip_ids: Sequence[str], score_fraction: float,
-                       seed: int) -> tuple[dict[str, Any], Path]:
-    """The split saved in `folder` for these clips, fraction and seed (made and saved on first use)."""
-    ids = list(clip_ids)
-    path = Path(folder) / f"split-s{seed}-f{score_fraction:g}-{hash_obj(ids)[:12]}.json"
-    if path.is_file():
-        split = json.loads(path.read_text(encoding="utf-8"))
-        if split.get("clips_hash") != hash_obj(ids) or sorted(split["explain"] + split["score"]) != sorted(ids):
-            raise ValueError(f"{path}: saved split does not cover this store's clips; delete it to make a new one")
-        return split, path
-    split = make_split(ids, score_fraction, seed)
-    write_json(path, split)
-    return split, path
-
-
 # ---------------------------------------------------------------------------------------------- correlation
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson r; NaN when either side is constant or has fewer than 2 values."""
@@ -94,17 +60,6 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rho = Pearson r of the average ranks (ties share their mean rank)."""
     return pearson(rankdata(x), rankdata(y))
-
-
-def score_masks(records: Sequence[Mapping[str, Any]], score_ids: Sequence[str], exclude_described: bool) -> np.ndarray:
-    """bool [M, n] over `score_ids`: the clips each neuron is scored on (not its own top / bottom clips)."""
-    masks = np.ones((len(records), len(score_ids)), bool)
-    if exclude_described:
-        column = {c: j for j, c in enumerate(score_ids)}
-        for m, record in enumerate(records):
-            seen = [column[c] for c in (*record.get("top_clips", []), *record.get("bottom_clips", [])) if c in column]
-            masks[m, seen] = False
-    return masks
 
 
 def _masked_pearson_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -142,29 +97,21 @@ def text_predictions(descriptions: Sequence[str], captions: Sequence[str], encod
     return (d @ c.T).numpy()
 
 
+RATING_SYSTEM = (
+    "You simulate one neuron of an audio classifier. Given an explanation of what the neuron responds to and "
+    "numbered captions of audio clips, predict how strongly the neuron activates on each clip, from 0 (not at all) "
+    'to 10 (as strongly as it ever does). Reply with a JSON object {"ratings": [{"clip": <number>, "rating": '
+    "<0-10>}, ...]} with one entry per clip.")
+
+
 def rating_messages(description: str, captions: Sequence[str]) -> list[dict]:
     """Chat messages asking for a 0-10 activation rating of every numbered caption given a description."""
-    listing = "\n".join(f"{i + 1}. {c}" for i, c in enumerate(captions))
-    return [
-        {"role": "system", "content":
-            "You simulate one neuron of an audio classifier. Given an explanation of what the neuron responds "
-            "to and numbered captions of audio clips, predict how strongly the neuron activates on each clip, "
-            "from 0 (not at all) to 10 (as strongly as it ever does). Reply with a JSON object "
-            '{"ratings": [{"clip": <number>, "rating": <0-10>}, ...]} with one entry per clip.'},
-        {"role": "user", "content": f"Neuron explanation: {description}\n\nClips:\n{listing}"},
-    ]
+    return numbered_messages(RATING_SYSTEM, "Neuron explanation", description, captions)
 
 
 def parse_ratings(reply: Any, n: int) -> np.ndarray:
     """Ratings [n] from a structured reply; clips the reply leaves out (or numbers out of range) are NaN."""
-    if isinstance(reply, str):
-        reply = json.loads(reply)
-    out = np.full(n, np.nan)
-    for item in reply.get("ratings", []):
-        i = int(item["clip"]) - 1
-        if 0 <= i < n:
-            out[i] = float(item["rating"])
-    return out
+    return parse_numbered(reply, n, "ratings", lambda item: float(item["rating"]))
 
 
 def llm_clip_choice(actual: np.ndarray, allowed: np.ndarray, n_clips: int, rng: np.random.Generator) -> np.ndarray:
@@ -181,17 +128,7 @@ def llm_clip_choice(actual: np.ndarray, allowed: np.ndarray, n_clips: int, rng: 
 def llm_predictions(llm: Any, descriptions: Sequence[str], captions: Sequence[str],
                     choices: Sequence[np.ndarray], chunk: int = 20) -> list[np.ndarray]:
     """Per neuron, the LLM's ratings of the captions at its chosen indices (one request per `chunk` clips)."""
-    requests, where = [], []
-    for m, (desc, idx) in enumerate(zip(descriptions, choices)):
-        for start in range(0, len(idx), chunk):
-            part = idx[start:start + chunk]
-            requests.append((rating_messages(desc, [captions[i] for i in part]), RATING_SCHEMA))
-            where.append((m, start, len(part)))
-    replies = llm.complete_many(requests) if requests else []
-    out = [np.full(len(idx), np.nan) for idx in choices]
-    for (m, start, n), reply in zip(where, replies):
-        out[m][start:start + n] = parse_ratings(reply, n)
-    return out
+    return llm_per_clip(llm, descriptions, captions, choices, chunk, rating_messages, RATING_SCHEMA, parse_ratings)
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -260,7 +197,7 @@ def _llm_correlations(llm: Any, descs: Sequence[str], captions: Sequence[str], c
 
 
 class Simulation(Task):
-    """Simulation score on the held-out score clips of a fixed split saved in the dissection folder, against
+    """Simulation score on the held-out score clips of the shared split (analysis/split.py), against
     shuffled descriptions (`simulation_report`); `predictor`: text (offline) or llm (0-10 ratings)."""
 
     needs = ("store", "records", "captions", "encoder")
@@ -271,18 +208,18 @@ class Simulation(Task):
             raise ValueError(f"evaluate.simulation.predictor must be 'text' or 'llm', got {s['predictor']!r}")
         if s["predictor"] == "llm" and ctx.llm is None:
             raise ValueError("evaluate.simulation.predictor=llm needs an LLM (llm=openai or llm=hf)")
-        split, split_path = load_or_make_split(ctx.split_dir, ctx.store.clip_ids, s["score_fraction"], s["split_seed"])
+        split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
         rows, per_neuron = simulation_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],
-            shuffles=s["shuffles"], seed=s["split_seed"], exclude_described=s["exclude_described"],
+            shuffles=s["shuffles"], seed=seed, exclude_described=exclude,
             llm=ctx.llm if s["predictor"] == "llm" else None, llm_clips=s["llm_clips"], llm_chunk=s["llm_chunk"],
             max_neurons_per_layer=s["max_neurons_per_layer"])
         columns = ["layer", "predictor", "pearson", "spearman", "pearson_shuffled", "spearman_shuffled", "neurons",
                    "score_clips"]
         title = f"Simulation score ({s['predictor']} predictor, held-out clips)"
-        return TaskOutput(
-            tables=[Table("simulation", rows, columns, title)],
-            plots={"simulation_pearson": real_vs_shuffled_plot(rows, "pearson", "Pearson r (held-out clips)")},
-            metrics={f"eval/sim/{r['layer']}/{k}": float(r[k]) for r in rows
-                     for k in ("pearson", "spearman", "pearson_shuffled", "spearman_shuffled")},
-            neuron_scores=per_neuron, files={"simulation_split": str(split_path)})
+        out = scorer_output(
+            "simulation", rows, columns, title,
+            {"simulation_pearson": real_vs_shuffled_plot(rows, "pearson", "Pearson r (held-out clips)")}, "sim",
+            ("pearson", "spearman", "pearson_shuffled", "spearman_shuffled"), per_neuron, split_path)
+        out.files["simulation_split"] = str(split_path)
+        return out

@@ -20,10 +20,11 @@ class TaskSkipped(Exception):
 @dataclass
 class EvalContext:
     """What a task may read. store: ActivationStore; records: descriptions.jsonl rows; captions: clip id -> caption;
-    clips: clip id -> ClipRecord; captioner: the run's configured captioner; split_dir: where the simulation's
+    clips: clip id -> ClipRecord; captioner: the run's configured captioner; split_dir: where the scorers'
     explain/score split is kept (the dissection folder, so every evaluation of one dissection scores the same clips);
     audio_embed: () -> CLAP audio embeddings of store.clip_ids, for TAB (its concept side is `encoder`);
-    label_captions: the captions name each clip's class (captioner=labels)."""
+    label_captions: the captions name each clip's class (captioner=labels); model: the dissected target adapter (for
+    scorers that edit its units)."""
 
     store: Any = None
     records: Sequence[Mapping[str, Any]] | None = None
@@ -40,6 +41,7 @@ class EvalContext:
     model_name: str = ""
     seed: int = 0
     label_captions: bool = False
+    model: Any = None
 
     def acts(self) -> dict[str, np.ndarray]:
         """layer -> [N, M] activations, memory-mapped: a layer is read from the store when it is used."""
@@ -79,3 +81,13 @@ class Task:
 
     def run(self, ctx: EvalContext) -> TaskOutput:
         raise NotImplementedError
+
+
+def scorer_output(name: str, rows: list[dict[str, Any]], columns: list[str], title: str, plots: dict[str, Figure],
+                  prefix: str, keys: Sequence[str], neuron_scores: dict[tuple[str, int], dict[str, Any]],
+                  split_path: Path) -> TaskOutput:
+    """What a per-layer description scorer returns: the table `name`, its plots, metrics
+    `eval/<prefix>/<layer>/<key>` for `keys`, the per-unit scores, and the shared split's file as files["split"]."""
+    return TaskOutput(tables=[Table(name, rows, columns, title)], plots=plots,
+                      metrics={f"eval/{prefix}/{r['layer']}/{k}": float(r[k]) for r in rows for k in keys},
+                      neuron_scores=neuron_scores, files={"split": str(split_path)})

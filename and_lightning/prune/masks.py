@@ -9,13 +9,13 @@ AND did with `custom_from_mask`; for BatchNorm its scale and shift) for export.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from and_lightning.models.base import UNIT_MODULES, TargetAdapter, unit_count, unit_dim
-
 
 
 def maskable(module: nn.Module, name: str = "") -> nn.Module:
@@ -80,13 +80,51 @@ class UnitMasks:
                 module.bias[mask.to(module.bias.device)] = 0
 
 
+def _mask_view(mask: torch.Tensor, output: torch.Tensor, dim: int) -> torch.Tensor:
+    """A unit mask, [width] (every row) or [B, width] (per batch row), shaped to broadcast over `output`."""
+    shape = [1] * output.dim()
+    shape[dim] = -1
+    if mask.dim() == 2:
+        shape[0] = mask.shape[0]
+    return mask.to(output.device).view(shape)
+
+
 def _zero_hook(mask: torch.Tensor, dim: int):
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        shape = [1] * output.dim()
-        shape[dim] = -1
-        return output.masked_fill(mask.to(output.device).view(shape), 0)
+        return output.masked_fill(_mask_view(mask, output, dim), 0)
 
     return hook
+
+
+def _scale_hook(mask: torch.Tensor, dim: int, factor: float):
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return torch.where(_mask_view(mask, output, dim), output * factor, output)
+
+    return hook
+
+
+@contextmanager
+def row_unit_edit(adapter: TargetAdapter, layer: str, rows: torch.Tensor, factor: float = 0.0,
+                  repeat: int = 1) -> Iterator[None]:
+    """While inside, scale the units `rows` [B, width] (bool, per batch row) of `layer` by `factor`: 0 zeroes them
+    with the pruning masks' own hook (ablation), another factor amplifies them. Lets one forward pass edit a
+    different unit in each block of rows (the intervention scorer). `repeat` > 1: the forward pass gets B / repeat
+    rows and the layer's output is repeated `repeat` times (blocks in order) before the edit, so the layers before
+    it run once (for models whose later layers do not depend on the input's batch size)."""
+    module = maskable(adapter.layer_module(layer), layer)
+    if rows.dim() != 2 or rows.shape[1] != unit_count(module):
+        raise ValueError(f"layer '{layer}' has {unit_count(module)} units; got a row mask of shape {tuple(rows.shape)}")
+    dim = unit_dim(module)
+    edit = _zero_hook(rows, dim) if factor == 0 else _scale_hook(rows, dim, factor)
+
+    def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return edit(mod, inputs, output.repeat(repeat, *[1] * (output.dim() - 1)) if repeat > 1 else output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()

@@ -1,0 +1,202 @@
+"""Intervention score: does editing a unit change the model's output where its description says it matters?
+
+Per unit, on held-out score clips (the shared split, never its own top / bottom clips): ablate the unit (the pruning
+stage's own mask, prune/masks.py) and, separately, amplify it (`amplify` x its value), and measure how far each
+clip's output distribution moves (KL(p_original || p_edited), `output_change`). The description's text judge
+(analysis/detection.py: cos(description, caption) at the per-unit threshold calibrated on explain clips) splits the
+clips into those it matches and the rest; the effect ratio (judge_metrics.effect_ratio) is the mean change on
+matching clips over the mean change on the others: > 1 when the unit matters where the description says. Reported
+per unit and per layer (median), against the same ratios for the descriptions shuffled among the layer's units (the
+edits are made once; only the matches change). Units are edited `units_per_pass` at a time, one unit per block of
+rows of one forward pass; the layers before the edited one run once per pass when the model allows it
+(`prefix_can_be_shared`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from and_lightning.analysis.detection import calibrated_thresholds, calibration_subset, detection_sample
+from and_lightning.analysis.judge_metrics import effect_ratio
+from and_lightning.analysis.plots import score_distribution_plot
+from and_lightning.analysis.simulation import text_predictions
+from and_lightning.analysis.split import held_out_split, score_masks
+from and_lightning.analysis.task import EvalContext, Task, TaskOutput, TaskSkipped, scorer_output
+from and_lightning.prune.masks import row_unit_edit
+
+log = logging.getLogger(__name__)
+
+
+def output_change(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(base) || softmax(edited)) per row; `edited` [k * n, C] holds k blocks of the n rows of `base`
+    [n, C]; returns [k, n]."""
+    n = base.shape[0]
+    log_p0 = torch.log_softmax(base.double(), -1)
+    log_p = torch.log_softmax(edited.double(), -1).view(-1, n, base.shape[1])
+    return (log_p0.exp() * (log_p0 - log_p)).sum(-1).clamp_min(0.0)
+
+
+@torch.no_grad()
+def unit_changes(adapter: Any, layer: str, units: Sequence[int], waves: torch.Tensor, lengths: torch.Tensor | None,
+                 base: torch.Tensor, factor: float, units_per_pass: int, shared_prefix: bool = False) -> np.ndarray:
+    """[len(units), n] output change of each clip when one unit of `layer` is scaled by `factor` (0: ablated),
+    `units_per_pass` units per forward pass (each in its own block of the n clips' rows). `shared_prefix`: run the
+    layers before `layer` once per pass on the n clips and repeat the layer's output (`row_unit_edit(repeat=)`)."""
+    width = adapter.layers()[layer]
+    out = []
+    for start in range(0, len(units), units_per_pass):
+        chunk = units[start:start + units_per_pass]
+        rows = torch.zeros(len(chunk) * len(waves), width, dtype=torch.bool)
+        for b, u in enumerate(chunk):
+            rows[b * len(waves):(b + 1) * len(waves), u] = True
+        k = len(chunk)
+        with row_unit_edit(adapter, layer, rows, factor, repeat=k if shared_prefix else 1):
+            edited = (adapter.run(waves, lengths) if shared_prefix else
+                      adapter.run(waves.repeat(k, 1), None if lengths is None else lengths.repeat(k)))
+        out.append(output_change(base, edited).numpy())
+    return np.concatenate(out)
+
+
+def prefix_can_be_shared(adapter: Any, layer: str, units: Sequence[int], waves: torch.Tensor,
+                         lengths: torch.Tensor | None, base: torch.Tensor) -> bool:
+    """Whether `shared_prefix` gives the same changes as repeating the input, checked on 2 units and 4 clips of
+    `layer` (models whose later layers read the input's batch size, or fold frames into it, fail it)."""
+    few, n = list(units[:2]), min(4, len(waves))
+    sub = (waves[:n], None if lengths is None else lengths[:n], base[:n])
+    try:
+        shared = unit_changes(adapter, layer, few, *sub, 0.0, len(few), shared_prefix=True)
+    except RuntimeError:
+        return False
+    plain = unit_changes(adapter, layer, few, *sub, 0.0, len(few))
+    return shared.shape == plain.shape and bool(np.allclose(shared, plain, rtol=1e-4, atol=1e-7))
+
+
+def _median(x: np.ndarray) -> float:
+    x = np.asarray(x, np.float64)
+    x = x[~np.isnan(x)]
+    return float(np.median(x)) if x.size else math.nan
+
+
+def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mapping[str, np.ndarray],
+                        clip_ids: Sequence[str], captions: Mapping[str, str], split: Mapping[str, Any], encoder: Any,
+                        adapter: Any, load_waves: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor | None]],
+                        *, field: str = "description", max_clips: int = 64, units_per_pass: int = 16,
+                        amplify: float = 3.0, shuffles: int = 5, seed: int = 0, exclude_described: bool = True,
+                        positive_fraction: float = 0.2, quantiles: int = 4, per_quantile: int = 5,
+                        negatives: str = "random", max_neurons_per_layer: int | None = None,
+                        calibration_clips: int | None = 300,
+                        ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, float]], dict[str, Any]]:
+    """(rows, per_neuron, distributions). Rows, per layer: median over units of the ablation and amplification
+    effect ratios, real and shuffled (`shuffles` permutations pooled), the share of units whose ablation ratio
+    is > 1, the mean matched clips per unit and the seconds per unit. per_neuron[(layer, unit)] =
+    {"int_ablate_ratio", "int_amplify_ratio"}; distributions[layer] = (real, shuffled) per-unit ablation ratios
+    (log10) for the plot. The judge is calibrated as detection's (on `calibration_clips` explain clips).
+    `load_waves(ids)` -> (waves [n, T], lengths [n] or None) at the model's rate."""
+    if max_clips < 3 or units_per_pass < 1 or amplify == 1.0:
+        raise ValueError("evaluate.intervention: need max_clips >= 3, units_per_pass >= 1, amplify != 1; got "
+                         f"{max_clips}, {units_per_pass}, {amplify}")
+    row_of = {c: i for i, c in enumerate(clip_ids)}
+    score_ids = [c for c in split["score"] if c in captions]
+    if len(score_ids) < 3:
+        raise ValueError(f"intervention needs captions of >= 3 score clips, found {len(score_ids)} "
+                         "(caption every clip: describe.closed_set.method=db captions all of them)")
+    if len(score_ids) > max_clips:
+        keep = set(np.random.default_rng([seed, 7]).choice(len(score_ids), max_clips, replace=False).tolist())
+        score_ids = [c for i, c in enumerate(score_ids) if i in keep]
+    explain_ids = calibration_subset([c for c in split["explain"] if c in captions], calibration_clips, seed)
+    captions_used = [captions[c] for c in score_ids + explain_ids]
+    adapter.eval()
+    waves, lengths = load_waves(score_ids)
+    with torch.no_grad():
+        base = adapter.run(waves, lengths)
+
+    def sample(acts: np.ndarray, allowed: np.ndarray, rng: np.random.Generator):
+        return detection_sample(acts, allowed, positive_fraction, quantiles, per_quantile, negatives, rng)
+
+    model_layers = adapter.layers()
+    rows, per_neuron, dists = [], {}, {}
+    for li, (layer, acts) in enumerate(acts_by_layer.items()):
+        recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])[:max_neurons_per_layer]
+        if not recs:
+            continue
+        if layer not in model_layers:
+            log.warning("intervention: layer '%s' is not a layer of the model; skipped", layer)
+            continue
+        started = time.perf_counter()
+        units = [r["unit"] for r in recs]
+        masks = score_masks(recs, score_ids, exclude_described)
+        descs = [str(r.get(field) or "") for r in recs]
+        cos = text_predictions(descs, captions_used, encoder)
+        cos_score, cos_explain = cos[:, :len(score_ids)], cos[:, len(score_ids):]
+        acts_explain = np.asarray(acts, np.float64)[[row_of[c] for c in explain_ids]][:, units]
+        shared = prefix_can_be_shared(adapter, layer, units, waves, lengths, base)
+        changes = {name: unit_changes(adapter, layer, units, waves, lengths, base, factor, units_per_pass, shared)
+                   for name, factor in (("ablate", 0.0), ("amplify", amplify))}
+        rng = np.random.default_rng([seed, li])
+        ratios = []
+        for order in [np.arange(len(recs)), *(rng.permutation(len(recs)) for _ in range(shuffles))]:
+            thresholds = calibrated_thresholds(cos_explain[order], acts_explain, sample,
+                                               np.random.default_rng([seed, li, 1]))
+            match = cos_score[order] >= np.where(np.isnan(thresholds), np.inf, thresholds)[:, None]
+            ratios.append({name: np.array([effect_ratio(c[m, masks[m]], match[m, masks[m]]) for m in range(len(recs))])
+                           for name, c in changes.items()} | {"matched": (match & masks).sum(1)})
+        real, shuffled = ratios[0], ratios[1:]
+        pooled = {name: np.concatenate([s[name] for s in shuffled]) if shuffled else np.full(1, np.nan)
+                  for name in changes}
+        rows.append({"layer": layer, "ablate_ratio": _median(real["ablate"]),
+                     "ablate_ratio_shuffled": _median(pooled["ablate"]), "amplify_ratio": _median(real["amplify"]),
+                     "amplify_ratio_shuffled": _median(pooled["amplify"]),
+                     "ablate_above_1": float(np.mean(real["ablate"] > 1.0)),
+                     "ablate_above_1_shuffled": float(np.mean(pooled["ablate"] > 1.0)),
+                     "matched_per_unit": float(real["matched"].mean()), "clips": len(score_ids), "neurons": len(recs),
+                     "seconds_per_unit": (time.perf_counter() - started) / len(recs)})
+        per_neuron.update({(layer, u): {"int_ablate_ratio": float(a), "int_amplify_ratio": float(b)}
+                           for u, a, b in zip(units, real["ablate"], real["amplify"])})
+        with np.errstate(divide="ignore"):
+            dists[layer] = (np.log10(real["ablate"]), np.log10(pooled["ablate"]))
+    return rows, per_neuron, dists
+
+
+class Intervention(Task):
+    """Intervention score (`intervention_report`) of the dissected model (`EvalContext.model`) on the shared
+    held-out split; ablation uses the pruning stage's unit masks."""
+
+    needs = ("store", "records", "captions", "clips", "encoder", "model")
+
+    def run(self, ctx: EvalContext) -> TaskOutput:
+        from and_lightning.data.clips import ClipDataset
+
+        s = self.settings
+        split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
+        pre = ctx.store.manifest["preprocessing"]
+        if pre.get("pre_activation"):
+            raise TaskSkipped("the dissection recorded pre-activation values (describe.faithful); intervention edits "
+                              "the units the next layer reads")
+
+        def load_waves(ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            items = [ClipDataset([ctx.clips[c] for c in ids], pre["sample_rate"], pre["clip_seconds"])[i]
+                     for i in range(len(ids))]
+            return torch.stack([x["audio"] for x in items]), torch.stack([x["length"] for x in items])
+
+        rows, per_neuron, dists = intervention_report(
+            ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, ctx.model, load_waves,
+            field=s["field"], max_clips=s["max_clips"], units_per_pass=s["units_per_pass"], amplify=s["amplify"],
+            shuffles=s["shuffles"], seed=seed, exclude_described=exclude, positive_fraction=s["positive_fraction"],
+            quantiles=s["quantiles"], per_quantile=s["per_quantile"], negatives=s["negatives"],
+            max_neurons_per_layer=s["max_neurons_per_layer"], calibration_clips=s["calibration_clips"])
+        if not rows:
+            raise TaskSkipped("no dissected layer is a layer of the model")
+        columns = ["layer", "ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled",
+                   "ablate_above_1", "ablate_above_1_shuffled", "matched_per_unit", "clips", "neurons",
+                   "seconds_per_unit"]
+        title = (f"Intervention effect ratio (median per layer; output KL on clips the description matches / the "
+                 f"others; ablation and x{s['amplify']:g}; chance = 1)")
+        plots = {"intervention_ablate": score_distribution_plot(dists, "log10 ablation effect ratio per unit")}
+        return scorer_output("intervention", rows, columns, title, plots, "int",
+                             ("ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled"),
+                             per_neuron, split_path)

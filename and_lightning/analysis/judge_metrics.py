@@ -1,0 +1,72 @@
+"""The math of the description scorers as small pure functions (NumPy, one unit at a time): average precision
+(AUPRC), F1 at a judge's threshold, the threshold of best balanced accuracy, recall per activation quantile, and the intervention's
+effect ratio. Each returns NaN when its inputs leave it undefined (no positives, nothing sampled)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUPRC as average precision, sum over distinct score thresholds t (high to low) of (R_t - R_prev) * P_t,
+    predicting "yes" for score >= t (tied scores enter together, so a constant judge gets the positive rate)."""
+    s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"average_precision needs two 1-D arrays of one length, got {s.shape} and {y.shape}")
+    positives = int(y.sum())
+    if positives == 0:
+        return math.nan
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[s[1:] != s[:-1], True]  # the last index of each run of tied scores
+    tp = np.cumsum(y)[last]
+    seen = np.flatnonzero(last) + 1
+    recall = tp / positives
+    precision = tp / seen
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of yes/no predictions against the labels: 2 TP / (2 TP + FP + FN); NaN when both are all "no"."""
+    p, y = np.asarray(predicted, bool), np.asarray(labels, bool)
+    tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
+    return 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else math.nan
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold t (one of the scores; "yes" = score >= t) with the highest balanced accuracy (TPR + TNR) / 2
+    on these labels, the highest such t on ties; NaN when there are no scores or no positives. (The text judge's
+    calibration on explain clips; F1 would favour saying "yes" to every clip, which scores 2/3 on a balanced set.)"""
+    s, y = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    if not s.size or not y.any():
+        return math.nan
+    candidates = np.unique(s)[::-1]
+    yes = s[None, :] >= candidates[:, None]
+    tnr = (~yes[:, ~y]).mean(axis=1) if (~y).any() else np.zeros(len(candidates))
+    return float(candidates[int(np.argmax(yes[:, y].mean(axis=1) + tnr))])
+
+
+def recall_per_quantile(predicted: np.ndarray, quantile: np.ndarray, quantiles: int) -> np.ndarray:
+    """[quantiles] share of the positives of each activation quantile (quantile[i] in 0..quantiles-1, 0 = the top;
+    -1 = a negative) judged "yes"; NaN for a quantile with no clips."""
+    p, q = np.asarray(predicted, bool), np.asarray(quantile, int)
+    out = np.full(quantiles, np.nan)
+    for k in range(quantiles):
+        if (q == k).any():
+            out[k] = float(p[q == k].mean())
+    return out
+
+
+def effect_ratio(change: np.ndarray, match: np.ndarray) -> float:
+    """mean(change on clips the description matches) / mean(change on the others). A description that matches all
+    or none of the clips separates nothing: 1.0 (chance), as when both means are 0; inf when only the others are 0."""
+    c, m = np.asarray(change, np.float64), np.asarray(match, bool)
+    if c.shape != m.shape or c.ndim != 1:
+        raise ValueError(f"effect_ratio needs two 1-D arrays of one length, got {c.shape} and {m.shape}")
+    if m.all() or not m.any():
+        return 1.0
+    on, off = float(c[m].mean()), float(c[~m].mean())
+    if off == 0.0:
+        return 1.0 if on == 0.0 else math.inf
+    return on / off
