@@ -24,7 +24,7 @@ from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, pa
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import nanmean, text_predictions
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output
+from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output, text_or_llm
 
 JUDGE_SCHEMA = {
     "title": "detection_judgements",
@@ -206,10 +206,7 @@ class Detection(Task):
 
     def run(self, ctx: EvalContext) -> TaskOutput:
         s = self.settings
-        if s["judge"] not in ("text", "llm"):
-            raise ValueError(f"evaluate.detection.judge must be 'text' or 'llm', got {s['judge']!r}")
-        if s["judge"] == "llm" and ctx.llm is None:
-            raise ValueError("evaluate.detection.judge=llm needs an LLM (llm=openai or llm=hf)")
+        text_or_llm("evaluate.detection.judge", s["judge"], ctx.llm)
         split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
         rows, per_neuron, dists = detection_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],

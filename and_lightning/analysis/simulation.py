@@ -22,7 +22,7 @@ from scipy.stats import rankdata
 from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import real_vs_shuffled_plot
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output
+from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output, text_or_llm
 from and_lightning.store.activations import top_clip_index
 
 RATING_SCHEMA = {
@@ -204,10 +204,7 @@ class Simulation(Task):
 
     def run(self, ctx: EvalContext) -> TaskOutput:
         s = self.settings
-        if s["predictor"] not in ("text", "llm"):
-            raise ValueError(f"evaluate.simulation.predictor must be 'text' or 'llm', got {s['predictor']!r}")
-        if s["predictor"] == "llm" and ctx.llm is None:
-            raise ValueError("evaluate.simulation.predictor=llm needs an LLM (llm=openai or llm=hf)")
+        text_or_llm("evaluate.simulation.predictor", s["predictor"], ctx.llm)
         split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
         rows, per_neuron = simulation_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],

@@ -91,3 +91,13 @@ def scorer_output(name: str, rows: list[dict[str, Any]], columns: list[str], tit
     return TaskOutput(tables=[Table(name, rows, columns, title)], plots=plots,
                       metrics={f"eval/{prefix}/{r['layer']}/{k}": float(r[k]) for r in rows for k in keys},
                       neuron_scores=neuron_scores, files={"split": str(split_path)})
+
+
+def text_or_llm(setting: str, value: Any, llm: Any) -> str:
+    """A scorer's judge: 'text' (the offline text encoder) or 'llm' (needs a configured LLM); one-line errors that
+    name the setting (e.g. `evaluate.detection.judge`)."""
+    if value not in ("text", "llm"):
+        raise ValueError(f"{setting} must be 'text' or 'llm', got {value!r}")
+    if value == "llm" and llm is None:
+        raise ValueError(f"{setting}=llm needs an LLM (llm=openai or llm=hf)")
+    return value
