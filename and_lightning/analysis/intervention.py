@@ -93,7 +93,7 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
                         ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, float]], dict[str, Any]]:
     """(rows, per_neuron, distributions). Rows, per layer: median over units of the ablation and amplification
     effect ratios, real and shuffled (`shuffles` permutations pooled), the share of units whose ablation ratio
-    is > 1, the mean matched clips per unit and the seconds per unit. per_neuron[(layer, unit)] =
+    is > 1 and the mean matched clips per unit (the seconds per unit are logged). per_neuron[(layer, unit)] =
     {"int_ablate_ratio", "int_amplify_ratio"}; distributions[layer] = (real, shuffled) per-unit ablation ratios
     (log10) for the plot. The judge is calibrated as detection's (on `calibration_clips` explain clips).
     `load_waves(ids)` -> (waves [n, T], lengths [n] or None) at the model's rate."""
@@ -153,8 +153,8 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
                      "amplify_ratio_shuffled": _median(pooled["amplify"]),
                      "ablate_above_1": float(np.mean(real["ablate"] > 1.0)),
                      "ablate_above_1_shuffled": float(np.mean(pooled["ablate"] > 1.0)),
-                     "matched_per_unit": float(real["matched"].mean()), "clips": len(score_ids), "neurons": len(recs),
-                     "seconds_per_unit": (time.perf_counter() - started) / len(recs)})
+                     "matched_per_unit": float(real["matched"].mean()), "clips": len(score_ids), "neurons": len(recs)})
+        log.info("intervention: layer %s, %.3f s per unit", layer, (time.perf_counter() - started) / len(recs))
         per_neuron.update({(layer, u): {"int_ablate_ratio": float(a), "int_amplify_ratio": float(b)}
                            for u, a, b in zip(units, real["ablate"], real["amplify"])})
         with np.errstate(divide="ignore"):
@@ -192,8 +192,7 @@ class Intervention(Task):
         if not rows:
             raise TaskSkipped("no dissected layer is a layer of the model")
         columns = ["layer", "ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled",
-                   "ablate_above_1", "ablate_above_1_shuffled", "matched_per_unit", "clips", "neurons",
-                   "seconds_per_unit"]
+                   "ablate_above_1", "ablate_above_1_shuffled", "matched_per_unit", "clips", "neurons"]
         title = (f"Intervention effect ratio (median per layer; output KL on clips the description matches / the "
                  f"others; ablation and x{s['amplify']:g}; chance = 1)")
         plots = {"intervention_ablate": score_distribution_plot(dists, "log10 ablation effect ratio per unit")}
