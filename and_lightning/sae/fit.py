@@ -124,7 +124,8 @@ def fit_sae(cfg: DictConfig, adapter: TargetAdapter, store_key: str, layer: str,
     sae = SparseAutoencoder(**settings)
     module = SAEModule(sae, sc.lr, sc.dead_after)
     loggers = build_loggers(OmegaConf.merge(cfg, {"run_name": f"{cfg.run_name}-sae-{layer}", "task_name": "sae"}))
-    trainer = L.Trainer(max_epochs=sc.epochs, accelerator="cpu", devices=1, logger=loggers or False,
+    trainer = L.Trainer(max_epochs=sc.epochs, accelerator=cfg.trainer.get("accelerator", "auto"), devices=1,
+                        logger=loggers or False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         deterministic=True)
     gen = torch.Generator().manual_seed(sc.seed)
@@ -135,8 +136,8 @@ def fit_sae(cfg: DictConfig, adapter: TargetAdapter, store_key: str, layer: str,
         finish_wandb()
     metrics = {**module.final, "sae/features": settings["d_sae"], "sae/k": settings["k"],
                "sae/train_positions": len(fit), "sae/heldout_positions": len(val)}
-    sae.eval().save(folder / "sae.pt")
     write_json(folder / "metrics.json", {**metrics, "layer": layer, **settings, **train})
+    sae.eval().cpu().save(folder / "sae.pt")  # last: its presence marks a complete cache entry
     log.info("SAE of %s trained: %s", layer, metrics)
     return sae, metrics
 
