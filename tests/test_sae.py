@@ -11,7 +11,9 @@ import torch
 
 from and_lightning.models.cnn import SmallCNN
 from and_lightning.prune.masks import UnitMasks
-from and_lightning.sae.fit import SAEModule, check_sae_layers, fvu
+from and_lightning.data.audio_io import save_audio
+from and_lightning.data.clips import ClipRecord
+from and_lightning.sae.fit import SAEModule, check_sae_layers, fvu, layer_positions
 from and_lightning.sae.model import SparseAutoencoder, sae_settings
 from and_lightning.sae.splice import SplicedAdapter
 
@@ -103,6 +105,27 @@ def test_batchtopk_codes_do_not_depend_on_the_batch(cnn_and_positions):
         codes = sae.encode(cnn_and_positions[2])
         torch.testing.assert_close(sae.encode(cnn_and_positions[2][:5]), codes[:5])
         assert 0 < (codes > 0).sum(-1).float().mean() < 32
+
+
+def test_training_positions_are_a_seeded_uniform_subset_kept_while_streaming(cnn_and_positions, tmp_path):
+    cnn, wave, _ = cnn_and_positions
+    records = []
+    for i, w in enumerate(wave):
+        save_audio(tmp_path / f"{i}.wav", w, 16000)
+        records.append(ClipRecord(str(i), str(tmp_path / f"{i}.wav"), 0, 0))
+    every = layer_positions(cnn, records, 16000, 1.0, "conv2", 1, 10 ** 6, seed=0)
+    per_clip = len(every) // len(records)
+    assert every.shape == (len(records) * per_clip, 8)
+
+    # a subset smaller than one clip's positions, streamed one clip per batch: rows of the full set, in clip
+    # order, from every clip (not only the first ones), the same for the same seed, other rows for another
+    kept = layer_positions(cnn, records, 16000, 1.0, "conv2", 1, per_clip // 2, seed=0)
+    rows = [int(torch.nonzero((every == r).all(dim=1))[0]) for r in kept]
+    assert len(kept) == per_clip // 2 and rows == sorted(rows)
+    assert {r // per_clip for r in rows} == set(range(len(records)))
+    assert torch.allclose(kept, layer_positions(cnn, records, 16000, 1.0, "conv2", 3, per_clip // 2, seed=0),
+                          atol=1e-5)  # batch size changes the conv sums in the last bits only
+    assert not torch.equal(kept, layer_positions(cnn, records, 16000, 1.0, "conv2", 1, per_clip // 2, seed=1))
 
 
 def test_bad_sae_settings_name_the_field():

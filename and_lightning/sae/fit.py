@@ -28,6 +28,7 @@ from and_lightning.store.hashing import hash_obj
 from and_lightning.tracking import build_loggers, finish_wandb
 
 log = logging.getLogger(__name__)
+POSITIONS = "streamed-random-keys"  # how training positions are chosen (in the cache key: a change retrains)
 
 
 def check_sae_layers(spec: Any) -> list[str]:
@@ -44,21 +45,38 @@ def check_sae_layers(spec: Any) -> list[str]:
 def layer_positions(adapter: TargetAdapter, records: Sequence[ClipRecord], sample_rate: int, clip_seconds: float,
                     layer: str, batch_size: int, max_tokens: int, seed: int) -> torch.Tensor:
     """float32 [tokens, units]: the output of `layer` at every position of every clip (module output, before the
-    layer's activation), at most `max_tokens` of them (a seeded random subset)."""
-    module, rows = adapter.layer_module(layer), []
-    handle = module.register_forward_hook(
-        lambda m, args, out: rows.append(out.detach().movedim(unit_dim(m), -1).reshape(-1, out.shape[unit_dim(m)])))
+    layer's activation), in clip order; at most `max_tokens` of them, a seeded uniform random subset kept while
+    streaming (each position gets a random key, the `max_tokens` largest keys stay), so memory is bounded by
+    twice `max_tokens` plus one batch whatever the number of clips."""
+    module, gen = adapter.layer_module(layer), torch.Generator().manual_seed(seed)
+    pool: dict[str, list[torch.Tensor]] = {"rows": [], "keys": [], "index": []}
+    seen = 0
+
+    def keep_best(limit: int) -> None:  # the `limit` positions with the largest keys stay, as one chunk each
+        parts = {name: torch.cat(chunks) for name, chunks in pool.items()}
+        best = parts["keys"].topk(min(limit, len(parts["keys"]))).indices
+        pool.update({name: [part[best]] for name, part in parts.items()})
+
+    def hook(m: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+        nonlocal seen
+        rows = out.detach().movedim(unit_dim(m), -1).reshape(-1, out.shape[unit_dim(m)]).float().cpu()
+        pool["rows"].append(rows)
+        pool["keys"].append(torch.rand(len(rows), generator=gen))
+        pool["index"].append(torch.arange(seen, seen + len(rows)))
+        seen += len(rows)
+        if sum(map(len, pool["keys"])) > 2 * max_tokens:
+            keep_best(max_tokens)
+
+    handle = module.register_forward_hook(hook)
     try:
         adapter.eval()
         for batch in DataLoader(ClipDataset(records, sample_rate, clip_seconds), batch_size=batch_size):
             adapter.run(batch["audio"], batch.get("length"))
     finally:
         handle.remove()
-    tokens = torch.cat(rows).float()
-    if len(tokens) > max_tokens:
-        keep = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))[:max_tokens]
-        tokens = tokens[keep.sort().values]
-    return tokens
+    keep_best(max_tokens)
+    (rows,), (index,) = pool["rows"], pool["index"]
+    return rows[index.argsort()]
 
 
 class SAEModule(L.LightningModule):
@@ -111,7 +129,7 @@ def fit_sae(cfg: DictConfig, adapter: TargetAdapter, store_key: str, layer: str,
     sc = cfg.sae
     settings = sae_settings(sc, adapter.layers()[layer])
     train = {k: sc[k] for k in ("lr", "epochs", "batch_size", "max_tokens", "dead_after", "seed")}
-    folder = Path(cfg.paths.cache_dir) / "sae" / hash_obj([store_key, layer, settings, train])[:16]
+    folder = Path(cfg.paths.cache_dir) / "sae" / hash_obj([store_key, layer, settings, train, POSITIONS])[:16]
     if (folder / "sae.pt").is_file():
         log.info("SAE of %s: reusing %s", layer, folder)
         return SparseAutoencoder.load(folder / "sae.pt"), json.loads((folder / "metrics.json").read_text())
