@@ -1,5 +1,5 @@
 """`describe.faithful=true` against the ORIGINAL AND code (Trustworthy-ML-Lab/Audio_Network_Dissection @ 5f370c3),
-bit for bit (issue 11 item 5).
+to float32 rounding (issue 11 item 5).
 
 Every reference below was produced by running the original's own code on the inputs of this file (torch 2.11,
 CPU), not by this project: `similarity.py` verbatim; DB as `data_utils.get_similarity_from_descriptions` +
@@ -8,7 +8,9 @@ per neuron on its top-5 clips, or all clips for the head, in descending activati
 `utils.get_similarity_from_activations` (P = cosines, one call for the whole layer); rankings by
 `get_clip_prediction`'s `torch.topk`; rank_reorder's shuffles after `torch.manual_seed(0)`; Module B with
 `sentence_utils.tokenize_summary` / `remove_mutual_information` under NLTK's Punkt English model; OCP as
-`pruning/close_neuron_class.py`. Scores are compared exactly (NaN and -inf included).
+`pruning/close_neuron_class.py`. Rankings and concept picks are compared exactly; scores to float32 rounding
+(NaN and -inf included): they were bit-identical on the machine that made them, but float32 sums and matmuls
+differ in their last bits between CPUs (vector width), up to 1.2e-5 relative seen for softmax(100 cos).
 """
 import pytest
 import torch
@@ -127,8 +129,9 @@ def _t(x):
     return torch.tensor(x, dtype=torch.float32)
 
 
-def _exact(actual, expected):
-    torch.testing.assert_close(actual, _t(expected), rtol=0, atol=0, equal_nan=True)
+def _close(actual, expected):
+    """Equal up to float32 rounding across CPUs (see the module docstring)."""
+    torch.testing.assert_close(actual, _t(expected), rtol=2e-5, atol=1e-6, equal_nan=True)
 
 
 def _params(name):
@@ -137,8 +140,8 @@ def _params(name):
 
 
 def test_concept_matrices_match_the_original():
-    _exact(db_probs(_t(CAPTION_EMB), _t(CONCEPT_EMB), scale=100.0), P_DB)
-    _exact(tab_scores_matrix(_t(AUDIO_EMB), _t(CONCEPT_EMB)), P_TAB)
+    _close(db_probs(_t(CAPTION_EMB), _t(CONCEPT_EMB), scale=100.0), P_DB)
+    _close(tab_scores_matrix(_t(AUDIO_EMB), _t(CONCEPT_EMB)), P_TAB)
 
 
 @pytest.mark.parametrize("name", list(SIMILARITIES))
@@ -146,8 +149,8 @@ def test_similarity_functions_and_tab_match_the_original(name):
     # TAB is one call per layer on the CLAP cosines, so this is each similarity function AND the TAB method;
     # rank_reorder's last neuron has a negative mean score on its top clips for every concept: relu -> -inf
     S = scores_from_p(_t(ACTS), _t(P_TAB), name, p_is_prob=False, faithful=True, **_params(name))
-    _exact(S, TAB[name])
-    _exact(similarity(name, _t(P_TAB), _t(ACTS), faithful=True, **_params(name)), TAB[name])
+    _close(S, TAB[name])
+    _close(similarity(name, _t(P_TAB), _t(ACTS), faithful=True, **_params(name)), TAB[name])
 
 
 @pytest.mark.parametrize("head", [False, True], ids=["hidden_top5", "head_all_clips"])
@@ -158,7 +161,7 @@ def test_db_matches_the_original(name, head):
     ref, ranked = (DB_HEAD if head else DB_HIDDEN)[name]
     S = scores_from_p(_t(ACTS), _t(P_DB), name, p_is_prob=True, faithful=True, faithful_top_k=None if head else 5,
                       **_params(name))
-    _exact(S, ref)
+    _close(S, ref)
     assert [[CONCEPTS.index(c) for c, _ in row] for row in top_concepts(S, CONCEPTS, k=2, faithful=True)] == ranked
 
 
