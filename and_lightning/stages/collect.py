@@ -62,6 +62,7 @@ def collect_activations(
     shard_rows: int | None = None,
     reuse_only: bool = False,
     pre_activation: bool = False,
+    peak_times: bool = False,
 ) -> Path:
     """Collect activations of `layers` over every clip of `dataset` (in its order); return the store's path.
 
@@ -82,6 +83,8 @@ def collect_activations(
     - `reuse_only`: return an existing store, never collect (FileNotFoundError when there is none).
     - `pre_activation`: record layer outputs before their activation (faithful runs), not as the next layer
       reads them (see `TargetAdapter.unit_view`).
+    - `peak_times`: also record each unit's peak frame time per clip (`ActivationStore.peak`; part of the store
+      key only when set).
     Raises, before writing anything: UnknownLayerError (with the available names), ValueError for no clips or
     bad arguments, FileNotFoundError for a missing checkpoint or clip file.
     """
@@ -95,12 +98,14 @@ def collect_activations(
                          f"{clip_seconds}, {batch_size}, {top_k}, {shard_rows}")
     if checkpoint is not None:
         load_weights(adapter, load_checkpoint(checkpoint, "checkpoint")["state_dict"], f"checkpoint: {checkpoint}")
-    probe = ProbeModule(adapter, model_order(adapter, layers), reduction, pre_activation)
+    probe = ProbeModule(adapter, model_order(adapter, layers), reduction, pre_activation, peak_times)
     for name in probe.layer_names:
         if "/" in name or "\\" in name or name in (".", ".."):
             raise ValueError(f"layer name '{name}' cannot name a folder (layer=<name>/ in the store)")
     preprocessing = {"sample_rate": sample_rate, "clip_seconds": float(clip_seconds),
                      "num_samples": int(round(clip_seconds * sample_rate)), "pre_activation": bool(pre_activation)}
+    if peak_times:
+        preprocessing["peak_times"] = True
     model_hash, dataset_hash = model_fingerprint(adapter), dataset_fingerprint(records)
     key = store_key(model_hash, dataset_hash, probe.layer_names, reduction, preprocessing)
     store = Path(store_root) / key
@@ -130,7 +135,7 @@ def collect_activations(
         remaining = np.flatnonzero(~finished_rows(shard_dir, len(records)))
         log.info("collecting %d of %d clips into %s", len(remaining), len(records), store)
         writer = ActivationWriter(shard_dir, {r.clip_id: i for i, r in enumerate(records)}, probe.widths,
-                                  shard_rows or default_shard_rows(probe.widths, batch_size))
+                                  shard_rows or default_shard_rows(probe.widths, batch_size), peak_times)
         trainer = L.Trainer(**_trainer_kwargs(trainer_kwargs, writer, progress))
         loader = DataLoader(Subset(ClipDataset(records, sample_rate, clip_seconds), remaining.tolist()),
                             batch_size=batch_size, shuffle=False, num_workers=num_workers)
