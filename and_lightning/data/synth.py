@@ -125,7 +125,7 @@ def generate_synth(
         },
     }
     params_hash = hash_obj(params)
-    cached = _load_manifest(root, params_hash)
+    cached = load_manifest(root, params_hash)
     if cached is not None:
         return cached
 
@@ -140,14 +140,14 @@ def generate_synth(
             meta = draw_params(rng, source, clip_seconds)
             save_audio(root / rel, render(meta, rng, sample_rate, clip_seconds), sample_rate)
             clips.append({"clip_id": clip_id, "path": rel, "label": label, "fold": i % num_folds + 1, "meta": meta})
-    _remove_stale_audio(root, {c["path"] for c in clips})
+    remove_stale_audio(root, {c["path"] for c in clips})
     manifest = {"params": params, "params_hash": params_hash, "class_names": SOURCES,
                 "attributes": ATTRIBUTES, "clips": clips}
     write_json(manifest_path, manifest)
     return _index(root, manifest)
 
 
-def _load_manifest(root: Path, params_hash: str) -> DatasetIndex | None:
+def load_manifest(root: Path, params_hash: str) -> DatasetIndex | None:
     """The cached set if `root` holds a readable manifest for `params_hash` whose audio files all exist."""
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
@@ -162,14 +162,16 @@ def _load_manifest(root: Path, params_hash: str) -> DatasetIndex | None:
 
 
 def _index(root: Path, manifest: dict[str, Any]) -> DatasetIndex:
+    """The index of a manifest (named by its "name", "synth" when it has none)."""
     records = [
         ClipRecord(c["clip_id"], str(root / c["path"]), int(c["label"]), int(c["fold"]), dict(c["meta"]))
         for c in manifest["clips"]
     ]
-    return DatasetIndex(name="synth", records=records, class_names=list(manifest["class_names"]))
+    return DatasetIndex(name=manifest.get("name", "synth"), records=records,
+                        class_names=list(manifest["class_names"]))
 
 
-def _remove_stale_audio(root: Path, keep: set[str]) -> None:
+def remove_stale_audio(root: Path, keep: set[str]) -> None:
     """Delete clips left by an earlier generation with other parameters (e.g. more clips per class)."""
     for path in (root / "audio").glob("*/synth-*.wav"):
         if path.relative_to(root).as_posix() not in keep:
