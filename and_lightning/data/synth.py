@@ -103,12 +103,7 @@ def generate_synth(
     num_folds: int = 5,
 ) -> DatasetIndex:
     """Generate (or load from `root`, when already generated with the same parameters) the synthetic set."""
-    if clips_per_class < 1 or num_folds < 1:
-        raise ValueError(f"clips_per_class and num_folds must be >= 1, got {clips_per_class}, {num_folds}")
-    if sample_rate < 16000:
-        raise ValueError(f"sample_rate must be >= 16000 (the high pitch band reaches 7.5 kHz), got {sample_rate}")
-    if clip_seconds < 0.5:
-        raise ValueError(f"clip_seconds must be >= 0.5, got {clip_seconds}")
+    check_params(clips_per_class, num_folds, sample_rate, clip_seconds, "clip_seconds")
     root = Path(root)
     params = {
         "generator_version": GENERATOR_VERSION,
@@ -145,6 +140,17 @@ def generate_synth(
                 "attributes": ATTRIBUTES, "clips": clips}
     write_json(manifest_path, manifest)
     return _index(root, manifest)
+
+
+def check_params(clips_per_class: int, num_folds: int, sample_rate: int, seconds: float, seconds_name: str) -> None:
+    """Refuse settings the generator cannot honour (ValueError naming the setting); `seconds`: a rendered clip's
+    length, called `seconds_name`."""
+    if clips_per_class < 1 or num_folds < 1:
+        raise ValueError(f"clips_per_class and num_folds must be >= 1, got {clips_per_class}, {num_folds}")
+    if sample_rate < 16000:
+        raise ValueError(f"sample_rate must be >= 16000 (the high pitch band reaches 7.5 kHz), got {sample_rate}")
+    if seconds < 0.5:
+        raise ValueError(f"{seconds_name} must be >= 0.5, got {seconds}")
 
 
 def load_manifest(root: Path, params_hash: str) -> DatasetIndex | None:

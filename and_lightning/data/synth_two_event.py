@@ -20,7 +20,7 @@ import numpy as np
 from and_lightning.data.audio_io import save_audio
 from and_lightning.data.clips import ClipRecord, DatasetIndex
 from and_lightning.data.synth import (
-    ATTRIBUTES, MANIFEST, SOURCES, draw_params, load_manifest, remove_stale_audio, render,
+    ATTRIBUTES, MANIFEST, SOURCES, check_params, draw_params, load_manifest, remove_stale_audio, render,
 )
 from and_lightning.store.atomic import write_json
 from and_lightning.store.hashing import hash_obj
@@ -39,11 +39,10 @@ def generate_two_event(
     num_folds: int = 5,
 ) -> DatasetIndex:
     """Generate (or load from `root`, when already generated with the same parameters) the two-event set."""
-    if clips_per_class < 1 or num_folds < 1:
-        raise ValueError(f"clips_per_class and num_folds must be >= 1, got {clips_per_class}, {num_folds}")
-    if event_seconds < 0.5 or clip_seconds < 2 * event_seconds:
-        raise ValueError(f"need event_seconds >= 0.5 and clip_seconds >= 2 * event_seconds (two slots), got "
-                         f"event_seconds={event_seconds}, clip_seconds={clip_seconds}")
+    check_params(clips_per_class, num_folds, sample_rate, event_seconds, "event_seconds")
+    if clip_seconds < 2 * event_seconds:
+        raise ValueError(f"need clip_seconds >= 2 * event_seconds (two slots), got clip_seconds={clip_seconds}, "
+                         f"event_seconds={event_seconds}")
     root = Path(root)
     params = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "clips_per_class": int(clips_per_class),
               "sample_rate": int(sample_rate), "clip_seconds": float(clip_seconds),
