@@ -85,6 +85,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage not in ("all", *STAGES):
         raise ValueError(f"stage={cfg.stage}: expected one of all, {', '.join(STAGES)}")
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
+    windows = window_seconds(cfg)
     if "describe" in stages:
         require_audio_side(cfg.describe.closed_set.method, get_class(cfg.text_encoder._target_))
     L.seed_everything(cfg.seed, workers=True)
@@ -102,7 +103,6 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     if cfg.describe.k > len(records):
         raise ValueError(f"describe.k={cfg.describe.k}: expected at most the number of probing clips ({len(records)})")
     class_names = class_names or data.class_names
-    windows = window_seconds(cfg)
     collect = lambda model, names: ActivationStore.open(collect_activations(  # noqa: E731
         model, records, data.sample_rate, data.clip_seconds, names, cfg.reduction, cfg.store_dir,
         batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, trainer_kwargs=cfg.trainer,

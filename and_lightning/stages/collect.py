@@ -40,7 +40,7 @@ from and_lightning.store.hashing import hash_file, hash_obj
 
 log = logging.getLogger(__name__)
 
-SHARD_BYTES = 16 << 20  # float32 rows (values + tie-break) buffered per rank before a shard is committed ...
+SHARD_BYTES = 16 << 20  # float32 rows (values + tie-break [+ peak times]) buffered per rank before a shard is committed ...
 MAX_SHARD_ROWS = 4096  # ... and at most this many, so a killed run loses little work
 
 
@@ -135,7 +135,8 @@ def collect_activations(
         remaining = np.flatnonzero(~finished_rows(shard_dir, len(records)))
         log.info("collecting %d of %d clips into %s", len(remaining), len(records), store)
         writer = ActivationWriter(shard_dir, {r.clip_id: i for i, r in enumerate(records)}, probe.widths,
-                                  shard_rows or default_shard_rows(probe.widths, batch_size), peak_times)
+                                  shard_rows or default_shard_rows(probe.widths, batch_size, 2 + peak_times),
+                                  peak_times)
         trainer = L.Trainer(**_trainer_kwargs(trainer_kwargs, writer, progress))
         loader = DataLoader(Subset(ClipDataset(records, sample_rate, clip_seconds), remaining.tolist()),
                             batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -194,8 +195,9 @@ def model_order(adapter: TargetAdapter, layers: Sequence[str]) -> list[str]:
     return sorted(layers, key=order.__getitem__)
 
 
-def default_shard_rows(widths: Mapping[str, int], batch_size: int) -> int:
-    rows = min(MAX_SHARD_ROWS, SHARD_BYTES // (8 * max(1, sum(widths.values()))))  # two float32 values per unit
+def default_shard_rows(widths: Mapping[str, int], batch_size: int, matrices: int = 2) -> int:
+    """Rows per shard: `matrices` float32 values per unit (values and tie-break statistic, and peak times)."""
+    rows = min(MAX_SHARD_ROWS, SHARD_BYTES // (4 * matrices * max(1, sum(widths.values()))))
     return max(batch_size, rows // batch_size * batch_size)
 
 
