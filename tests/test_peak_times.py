@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from and_lightning.data.clips import ClipDataset, ClipRecord
 from and_lightning.data.windows import Window
-from and_lightning.describe.exemplars import exemplar_windows, needed_windows
+from and_lightning.describe.exemplars import exemplar_windows, needed_windows, record_windows, top_clip_curves
 from and_lightning.lit.probe import ProbeModule, frame_centres, peak_times
 from and_lightning.lit.writers import ActivationWriter
 from and_lightning.models.base import TargetAdapter
@@ -108,3 +108,21 @@ def test_the_option_enters_the_store_key_only_when_set_and_resumes_from_shards(c
     assert collect(clips, tmp_path / "b", again, peak_times=True) == store and not calls
     resumed, clean = ActivationStore.open(store), ActivationStore.open(timed)
     np.testing.assert_array_equal(resumed.peak("frames"), clean.peak("frames"))
+
+
+def test_the_report_gets_each_top_clips_window_and_curve(clips, tmp_path):
+    store = ActivationStore.open(collect(clips, tmp_path, peak_times=True))
+    top = store.topk("frames")
+    windows = exemplar_windows(store, "frames", top.top_rows, 0.4)[0]
+    records = [{"layer": "frames", "unit": 0, "top_clips": top.top_ids[0].tolist(),
+                "top_windows": [[w.start, w.end] for w in windows]},
+               {"layer": "head", "unit": 0, "top_clips": ["c0"], "top_windows": [[0.0, 1.0]]}]
+    assert record_windows(records) == {("frames", 0): windows, ("head", 0): [Window("c0", 0.0, 1.0)]}
+    curves = top_clip_curves(BurstNet(), records, {r.clip_id: r for r in clips}, 1.0)
+    assert list(curves) == [("frames", 0)]  # the head has no time axis
+    (times, values), (_, second) = curves["frames", 0]  # c5 (burst 1.0 in frame 3), c4 (0.9 in frame 5)
+    assert times.tolist() == pytest.approx([0.05 + 0.1 * i for i in range(10)])
+    expected = np.full(10, FRAME * 0.01**2)
+    expected[3] = FRAME * 1.0**2
+    np.testing.assert_allclose(values, expected, rtol=1e-4)
+    assert int(np.argmax(second)) == 5
