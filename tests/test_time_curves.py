@@ -36,7 +36,7 @@ class ConvNet(nn.Module):
 
 ADAPTERS = {  # name -> (adapter builder, a hidden layer, the head or None when every layer has frames)
     "cnn": (lambda: build_from_yaml("cnn"), "conv1", "head"),
-    "ast_tiny": (lambda: build_from_yaml("ast_tiny"), "block0.attn_out", "head"),
+    "ast_tiny": (lambda: build_from_yaml("ast_tiny"), "block0.fc1", "head"),
     "beats_tiny": (lambda: build_beats("beats_tiny"), "block0.fc1", "head"),
     "crepe": (lambda: build_from_yaml("crepe"), "conv1", None),
     "custom": (lambda: GenericAdapter(ConvNet(), {"conv": "conv", "head": "fc"}), "conv", "head"),
