@@ -12,7 +12,7 @@ Layers with a single position (e.g. a classifier head's logits [B, C]) give the 
 Units are recorded as the next layer reads them (through the layer's activation, see `models/base.py`), or
 before the activation with `pre_activation=True` (the original AND code's hooks, for faithful runs).
 Beside each value the probe records a tie-break statistic (`tie_break`) that orders clips of equal value, and with
-`peak_times` the time of each unit's peak frame in the clip (`peak_times`; NaN for layers without a time axis, see
+`record_peaks` the time of each unit's peak frame in the clip (`peak_times`; NaN for layers without a time axis, see
 `TargetAdapter.time_curve`): only that number per (clip, unit) is kept, never the frames.
 """
 from __future__ import annotations
