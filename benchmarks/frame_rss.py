@@ -35,7 +35,8 @@ def main() -> None:
             print(f"{model}: peak RSS with peak times {small['peak_mib']:.1f} MiB for N={args.n}, "
                   f"{large['peak_mib']:.1f} MiB for 4N={4 * args.n}: 4N/N = {ratio:.3f} "
                   f"({'meets' if ratio < 1.10 else 'misses'} the < 1.10 target); above the RSS before collecting: "
-                  f"+{small['peak_mib'] - small['before_mib']:.1f} / +{large['peak_mib'] - large['before_mib']:.1f} MiB",
+                  f"+{small['peak_mib'] - small['before_mib']:.1f} / "
+                  f"+{large['peak_mib'] - large['before_mib']:.1f} MiB",
                   flush=True)
 
 

@@ -68,8 +68,8 @@ def clips(tmp_path_factory) -> list[ClipRecord]:
 
 
 def collect(records, root, adapter=None, **kw):
-    return collect_activations(adapter or BurstNet(), records, None, 1.0, ["frames", "head"], "mean", root, batch_size=4,
-                               progress=False, top_k=2, **kw)
+    return collect_activations(adapter or BurstNet(), records, None, 1.0, ["frames", "head"], "mean", root,
+                               batch_size=4, progress=False, top_k=2, **kw)
 
 
 def test_planted_bursts_peak_at_their_frames_and_windows_surround_them(clips, tmp_path):

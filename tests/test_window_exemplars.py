@@ -19,8 +19,8 @@ from conftest import compose_cfg
 
 def run(trained_cnn, stage: str, *overrides: str) -> dict:
     ckpt, root, base = trained_cnn
-    return dissect(compose_cfg("dissect", root, [*base, f"ckpt_path={ckpt}", f"stage={stage}", "logger=none", "layers=[conv2,head]",
-                                                 *overrides]))
+    return dissect(compose_cfg("dissect", root, [*base, f"ckpt_path={ckpt}", f"stage={stage}", "logger=none",
+                                                 "layers=[conv2,head]", *overrides]))
 
 
 def test_window_exemplars_are_captioned_and_summarised(trained_cnn):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from scipy.signal import fftconvolve
@@ -127,19 +127,26 @@ def generate_synth(
     manifest_path = root / MANIFEST
     manifest_path.unlink(missing_ok=True)  # a stale manifest must never describe half-rewritten audio
     clips = []
-    for label, source in enumerate(SOURCES):
-        for i in range(clips_per_class):
-            clip_id = f"synth-{source}-{i:04d}"
-            rel = f"audio/{source}/{clip_id}.wav"
-            rng = np.random.default_rng([int(seed), label, i])
-            meta = draw_params(rng, source, clip_seconds)
-            save_audio(root / rel, render(meta, rng, sample_rate, clip_seconds), sample_rate)
-            clips.append({"clip_id": clip_id, "path": rel, "label": label, "fold": i % num_folds + 1, "meta": meta})
+    for label, source, i, clip_id, rel, rng in numbered_clips(seed, clips_per_class, "synth"):
+        meta = draw_params(rng, source, clip_seconds)
+        save_audio(root / rel, render(meta, rng, sample_rate, clip_seconds), sample_rate)
+        clips.append({"clip_id": clip_id, "path": rel, "label": label, "fold": i % num_folds + 1, "meta": meta})
     remove_stale_audio(root, {c["path"] for c in clips})
     manifest = {"params": params, "params_hash": params_hash, "class_names": SOURCES,
                 "attributes": ATTRIBUTES, "clips": clips}
     write_json(manifest_path, manifest)
     return _index(root, manifest)
+
+
+def numbered_clips(seed: int, clips_per_class: int,
+                   prefix: str) -> Iterator[tuple[int, str, int, str, str, np.random.Generator]]:
+    """(label, source, index, clip id, audio path relative to the root, Generator) of every clip, class by class;
+    clip i of class c draws from a Generator seeded with (seed, c, i)."""
+    for label, source in enumerate(SOURCES):
+        for i in range(clips_per_class):
+            clip_id = f"{prefix}-{source}-{i:04d}"
+            rng = np.random.default_rng([int(seed), label, i])
+            yield label, source, i, clip_id, f"audio/{source}/{clip_id}.wav", rng
 
 
 def check_params(clips_per_class: int, num_folds: int, sample_rate: int, seconds: float, seconds_name: str) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 from and_lightning.data.audio_io import save_audio
 from and_lightning.data.clips import ClipRecord, DatasetIndex
 from and_lightning.data.synth import (
-    ATTRIBUTES, MANIFEST, SOURCES, check_params, draw_params, load_manifest, remove_stale_audio, render,
+    ATTRIBUTES, MANIFEST, SOURCES, check_params, draw_params, load_manifest, numbered_clips, remove_stale_audio,
+    render,
 )
 from and_lightning.store.atomic import write_json
 from and_lightning.store.hashing import hash_obj
@@ -29,15 +30,8 @@ GENERATOR_VERSION = 1  # bump when the audio a given set of parameters produces 
 NAME = "synth_two_event"
 
 
-def generate_two_event(
-    root: str | Path,
-    seed: int = 0,
-    clips_per_class: int = 30,
-    sample_rate: int = 16000,
-    clip_seconds: float = 3.0,
-    event_seconds: float = 1.0,
-    num_folds: int = 5,
-) -> DatasetIndex:
+def generate_two_event(root: str | Path, seed: int = 0, clips_per_class: int = 30, sample_rate: int = 16000,
+                       clip_seconds: float = 3.0, event_seconds: float = 1.0, num_folds: int = 5) -> DatasetIndex:
     """Generate (or load from `root`, when already generated with the same parameters) the two-event set."""
     check_params(clips_per_class, num_folds, sample_rate, event_seconds, "event_seconds")
     if clip_seconds < 2 * event_seconds:
@@ -55,22 +49,18 @@ def generate_two_event(
     slots = int(clip_seconds // event_seconds)
     n, per_event = int(round(clip_seconds * sample_rate)), int(round(event_seconds * sample_rate))
     clips = []
-    for label, source in enumerate(SOURCES):
-        for i in range(clips_per_class):
-            clip_id = f"synth-2ev-{source}-{i:04d}"
-            rel = f"audio/{source}/{clip_id}.wav"
-            rng = np.random.default_rng([int(seed), label, i])
-            other = SOURCES[(label + 1 + int(rng.integers(len(SOURCES) - 1))) % len(SOURCES)]
-            wave, events = np.zeros(n, np.float32), []
-            for name, slot in zip((source, other), rng.choice(slots, size=2, replace=False).tolist()):
-                p = draw_params(rng, name, event_seconds)
-                start = slot * per_event
-                wave[start:start + per_event] = render(p, rng, sample_rate, event_seconds)
-                events.append({"source": name, "start": round(slot * event_seconds, 4),
-                               "end": round((slot + 1) * event_seconds, 4), "params": p})
-            save_audio(root / rel, wave, sample_rate)
-            meta = {"events": sorted(events, key=lambda e: e["start"])}
-            clips.append({"clip_id": clip_id, "path": rel, "label": label, "fold": i % num_folds + 1, "meta": meta})
+    for label, source, i, clip_id, rel, rng in numbered_clips(seed, clips_per_class, "synth-2ev"):
+        other = SOURCES[(label + 1 + int(rng.integers(len(SOURCES) - 1))) % len(SOURCES)]
+        wave, events = np.zeros(n, np.float32), []
+        for name, slot in zip((source, other), rng.choice(slots, size=2, replace=False).tolist()):
+            p = draw_params(rng, name, event_seconds)
+            start = slot * per_event
+            wave[start:start + per_event] = render(p, rng, sample_rate, event_seconds)
+            events.append({"source": name, "start": round(slot * event_seconds, 4),
+                           "end": round((slot + 1) * event_seconds, 4), "params": p})
+        save_audio(root / rel, wave, sample_rate)
+        meta = {"events": sorted(events, key=lambda e: e["start"])}
+        clips.append({"clip_id": clip_id, "path": rel, "label": label, "fold": i % num_folds + 1, "meta": meta})
     remove_stale_audio(root, {c["path"] for c in clips})
     write_json(root / MANIFEST, {"name": NAME, "params": params, "params_hash": params_hash, "class_names": SOURCES,
                                  "attributes": ATTRIBUTES, "clips": clips})

@@ -74,7 +74,8 @@ class ActivationWriter(BasePredictionWriter):
                                      f"expected ({b}, {width})")
                 parts.append(acts)
             batch_rows[name] = torch.cat(parts, dim=1).float()
-            if name != "peak" and not torch.isfinite(batch_rows[name]).all():  # NaN peak: no time axis  # NaN or inf would poison every statistic downstream
+            # NaN or inf would poison every statistic downstream (a NaN peak time: the layer has no time axis)
+            if name != "peak" and not torch.isfinite(batch_rows[name]).all():
                 bad = [layer for layer, part in zip(self.widths, parts) if not torch.isfinite(part).all()]
                 raise ValueError(f"layer(s) {bad} produced NaN or infinite {name} for clips {list(ids)}")
         if self._n + b > self._capacity:

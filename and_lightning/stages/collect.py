@@ -40,7 +40,7 @@ from and_lightning.store.hashing import hash_file, hash_obj
 
 log = logging.getLogger(__name__)
 
-SHARD_BYTES = 16 << 20  # float32 rows (values + tie-break [+ peak times]) buffered per rank before a shard is committed ...
+SHARD_BYTES = 16 << 20  # float32 rows (values, tie-break[, peaks]) buffered per rank before a shard is committed ...
 MAX_SHARD_ROWS = 4096  # ... and at most this many, so a killed run loses little work
 
 
