@@ -37,3 +37,8 @@ def test_peak_event_naming_by_hand():
     assert row["layer"] == "conv" and row["pairs"] == 4 and row["peak_in_silence"] == pytest.approx(0.25)
     assert (row["names_peak"], row["names_other"], row["names_both"], row["names_neither"]) == pytest.approx(
         (1.0, 1 / 3, 1 / 3, 0.0))
+    # judged on per-clip texts: unit 0's clip a names neither ("noise hiss" is the kind), its clip b the peak event,
+    # unit 1's clip a the other event
+    texts = {("conv", 0, 0): "a hiss", ("conv", 0, 1): "a pure tone", ("conv", 1, 0): "a pure tone"}
+    (row,) = peak_event_naming(records, peaks, row_of, clips, lambda r, i: texts[r["layer"], r["unit"], i])
+    assert (row["names_peak"], row["names_other"], row["names_neither"]) == pytest.approx((1 / 3, 1 / 3, 1 / 3))

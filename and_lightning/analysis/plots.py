@@ -85,13 +85,12 @@ def real_vs_shuffled_plot(rows: Sequence[Mapping[str, Any]], metric: str, ylabel
     return fig
 
 
-def peak_event_plot(rows: Sequence[Mapping[str, Any]]) -> Figure:
-    """Grouped bars per layer: the share of (unit, top clip) pairs whose description names the peak event and the
-    other event, with whole-clip and with window exemplars (rows of `analysis.peak_events`, keyed by
-    `exemplars`)."""
+def peak_event_plot(rows: Sequence[Mapping[str, Any]], ylabel: str) -> Figure:
+    """Grouped bars per layer: the share of (unit, top clip) pairs whose text names the peak event and the other
+    event, with whole-clip and with window exemplars (rows of `analysis.peak_events`, keyed by `exemplars`)."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     by = {(r["layer"], r["exemplars"]): r for r in rows}
-    fig, ax, x = _per_layer_axes(layers, "share of (unit, top clip) pairs", inches_per_label=1.2)
+    fig, ax, x = _per_layer_axes(layers, ylabel, inches_per_label=1.2)
     bars = [("clip", "names_peak", "clips: peak event", "#88aacc"),
             ("clip", "names_other", "clips: other event", "#dddddd"),
             ("window", "names_peak", "windows: peak event", "#224488"),

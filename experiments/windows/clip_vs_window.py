@@ -6,9 +6,10 @@ at its peak vs the clip's other event.
         [exemplars.window_seconds=0.5]
 
 Dissects the model (stages collect, caption, describe; every stage cached) twice, with exemplars=clip and with
-exemplars=window, and scores both sets of descriptions on the peak times of the window run
-(`analysis/peak_events.py`: what the share measures and why it flatters an offline captioner built around the
-synthetic classes). Writes `clip_vs_window.csv` / `.md` and `clip_vs_window.png` in the run directory.
+exemplars=window, and scores both sets of descriptions, and the captions they were made from (each top clip's, or
+its window's), on the peak times of the window run (`analysis/peak_events.py`: what the share measures and why it
+flatters an offline captioner built around the synthetic classes). Writes `clip_vs_window.csv` / `.md`,
+`clip_vs_window.png` (descriptions) and `clip_vs_window_captions.png` in the run directory.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from and_lightning.cli import check_config, run_cli  # noqa: E402
 
-COLUMNS = ["layer", "exemplars", "pairs", "peak_in_silence", "names_peak", "names_other", "names_both",
+COLUMNS = ["layer", "judged", "exemplars", "pairs", "peak_in_silence", "names_peak", "names_other", "names_both",
            "names_neither"]
 
 
@@ -32,7 +33,9 @@ def main(cfg: DictConfig) -> None:
     from and_lightning.analysis.plots import peak_event_plot, save_png
     from and_lightning.analysis.tables import write_table
     from and_lightning.checkpoints import build
+    from and_lightning.data.windows import Window
     from and_lightning.dissection import dissect
+    from and_lightning.stages.caption import read_captions
     from and_lightning.stages.describe import read_descriptions
     from and_lightning.store.activations import ActivationStore
 
@@ -51,13 +54,23 @@ def main(cfg: DictConfig) -> None:
     peaks = {layer: store.peak(layer) for layer in store.layers}
     clips = {r.clip_id: r for r in build(cfg.data).index.records}
     row_of = {c: store.row_of(c) for c in store.clip_ids}
-    rows = [{"exemplars": kind, **row} for kind in ("clip", "window")
-            for row in peak_event_naming(read_descriptions(results[kind]["descriptions"]), peaks, row_of, clips)]
-    rows.sort(key=lambda r: (list(store.layers).index(r["layer"]), r["exemplars"]))
+    captions = {kind: read_captions(Path(results[kind]["dissection_dir"]) / "captions.jsonl") for kind in results}
+    exemplar = {"clip": lambda r, i: r["top_clips"][i],
+                "window": lambda r, i: Window(r["top_clips"][i], *r["top_windows"][i]).id}
+    rows = []
+    for kind in ("clip", "window"):
+        records = read_descriptions(results[kind]["descriptions"])
+        judged = {"description": lambda r, i: r["description"],
+                  "caption": lambda r, i, kind=kind: captions[kind][exemplar[kind](r, i)]}
+        rows += [{"judged": what, "exemplars": kind, **row} for what, text in judged.items()
+                 for row in peak_event_naming(records, peaks, row_of, clips, text)]
+    rows.sort(key=lambda r: (r["judged"] != "description", list(store.layers).index(r["layer"]), r["exemplars"]))
     out = Path(cfg.paths.output_dir)
-    written = write_table(rows, COLUMNS, out / "clip_vs_window",
-                          f"Descriptions naming the event at the unit's peak: whole clips vs {seconds} s windows")
-    save_png(peak_event_plot(rows), out / "clip_vs_window.png")
+    written = write_table(rows, COLUMNS, out / "clip_vs_window", f"Descriptions and captions naming the event at "
+                          f"the unit's peak: whole clips vs {seconds} s windows")
+    for what, name in (("description", "clip_vs_window"), ("caption", "clip_vs_window_captions")):
+        save_png(peak_event_plot([r for r in rows if r["judged"] == what], f"share of pairs whose {what} names it"),
+                 out / f"{name}.png")
     print(Path(written["md"]).read_text(encoding="utf-8"))
 
 
