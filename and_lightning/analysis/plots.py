@@ -98,7 +98,7 @@ def peak_event_plot(rows: Sequence[Mapping[str, Any]], ylabel: str) -> Figure:
     for i, (kind, key, label, color) in enumerate(bars):
         ax.bar(x + (i - 1.5) * 0.2, [by[layer, kind][key] for layer in layers], 0.2, label=label, color=color)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
