@@ -23,6 +23,7 @@ def run(trained_cnn, stage: str, *overrides: str) -> dict:
                                                  "layers=[conv2,head]", *overrides]))
 
 
+@pytest.mark.slow  # 30 s alone on 2 idle cores (67 s at load 20): collect, caption and describe once each
 def test_window_exemplars_are_captioned_and_summarised(trained_cnn):
     window = ["exemplars=window", "exemplars.window_seconds=0.3"]
     for stage in ("collect", "caption"):

@@ -51,11 +51,12 @@ def record_windows(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int]
 
 
 def top_clip_curves(adapter: Any, records: Sequence[Mapping[str, Any]], clips: Mapping[str, ClipRecord],
-                    clip_seconds: float, pre_activation: bool = False,
+                    clip_seconds: float, pre_activation: bool = False, batch_size: int = 32,
                     ) -> dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]]:
     """(layer, unit) -> per top clip of its record, (frame centres in seconds, the unit's activation per frame)
-    (`TargetAdapter.time_curve`); layers without a time axis are left out. The model runs once per distinct top
-    clip, keeping only the curves of the units that list it: memory grows with records x K, not with the clips."""
+    (`TargetAdapter.time_curve`); layers without a time axis are left out. The model runs once over the distinct
+    top clips (in batches), keeping only the curves of the units that list each clip: memory grows with
+    records x K, not with the probing set."""
     wanted: dict[str, list[tuple[str, int]]] = {}
     for r in records:
         for cid in r["top_clips"]:
@@ -66,19 +67,25 @@ def top_clip_curves(adapter: Any, records: Sequence[Mapping[str, Any]], clips: M
     seen: dict[str, torch.Tensor] = {}
     handles = [adapter.layer_module(name).register_forward_hook(
         lambda m, args, out, name=name: seen.__setitem__(name, out)) for name in layers]
+    ids = list(wanted)
     try:
         adapter.eval()
-        for cid, pairs in wanted.items():
-            wave = fix_length(load_audio(clips[cid].path, adapter.sample_rate)[0], n)
+        device = next(adapter.parameters()).device
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            waves = torch.stack([fix_length(load_audio(clips[c].path, adapter.sample_rate)[0], n) for c in chunk])
             seen.clear()
             with torch.inference_mode():
-                adapter.run(wave[None].to(next(adapter.parameters()).device), torch.tensor([n]))
-            for layer, unit in pairs:
-                timed = adapter.time_curve(layer, seen[layer], 1, clip_seconds, pre_activation)
-                if timed is None:
-                    continue
-                times = frame_centres(timed[0].shape[2], timed[1], clip_seconds).numpy().astype(np.float32)
-                per_clip[layer, unit, cid] = times, timed[0][0, unit, :len(times)].float().cpu().numpy()
+                adapter.run(waves.to(device), torch.full((len(chunk),), n))
+                timed = {layer: adapter.time_curve(layer, seen[layer], len(chunk), clip_seconds, pre_activation)
+                         for layer in layers}
+            for b, cid in enumerate(chunk):
+                for layer, unit in wanted[cid]:
+                    if timed[layer] is None:
+                        continue
+                    curve, seconds = timed[layer]
+                    times = frame_centres(curve.shape[2], seconds, clip_seconds).numpy().astype(np.float32)
+                    per_clip[layer, unit, cid] = times, curve[b, unit, :len(times)].float().cpu().numpy()
     finally:
         for h in handles:
             h.remove()
