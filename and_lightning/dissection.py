@@ -55,12 +55,28 @@ def missing_checkpoint_hint(cfg: DictConfig) -> str:
             f"model={cfg.model.name} as configured (its own or pretrained weights, no training)")
 
 
+def window_seconds(cfg: DictConfig) -> float | None:
+    """`exemplars=window`: the length (seconds) of the windows that stand for a unit's top clips; `exemplars=clip`:
+    None (whole clips)."""
+    ex = cfg.get("exemplars") or {"kind": "clip"}
+    if ex["kind"] not in ("clip", "window"):
+        raise ValueError(f"exemplars.kind={ex['kind']!r}: expected clip or window")
+    if ex["kind"] == "clip":
+        return None
+    seconds = ex.get("window_seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ValueError(f"exemplars.window_seconds={seconds!r}: expected a number of seconds > 0")
+    return float(seconds)
+
+
 def dissection_dir(cfg: DictConfig, store: ActivationStore) -> Path:
     """Where this dissection's files live: keyed by the store and every setting that changes descriptions (of the
     backends only their `semantic_config`: never servers, timeouts, retries or cache paths)."""
     semantic = {k: public_config(cfg[k]) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
                 for k in ("captioner", "llm", "text_encoder", "concepts", "describe")}
     semantic.update({k: semantic_config(semantic[k]) for k in ("captioner", "llm", "text_encoder") if semantic[k]})
+    if window_seconds(cfg) is not None:  # whole-clip dissections keep the directories they always had
+        semantic["window_seconds"] = window_seconds(cfg)
     return Path(cfg.paths.cache_dir) / "dissections" / hash_obj([store.manifest["key"], semantic])[:16]
 
 
@@ -69,6 +85,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage not in ("all", *STAGES):
         raise ValueError(f"stage={cfg.stage}: expected one of all, {', '.join(STAGES)}")
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
+    windows = window_seconds(cfg)
     if "describe" in stages:
         require_audio_side(cfg.describe.closed_set.method, get_class(cfg.text_encoder._target_))
     L.seed_everything(cfg.seed, workers=True)
@@ -89,7 +106,8 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     collect = lambda model, names: ActivationStore.open(collect_activations(  # noqa: E731
         model, records, data.sample_rate, data.clip_seconds, names, cfg.reduction, cfg.store_dir,
         batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, trainer_kwargs=cfg.trainer,
-        top_k=cfg.describe.k, reuse_only="collect" not in stages, pre_activation=cfg.describe.faithful))
+        top_k=cfg.describe.k, reuse_only="collect" not in stages, pre_activation=cfg.describe.faithful,
+        peak_times=windows is not None))
     store = collect(adapter, layers)
     sae_metrics, neurons = {}, {}
     if cfg.get("sae"):  # SAEs on the layers' positions, spliced in: `<layer>.sae` features beside the neurons
@@ -110,7 +128,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     if "caption" in stages:
         captions = caption_stage(store, by_id, captioner, Path(cfg.paths.cache_dir) / "captions.sqlite",
                                  captions_path, cfg.describe.k, all_clips=cfg.describe.closed_set.method == "db",
-                                 class_names=data.class_names)
+                                 class_names=data.class_names, window_seconds=windows)
     else:
         captions = read_captions(captions_path)
     if stages == ("caption",):
@@ -124,7 +142,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     llm = build_llm(cfg.llm) if cfg.get("llm") else None  # no llm config (llm: null, llm=none): rule-based
     if "describe" in stages:
         describe_stage(store, captions, list(cfg.concepts.concepts), encoder, llm, cfg.describe, out, head,
-                       audio_embed)
+                       audio_embed, windows)
     descriptions = read_descriptions(descriptions_path)
     result["descriptions"] = str(descriptions_path)
     metrics = _last_layer_metrics(descriptions, head, class_names, list(cfg.concepts.concepts), encoder)
@@ -145,7 +163,8 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
         sample_rate = store.manifest["preprocessing"]["sample_rate"]
         result["html_report"] = str(html_report_stage(
             cfg.evaluate.html, Path(cfg.paths.output_dir) / "report", descriptions, by_id, captions, sample_rate,
-            data.clip_seconds, metrics=metrics, neuron_scores=ev.neuron_scores if ev else None, title=cfg.run_name))
+            data.clip_seconds, metrics=metrics, neuron_scores=ev.neuron_scores if ev else None, title=cfg.run_name,
+            exemplar_curves=(adapter, cfg.describe.faithful) if windows is not None else None))
         if cfg.get("logger") and cfg.logger.get("wandb"):
             wandb_cfg = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
             point_wandb_into(wandb_cfg["save_dir"])

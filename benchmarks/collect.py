@@ -91,17 +91,17 @@ def bare_loop(adapter, recs, batch_size: int, from_files: bool) -> tuple[float, 
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def collection(adapter, recs, batch_size: int, root: Path) -> tuple[float, float]:
-    """(cpu, wall) seconds of the whole collection stage."""
+def collection(adapter, recs, batch_size: int, root: Path, peak_times: bool = False) -> tuple[float, float]:
+    """(cpu, wall) seconds of the whole collection stage (with each unit's peak frame time: `peak_times`)."""
     from and_lightning.stages.collect import collect_activations
 
     cpu, wall = time.process_time(), time.perf_counter()
     collect_activations(adapter, recs, None, 1.0, list(adapter.layer_paths()), "mean", root,
-                        batch_size=batch_size, progress=False)
+                        batch_size=batch_size, progress=False, peak_times=peak_times)
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def rss_child(model: str, listing: Path, n: int, batch_size: int, threads: int) -> None:
+def rss_child(model: str, listing: Path, n: int, batch_size: int, threads: int, peak_times: bool = False) -> None:
     """In this (fresh) process: import, build the model, reset the peak-RSS mark, collect n clips; print JSON with
     the resident set before collecting and ru_maxrss after (MiB). The reset (Linux /proc/self/clear_refs) keeps
     the transient peak of importing the libraries out of the figure, so the peak is the collection's."""
@@ -115,14 +115,17 @@ def rss_child(model: str, listing: Path, n: int, batch_size: int, threads: int) 
     with open("/proc/self/status") as f:
         before = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
     with tempfile.TemporaryDirectory() as tmp:
-        collection(adapter, recs, batch_size, Path(tmp))
+        collection(adapter, recs, batch_size, Path(tmp), peak_times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"before_mib": before, "peak_mib": peak}))
 
 
-def peak_rss(model: str, listing: Path, n: int, batch_size: int, threads: int) -> dict[str, float]:
+def peak_rss(model: str, listing: Path, n: int, batch_size: int, threads: int,
+             peak_times: bool = False) -> dict[str, float]:
+    """Peak RSS of a fresh process collecting n clips (`rss_child`; `peak_times`: frame-level collection)."""
     out = subprocess.run([sys.executable, __file__, "--rss-child", model, "--listing", str(listing), "--n", str(n),
-                          "--batch-size", str(batch_size), "--threads", str(threads)],
+                          "--batch-size", str(batch_size), "--threads", str(threads),
+                          *(["--peak-times"] if peak_times else [])],
                          capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -136,9 +139,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--rss-child")
     ap.add_argument("--listing", type=Path)
+    ap.add_argument("--peak-times", action="store_true", help=argparse.SUPPRESS)  # rss child: frame-level
     args = ap.parse_args()
     if args.rss_child:
-        return rss_child(args.rss_child, args.listing, args.n, args.batch_size, args.threads)
+        return rss_child(args.rss_child, args.listing, args.n, args.batch_size, args.threads, args.peak_times)
     import logging
     import warnings
 

@@ -61,7 +61,7 @@ def test_every_train_option_composes(tmp_path, group, option):
     check_targets(container, group)
 
 
-DISSECT_GROUPS = ["captioner", "llm", "text_encoder", "concepts", "describe", "data", "model", "sae"]
+DISSECT_GROUPS = ["captioner", "llm", "text_encoder", "concepts", "describe", "data", "model", "sae", "exemplars"]
 DISSECT_CASES = [(g, o) for g in DISSECT_GROUPS for o in group_options(g)]
 
 
@@ -83,7 +83,7 @@ def test_sae_options(tmp_path):
 
 
 def test_concepts_follow_the_dataset(tmp_path):
-    for data in ("synth", "esc50", "urbansound8k", "gtzan"):
+    for data in ("synth", "synth_two_event", "esc50", "urbansound8k", "gtzan"):
         cfg = compose_cfg("dissect", tmp_path, [f"data={data}"])
         assert cfg.concepts.name == data and len(cfg.concepts.concepts) == cfg.data.num_classes
 

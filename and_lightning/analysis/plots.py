@@ -85,6 +85,23 @@ def real_vs_shuffled_plot(rows: Sequence[Mapping[str, Any]], metric: str, ylabel
     return fig
 
 
+def peak_event_plot(rows: Sequence[Mapping[str, Any]], ylabel: str) -> Figure:
+    """Grouped bars per layer: the share of (unit, top clip) pairs whose text names the peak event and the other
+    event, with whole-clip and with window exemplars (rows of `analysis.peak_events`, keyed by `exemplars`)."""
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    by = {(r["layer"], r["exemplars"]): r for r in rows}
+    fig, ax, x = _per_layer_axes(layers, ylabel, inches_per_label=1.2)
+    bars = [("clip", "names_peak", "clips: peak event", "#88aacc"),
+            ("clip", "names_other", "clips: other event", "#dddddd"),
+            ("window", "names_peak", "windows: peak event", "#224488"),
+            ("window", "names_other", "windows: other event", "#888888")]
+    for i, (kind, key, label, color) in enumerate(bars):
+        ax.bar(x + (i - 1.5) * 0.2, [by[layer, kind][key] for layer in layers], 0.2, label=label, color=color)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
 def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | os.PathLike, n_fft: int = 512) -> str:
     """A small (192 x 96 px) log-power spectrogram image of one clip, 80 dB range, for the HTML report."""
     x = np.asarray(wave, np.float64)

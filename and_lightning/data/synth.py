@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from scipy.signal import fftconvolve
@@ -103,12 +103,7 @@ def generate_synth(
     num_folds: int = 5,
 ) -> DatasetIndex:
     """Generate (or load from `root`, when already generated with the same parameters) the synthetic set."""
-    if clips_per_class < 1 or num_folds < 1:
-        raise ValueError(f"clips_per_class and num_folds must be >= 1, got {clips_per_class}, {num_folds}")
-    if sample_rate < 16000:
-        raise ValueError(f"sample_rate must be >= 16000 (the high pitch band reaches 7.5 kHz), got {sample_rate}")
-    if clip_seconds < 0.5:
-        raise ValueError(f"clip_seconds must be >= 0.5, got {clip_seconds}")
+    check_params(clips_per_class, num_folds, sample_rate, clip_seconds, "clip_seconds")
     root = Path(root)
     params = {
         "generator_version": GENERATOR_VERSION,
@@ -125,29 +120,47 @@ def generate_synth(
         },
     }
     params_hash = hash_obj(params)
-    cached = _load_manifest(root, params_hash)
+    cached = load_manifest(root, params_hash)
     if cached is not None:
         return cached
 
     manifest_path = root / MANIFEST
     manifest_path.unlink(missing_ok=True)  # a stale manifest must never describe half-rewritten audio
     clips = []
-    for label, source in enumerate(SOURCES):
-        for i in range(clips_per_class):
-            clip_id = f"synth-{source}-{i:04d}"
-            rel = f"audio/{source}/{clip_id}.wav"
-            rng = np.random.default_rng([int(seed), label, i])
-            meta = draw_params(rng, source, clip_seconds)
-            save_audio(root / rel, render(meta, rng, sample_rate, clip_seconds), sample_rate)
-            clips.append({"clip_id": clip_id, "path": rel, "label": label, "fold": i % num_folds + 1, "meta": meta})
-    _remove_stale_audio(root, {c["path"] for c in clips})
+    for label, source, i, clip_id, rel, rng in numbered_clips(seed, clips_per_class, "synth"):
+        meta = draw_params(rng, source, clip_seconds)
+        save_audio(root / rel, render(meta, rng, sample_rate, clip_seconds), sample_rate)
+        clips.append({"clip_id": clip_id, "path": rel, "label": label, "fold": i % num_folds + 1, "meta": meta})
+    remove_stale_audio(root, {c["path"] for c in clips})
     manifest = {"params": params, "params_hash": params_hash, "class_names": SOURCES,
                 "attributes": ATTRIBUTES, "clips": clips}
     write_json(manifest_path, manifest)
     return _index(root, manifest)
 
 
-def _load_manifest(root: Path, params_hash: str) -> DatasetIndex | None:
+def numbered_clips(seed: int, clips_per_class: int,
+                   prefix: str) -> Iterator[tuple[int, str, int, str, str, np.random.Generator]]:
+    """(label, source, index, clip id, audio path relative to the root, Generator) of every clip, class by class;
+    clip i of class c draws from a Generator seeded with (seed, c, i)."""
+    for label, source in enumerate(SOURCES):
+        for i in range(clips_per_class):
+            clip_id = f"{prefix}-{source}-{i:04d}"
+            rng = np.random.default_rng([int(seed), label, i])
+            yield label, source, i, clip_id, f"audio/{source}/{clip_id}.wav", rng
+
+
+def check_params(clips_per_class: int, num_folds: int, sample_rate: int, seconds: float, seconds_name: str) -> None:
+    """Refuse settings the generator cannot honour (ValueError naming the setting); `seconds`: a rendered clip's
+    length, called `seconds_name`."""
+    if clips_per_class < 1 or num_folds < 1:
+        raise ValueError(f"clips_per_class and num_folds must be >= 1, got {clips_per_class}, {num_folds}")
+    if sample_rate < 16000:
+        raise ValueError(f"sample_rate must be >= 16000 (the high pitch band reaches 7.5 kHz), got {sample_rate}")
+    if seconds < 0.5:
+        raise ValueError(f"{seconds_name} must be >= 0.5, got {seconds}")
+
+
+def load_manifest(root: Path, params_hash: str) -> DatasetIndex | None:
     """The cached set if `root` holds a readable manifest for `params_hash` whose audio files all exist."""
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
@@ -162,14 +175,16 @@ def _load_manifest(root: Path, params_hash: str) -> DatasetIndex | None:
 
 
 def _index(root: Path, manifest: dict[str, Any]) -> DatasetIndex:
+    """The index of a manifest (named by its "name", "synth" when it has none)."""
     records = [
         ClipRecord(c["clip_id"], str(root / c["path"]), int(c["label"]), int(c["fold"]), dict(c["meta"]))
         for c in manifest["clips"]
     ]
-    return DatasetIndex(name="synth", records=records, class_names=list(manifest["class_names"]))
+    return DatasetIndex(name=manifest.get("name", "synth"), records=records,
+                        class_names=list(manifest["class_names"]))
 
 
-def _remove_stale_audio(root: Path, keep: set[str]) -> None:
+def remove_stale_audio(root: Path, keep: set[str]) -> None:
     """Delete clips left by an earlier generation with other parameters (e.g. more clips per class)."""
     for path in (root / "audio").glob("*/synth-*.wav"):
         if path.relative_to(root).as_posix() not in keep:

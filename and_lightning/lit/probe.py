@@ -11,10 +11,13 @@ adapter's `unit_view` [B, units, positions]:
 Layers with a single position (e.g. a classifier head's logits [B, C]) give the same value under every reduction.
 Units are recorded as the next layer reads them (through the layer's activation, see `models/base.py`), or
 before the activation with `pre_activation=True` (the original AND code's hooks, for faithful runs).
-Beside each value the probe records a tie-break statistic (`tie_break`) that orders clips of equal value.
+Beside each value the probe records a tie-break statistic (`tie_break`) that orders clips of equal value, and with
+`record_peaks` the time of each unit's peak frame in the clip (`peak_times`; NaN for layers without a time axis, see
+`TargetAdapter.time_curve`): only that number per (clip, unit) is kept, never the frames.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import lightning as L
@@ -54,15 +57,30 @@ def reduce_positions(x: torch.Tensor, reduction: str, valid: torch.Tensor | None
     raise ValueError(f"unknown reduction '{reduction}'; expected one of {REDUCTIONS}")
 
 
+def frame_centres(frames: int, seconds_per_frame: float, clip_seconds: float) -> torch.Tensor:
+    """Centres (seconds, at most `clip_seconds`) of the first of `frames` frames that start inside the clip (at
+    least one)."""
+    inside = max(1, min(frames, math.ceil(clip_seconds / seconds_per_frame - 1e-6)))
+    return ((torch.arange(inside) + 0.5) * seconds_per_frame).clamp(max=clip_seconds)
+
+
+def peak_times(curve: torch.Tensor, seconds_per_frame: float, clip_seconds: float) -> torch.Tensor:
+    """Units over time [B, units, frames] -> float32 [B, units]: the centre (seconds) of each unit's highest frame
+    among those inside the clip (`frame_centres`; the first of equal frames)."""
+    centres = frame_centres(curve.shape[2], seconds_per_frame, clip_seconds).to(curve.device)
+    return centres[curve[:, :, :len(centres)].argmax(dim=2)].float()
+
+
 class ProbeModule(L.LightningModule):
-    """predict_step -> {"clip_id": list[str], "acts" and "tiebreak": {layer: float32 [B, units] on CPU}}.
+    """predict_step -> {"clip_id": list[str], "acts" and "tiebreak" (and "peak" with `record_peaks`): {layer:
+    float32 [B, units] on CPU}}.
 
     Hooks are registered in `on_predict_start` and removed in `on_predict_end` / `teardown`; layer names are
     resolved by `adapter.layer_module` (UnknownLayerError listing the available names, raised at construction).
     """
 
     def __init__(self, adapter: TargetAdapter, layers: Sequence[str], reduction: str = "mean",
-                 pre_activation: bool = False):
+                 pre_activation: bool = False, record_peaks: bool = False):
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction '{reduction}'; expected one of {REDUCTIONS}")
@@ -79,11 +97,13 @@ class ProbeModule(L.LightningModule):
         self.widths = {name: widths[name] for name in layers}
         self.reduction = reduction
         self.pre_activation = pre_activation
+        self.record_peaks = record_peaks
         self._activated = set() if pre_activation else set(adapter.unit_activations()) & set(layers)
         self.tie_breaks = {name: tie_break(reduction, name in self._activated) for name in layers}
         self._handles: list[RemovableHandle] = []
-        self._acts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._acts: dict[str, tuple[torch.Tensor, ...]] = {}
         self._batch_size = 0
+        self._clip_seconds = 0.0
 
     def _hook(self, name: str):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -97,8 +117,17 @@ class ProbeModule(L.LightningModule):
             valid = self.adapter.valid_positions(view.shape[2])
             self._acts[name] = (reduce_positions(view, self.reduction, valid).cpu(),
                                 reduce_positions(raw, self.tie_breaks[name][0], valid).cpu())
+            if self.record_peaks:
+                self._acts[name] += (self._peaks(name, output, view.shape[:2]),)
 
         return hook
+
+    def _peaks(self, name: str, output: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Peak times [B, units] of a layer's output (NaN: the layer has no time axis)."""
+        timed = self.adapter.time_curve(name, output, self._batch_size, self._clip_seconds, self.pre_activation)
+        if timed is None:
+            return torch.full(tuple(shape), float("nan"))
+        return peak_times(timed[0], timed[1], self._clip_seconds).cpu()
 
     def on_predict_start(self) -> None:
         self._remove_hooks()
@@ -107,14 +136,18 @@ class ProbeModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         audio = batch["audio"]
         self._batch_size = int(audio.shape[0])
+        self._clip_seconds = audio.shape[1] / self.adapter.sample_rate
         self._acts = {}
         self.adapter.run(audio, batch.get("length"))
         acts, self._acts = self._acts, {}
         missing = [n for n in self.layer_names if n not in acts]
         if missing:
             raise RuntimeError(f"layers {missing} did not run in the forward pass of {type(self.adapter).__name__}")
-        return {"clip_id": list(batch["clip_id"]), "acts": {n: a for n, (a, _) in acts.items()},
-                "tiebreak": {n: t for n, (_, t) in acts.items()}}
+        out = {"clip_id": list(batch["clip_id"]), "acts": {n: a[0] for n, a in acts.items()},
+               "tiebreak": {n: a[1] for n, a in acts.items()}}
+        if self.record_peaks:
+            out["peak"] = {n: a[2] for n, a in acts.items()}
+        return out
 
     def on_predict_end(self) -> None:
         self._remove_hooks()

@@ -19,14 +19,15 @@ from and_lightning.store.activations import write_shard
 
 
 class ActivationWriter(BasePredictionWriter):
-    """Writes {"clip_id", "acts", "tiebreak"} predictions into shard files under `shard_dir` (see module docstring).
+    """Writes {"clip_id", "acts", "tiebreak"} predictions (and "peak", the peak frame times, with `peaks`) into
+    shard files under `shard_dir` (see module docstring).
 
     All layers share one row buffer per matrix [shard_rows, sum of widths], so a batch costs one concatenation and
     one copy per matrix whatever the number of layers.
     """
 
     def __init__(self, shard_dir: str | Path, clip_rows: Mapping[str, int], widths: Mapping[str, int],
-                 shard_rows: int):
+                 shard_rows: int, peaks: bool = False):
         super().__init__(write_interval="batch")
         if shard_rows < 1:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
@@ -35,6 +36,7 @@ class ActivationWriter(BasePredictionWriter):
         self.widths = dict(widths)
         self.shard_rows = int(shard_rows)
         self.shards_written = 0
+        self.matrices = ("acts", "tiebreak", "peak") if peaks else ("acts", "tiebreak")
         self._units = sum(self.widths.values())
         self._n = 0
         self._allocate(capacity=0)
@@ -52,7 +54,7 @@ class ActivationWriter(BasePredictionWriter):
     def _allocate(self, capacity: int) -> None:
         self._capacity = capacity
         self._rows = np.empty(capacity, np.int64)
-        self._buffers = {name: np.empty((capacity, self._units), np.float32) for name in ("acts", "tiebreak")}
+        self._buffers = {name: np.empty((capacity, self._units), np.float32) for name in self.matrices}
 
     def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: dict[str, Any], batch_indices: Any,
                            batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -72,7 +74,8 @@ class ActivationWriter(BasePredictionWriter):
                                      f"expected ({b}, {width})")
                 parts.append(acts)
             batch_rows[name] = torch.cat(parts, dim=1).float()
-            if not torch.isfinite(batch_rows[name]).all():  # NaN or inf would poison every statistic downstream
+            # NaN or inf would poison every statistic downstream (a NaN peak time: the layer has no time axis)
+            if name != "peak" and not torch.isfinite(batch_rows[name]).all():
                 bad = [layer for layer, part in zip(self.widths, parts) if not torch.isfinite(part).all()]
                 raise ValueError(f"layer(s) {bad} produced NaN or infinite {name} for clips {list(ids)}")
         if self._n + b > self._capacity:
@@ -96,6 +99,6 @@ class ActivationWriter(BasePredictionWriter):
             return
         n = self._n
         write_shard(self.shard_dir, self.widths, self._rows[:n], self._buffers["acts"][:n],
-                    self._buffers["tiebreak"][:n])
+                    self._buffers["tiebreak"][:n], self._buffers["peak"][:n] if "peak" in self._buffers else None)
         self.shards_written += 1
         self._n = 0

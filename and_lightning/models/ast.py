@@ -13,7 +13,7 @@ from torch import nn
 from transformers import ASTConfig, ASTForAudioClassification
 
 from and_lightning.data.audio_io import resample
-from and_lightning.models.base import TargetAdapter
+from and_lightning.models.base import TargetAdapter, per_frame
 
 AUDIOSET_MEAN = -4.2677393  # ASTFeatureExtractor defaults (AudioSet log-fbank statistics)
 AUDIOSET_STD = 4.5689974
@@ -145,6 +145,19 @@ class ASTAdapter(TargetAdapter):
         }
         paths["head"] = self.head_path
         return paths
+
+    def time_curve(self, name: str, output: torch.Tensor, batch_size: int, clip_seconds: float,
+                   pre_activation: bool = False) -> tuple[torch.Tensor, float] | None:
+        """Block layers: the patch tokens (the CLS and distillation tokens dropped) on their (freq, time) grid,
+        averaged over frequency; a time step is `time_stride` fbank frames of 10 ms. The head: None."""
+        if name == "head":
+            return None
+        c = self.net.config
+        freq = (c.num_mel_bins - c.patch_size) // c.frequency_stride + 1
+        frames = (c.max_length - c.patch_size) // c.time_stride + 1
+        view = self.unit_view(name, output, batch_size, pre_activation)
+        patches = view[:, :, view.shape[2] - freq * frames:]
+        return per_frame(patches, frames), c.time_stride * self.fbank.window_shift / self.sample_rate
 
     def unit_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         mlp = BLOCK_PATHS["fc1"].rsplit(".", 1)[0]  # the MLP holding fc1 and its activation

@@ -96,6 +96,29 @@ class TargetAdapter(nn.Module):
             x = x.reshape(batch_size, n // batch_size, u, p).permute(0, 2, 1, 3).reshape(batch_size, u, -1)
         return x
 
+    def time_curve(self, name: str, output: torch.Tensor, batch_size: int, clip_seconds: float,
+                   pre_activation: bool = False) -> tuple[torch.Tensor, float] | None:
+        """A hooked layer's units over time: (float [B, units, frames], seconds per frame), frame i covering
+        [i, i + 1) * seconds per frame of the clip, values as `unit_view` gives them; None for layers without a time
+        axis (heads, pooled layers), whose exemplars stay whole clips.
+
+        Here: a conv layer's output [B, C, (freq,) time] (time last, its frames evenly covering the `clip_seconds`
+        clip), averaged over frequency; None otherwise. Adapters whose tokens or folded frames hold the time
+        (AST, BEATs, CREPE) override this."""
+        if unit_dim(self.layer_module(name)) != 1 or output.dim() < 3 or output.shape[0] != batch_size:
+            return None
+        frames = output.shape[-1]
+        return per_frame(self.unit_view(name, output, batch_size, pre_activation), frames), clip_seconds / frames
+
+
+def per_frame(view: torch.Tensor, frames: int, time_major: bool = False) -> torch.Tensor:
+    """`unit_view` positions [B, units, cells] laid out on a (freq, time) grid (`time_major`: (time, freq)) with
+    `frames` time steps -> the mean over frequency [B, units, frames]."""
+    b, u, cells = view.shape
+    if time_major:
+        return view.reshape(b, u, frames, cells // frames).mean(dim=3)
+    return view.reshape(b, u, cells // frames, frames).mean(dim=2)
+
 
 # modules whose outputs are units (one weight row / channel each): what a logical layer names, what masks zero
 UNIT_MODULES = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)

@@ -19,7 +19,7 @@ from torch import nn
 
 from and_lightning.checkpoints import CheckpointError, load_weights_only
 from and_lightning.data.audio_io import resample
-from and_lightning.models.base import TargetAdapter
+from and_lightning.models.base import TargetAdapter, per_frame
 from and_lightning.models.beats_encoder import BEATs, BEATsConfig
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,17 @@ class BEATsAdapter(TargetAdapter):
         if self.padding is None or self.padding.shape[1] != positions:
             return None
         return ~self.padding
+
+    def time_curve(self, name: str, output: torch.Tensor, batch_size: int, clip_seconds: float,
+                   pre_activation: bool = False) -> tuple[torch.Tensor, float] | None:
+        """Block layers: the tokens on their (time, freq) grid of square fbank patches, averaged over frequency; a
+        time step is one patch of 10 ms frames. The head: None."""
+        if name == "head":
+            return None
+        patch = self.config.input_patch_size
+        view = self.unit_view(name, output, batch_size, pre_activation)
+        return (per_frame(view, view.shape[2] // (NUM_MEL_BINS // patch), time_major=True),
+                patch * HOP_SAMPLES / SAMPLE_RATE)
 
     def layer_paths(self) -> dict[str, str]:
         paths = {

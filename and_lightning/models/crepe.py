@@ -13,7 +13,7 @@ import torch
 import torchcrepe
 
 from and_lightning.data.audio_io import resample
-from and_lightning.models.base import TargetAdapter
+from and_lightning.models.base import TargetAdapter, per_frame
 
 WINDOW = torchcrepe.WINDOW_SIZE  # 1024 samples per frame
 CAPACITIES = ("tiny", "full")
@@ -101,6 +101,14 @@ class CrepeAdapter(TargetAdapter):
 
     def bin_frequencies(self) -> np.ndarray:
         return bin_frequencies()
+
+    def time_curve(self, name: str, output: torch.Tensor, batch_size: int, clip_seconds: float,
+                   pre_activation: bool = False) -> tuple[torch.Tensor, float] | None:
+        """Every layer: CREPE's frames (folded into the batch, one per `hop_length` samples), each frame's cells
+        averaged."""
+        frames = output.shape[0] // batch_size
+        view = self.unit_view(name, output, batch_size, pre_activation)
+        return per_frame(view, frames, time_major=True), self.hop_length / self.sample_rate
 
     def layer_paths(self) -> dict[str, str]:
         paths = {f"conv{i}": f"net.conv{i}_BN" for i in range(1, 7)}

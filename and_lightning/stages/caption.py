@@ -1,4 +1,6 @@
-"""Stage 2: caption every unique clip that any neuron needs, once, through the caption cache. A captioner whose
+"""Stage 2: caption every unique clip that any neuron needs, once, through the caption cache (with
+`exemplars=window` also every window around a unit's peak frame that is one of its exemplars, keyed by
+`Window.id`). A captioner whose
 words are relative to the probing set (`FitsProbingSet`) is first fitted on it; the reference is written beside
 the captions (caption_reference.json) and enters the caption cache key."""
 from __future__ import annotations
@@ -13,8 +15,10 @@ from tqdm import tqdm
 
 from and_lightning.data.audio_io import fix_length, load_audio
 from and_lightning.data.clips import ClipRecord
+from and_lightning.data.windows import Window
 from and_lightning.describe.captioners.base import Captioner, Clip, FitsProbingSet
 from and_lightning.describe.captioners.cached import audio_sha256, caption_clips, caption_key
+from and_lightning.describe.exemplars import needed_windows
 from and_lightning.store.activations import ActivationStore
 from and_lightning.store.atomic import write_json, write_text
 from and_lightning.store.hashing import hash_obj
@@ -50,6 +54,19 @@ def iter_clips(records: Mapping[str, ClipRecord], clip_ids: Iterable[str], sampl
                    class_names[label] if 0 <= label < len(class_names) else None)
 
 
+def iter_exemplars(records: Mapping[str, ClipRecord], ids: Iterable[str], windows: Mapping[str, Window],
+                   sample_rate: int, clip_seconds: float, class_names: Sequence[str] = ()) -> Iterator[Clip]:
+    """The audio of each id: a window of `windows` (cut from its clip as the model saw it) or a whole clip."""
+    for i in ids:
+        w = windows.get(i)
+        clip = next(iter_clips(records, [w.clip_id if w else i], sample_rate, clip_seconds, class_names))
+        if w is None:
+            yield clip
+        else:
+            start, end = int(round(w.start * sample_rate)), int(round(w.end * sample_rate))
+            yield Clip(w.id, clip.wave[start:end], sample_rate, clip.label)
+
+
 def fit_to_probing_set(captioner: Captioner, records: Mapping[str, ClipRecord], clip_ids: list[str], sample_rate: int,
                        clip_seconds: float, cache: KVCache) -> dict | None:
     """Fit a `FitsProbingSet` captioner on the probing set (None for other captioners). The reference is computed
@@ -79,12 +96,16 @@ def caption_stage(
     k: int,
     all_clips: bool,
     class_names: Sequence[str] = (),
+    window_seconds: float | None = None,
 ) -> dict[str, str]:
-    """Caption the clips the describe stage needs; write `out_path` (captions.jsonl, and caption_reference.json
-    beside it for a captioner fitted on the probing set) and return id -> caption."""
+    """Caption the clips the describe stage needs (and with `window_seconds` the exemplar windows of that length,
+    `describe/exemplars.py`); write `out_path` (captions.jsonl, and caption_reference.json beside it for a
+    captioner fitted on the probing set) and return id -> caption."""
     out_path = Path(out_path)
     ids = needed_clips(store, k, all_clips)
     pre = store.manifest["preprocessing"]
+    windows = {w.id: w for w in needed_windows(store, k, window_seconds)} if window_seconds is not None else {}
+    ids = [*ids, *windows]
     cache = KVCache(cache_path)
     captions: dict[str, str] = {}
     requested = 0
@@ -94,8 +115,8 @@ def caption_stage(
         with tqdm(total=len(ids), desc=f"caption ({captioner.name})", unit="clip") as bar:
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-                got = caption_clips(captioner, iter_clips(records, chunk, pre["sample_rate"], pre["clip_seconds"],
-                                                          class_names), cache)
+                got = caption_clips(captioner, iter_exemplars(records, chunk, windows, pre["sample_rate"],
+                                                              pre["clip_seconds"], class_names), cache)
                 requested += got.requested
                 captions.update(got)
                 bar.update(len(chunk))

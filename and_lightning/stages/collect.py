@@ -40,7 +40,7 @@ from and_lightning.store.hashing import hash_file, hash_obj
 
 log = logging.getLogger(__name__)
 
-SHARD_BYTES = 16 << 20  # float32 rows (values + tie-break) buffered per rank before a shard is committed ...
+SHARD_BYTES = 16 << 20  # float32 rows (values, tie-break[, peaks]) buffered per rank before a shard is committed ...
 MAX_SHARD_ROWS = 4096  # ... and at most this many, so a killed run loses little work
 
 
@@ -62,6 +62,7 @@ def collect_activations(
     shard_rows: int | None = None,
     reuse_only: bool = False,
     pre_activation: bool = False,
+    peak_times: bool = False,
 ) -> Path:
     """Collect activations of `layers` over every clip of `dataset` (in its order); return the store's path.
 
@@ -82,6 +83,8 @@ def collect_activations(
     - `reuse_only`: return an existing store, never collect (FileNotFoundError when there is none).
     - `pre_activation`: record layer outputs before their activation (faithful runs), not as the next layer
       reads them (see `TargetAdapter.unit_view`).
+    - `peak_times`: also record each unit's peak frame time per clip (`ActivationStore.peak`; part of the store
+      key only when set).
     Raises, before writing anything: UnknownLayerError (with the available names), ValueError for no clips or
     bad arguments, FileNotFoundError for a missing checkpoint or clip file.
     """
@@ -95,12 +98,14 @@ def collect_activations(
                          f"{clip_seconds}, {batch_size}, {top_k}, {shard_rows}")
     if checkpoint is not None:
         load_weights(adapter, load_checkpoint(checkpoint, "checkpoint")["state_dict"], f"checkpoint: {checkpoint}")
-    probe = ProbeModule(adapter, model_order(adapter, layers), reduction, pre_activation)
+    probe = ProbeModule(adapter, model_order(adapter, layers), reduction, pre_activation, peak_times)
     for name in probe.layer_names:
         if "/" in name or "\\" in name or name in (".", ".."):
             raise ValueError(f"layer name '{name}' cannot name a folder (layer=<name>/ in the store)")
     preprocessing = {"sample_rate": sample_rate, "clip_seconds": float(clip_seconds),
                      "num_samples": int(round(clip_seconds * sample_rate)), "pre_activation": bool(pre_activation)}
+    if peak_times:
+        preprocessing["peak_times"] = True
     model_hash, dataset_hash = model_fingerprint(adapter), dataset_fingerprint(records)
     key = store_key(model_hash, dataset_hash, probe.layer_names, reduction, preprocessing)
     store = Path(store_root) / key
@@ -130,7 +135,8 @@ def collect_activations(
         remaining = np.flatnonzero(~finished_rows(shard_dir, len(records)))
         log.info("collecting %d of %d clips into %s", len(remaining), len(records), store)
         writer = ActivationWriter(shard_dir, {r.clip_id: i for i, r in enumerate(records)}, probe.widths,
-                                  shard_rows or default_shard_rows(probe.widths, batch_size))
+                                  shard_rows or default_shard_rows(probe.widths, batch_size, 2 + peak_times),
+                                  peak_times)
         trainer = L.Trainer(**_trainer_kwargs(trainer_kwargs, writer, progress))
         loader = DataLoader(Subset(ClipDataset(records, sample_rate, clip_seconds), remaining.tolist()),
                             batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -189,8 +195,9 @@ def model_order(adapter: TargetAdapter, layers: Sequence[str]) -> list[str]:
     return sorted(layers, key=order.__getitem__)
 
 
-def default_shard_rows(widths: Mapping[str, int], batch_size: int) -> int:
-    rows = min(MAX_SHARD_ROWS, SHARD_BYTES // (8 * max(1, sum(widths.values()))))  # two float32 values per unit
+def default_shard_rows(widths: Mapping[str, int], batch_size: int, matrices: int = 2) -> int:
+    """Rows per shard: `matrices` float32 values per unit (values and tie-break statistic, and peak times)."""
+    rows = min(MAX_SHARD_ROWS, SHARD_BYTES // (4 * matrices * max(1, sum(widths.values()))))
     return max(batch_size, rows // batch_size * batch_size)
 
 

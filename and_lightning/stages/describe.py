@@ -24,6 +24,7 @@ from and_lightning.describe.calibration import ORIGINAL_THRESHOLD, Calibrated, c
 from and_lightning.describe.closed_set import (
     db_probs, icl_request, parse_icl_reply, scores_from_p, tab_scores_matrix, top_concepts,
 )
+from and_lightning.describe.exemplars import exemplar_windows
 from and_lightning.describe.similarity import TOP_CLIP_SIMILARITIES
 from and_lightning.describe.llm.base import ChatLLM, ChatRequest
 from and_lightning.describe.llm.prompts import summary_messages
@@ -146,9 +147,13 @@ def describe_layer(
     dcfg: DictConfig,
     head_layer: str | None,
     memo: DescribeMemo | None = None,
+    window_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
     """Describe every unit of `layer`; returns one record per unit (schema in DESIGN.md). Pass one `memo` to
-    all layers of a run so that what they share is computed once."""
+    all layers of a run so that what they share is computed once. With `window_seconds` the summaries read the
+    captions of the windows around each unit's peak frame in its top / bottom clips (`describe/exemplars.py`),
+    and each record carries those windows' [start, end] (`top_windows`, `bottom_windows`, parallel to
+    `top_clips`, `bottom_clips`)."""
     memo = memo or DescribeMemo()
     k = int(dcfg.k)
     t = store.topk(layer, k)
@@ -156,8 +161,15 @@ def describe_layer(
     log.info("layer %s: %d units with ties at the top-%d boundary, %d at the bottom-%d (ordered by %s; left to clip "
              "order: %d, %d)", layer, (t.top_ties > 0).sum(), k, (t.bottom_ties > 0).sum(), k,
              store.tie_break[layer], (t.top_unresolved > 0).sum(), (t.bottom_unresolved > 0).sum())
-    top_sets = [tuple(sorted(t.top_ids[u].tolist())) for u in units]
-    low_sets = [tuple(sorted(t.bottom_ids[u].tolist())) for u in units]
+    windows = ({side: exemplar_windows(store, layer, rows, window_seconds)
+                for side, rows in (("top", t.top_rows), ("bottom", t.bottom_rows))}
+               if window_seconds is not None else None)
+    if windows is None:
+        top_sets = [tuple(sorted(t.top_ids[u].tolist())) for u in units]
+        low_sets = [tuple(sorted(t.bottom_ids[u].tolist())) for u in units]
+    else:
+        top_sets, low_sets = ([tuple(sorted(w.id for w in unit)) for unit in windows[side]]
+                              for side in ("top", "bottom"))
     summaries, fixes = summarise(top_sets + low_sets, captions, llm, dcfg.summary.min_share,
                                  dcfg.summary.clean_repeats, memo.summaries, memo.fixes)
     pairs = [(summaries[h], summaries[lo]) for h, lo in zip(top_sets, low_sets)]
@@ -207,6 +219,9 @@ def describe_layer(
             "open_concepts": list(dict.fromkeys(apply_acoustic_filter(o.adjectives, acoustic) + o.nouns)),
             "scores": {},
         })
+        if windows is not None:
+            records[-1].update({f"{side}_windows": [[w.start, w.end] for w in windows[side][u]]
+                                for side in ("top", "bottom")})
         if llm is not None:  # which parse path each LLM reply took; unusable ones are skipped with their reason
             parsed = {w: acoustic_parse[w] for w in map(normalise_word, o.adjectives) if w in acoustic_parse}
             records[-1]["llm_parse"] = {
@@ -258,9 +273,11 @@ def describe_stage(
     out_dir: str | os.PathLike,
     head_layer: str | None,
     audio_embed: Callable[[], torch.Tensor] | None = None,
+    window_seconds: float | None = None,
 ) -> Path:
     """Describe every layer of the store into `out_dir/descriptions.jsonl` (layers already done are reused).
-    TAB needs `audio_embed`: () -> CLAP audio embeddings of `store.clip_ids` (`tab_audio_embedder`)."""
+    TAB needs `audio_embed`: () -> CLAP audio embeddings of `store.clip_ids` (`tab_audio_embedder`);
+    `window_seconds`: exemplars are windows (see `describe_layer`)."""
     out_dir = Path(out_dir)
     method = dcfg.closed_set.method
     if method == "icl" and llm is None:
@@ -276,7 +293,7 @@ def describe_stage(
                 P, p_is_prob = concept_matrix(method, captions, store.clip_ids, concepts, encoder, audio_embed,
                                               dcfg.closed_set.scale)
             records = describe_layer(store, layer, captions, concepts, P, p_is_prob, encoder, llm, dcfg, head_layer,
-                                     memo)
+                                     memo, window_seconds)
             write_text(path, "".join(json.dumps(r) + "\n" for r in records))
         lines.append(path.read_text(encoding="utf-8"))
     out = out_dir / "descriptions.jsonl"

@@ -21,6 +21,7 @@ from and_lightning.analysis.plots import save_png
 from and_lightning.analysis.tables import write_table
 from and_lightning.analysis.task import EvalContext, Task, TaskSkipped
 from and_lightning.describe.captioners.labels import NOT_COMPARABLE
+from and_lightning.describe.exemplars import record_windows, top_clip_curves
 from and_lightning.store.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,19 @@ def html_report_stage(hcfg: Mapping[str, Any] | DictConfig, out_dir: str | os.Pa
                       records: Sequence[Mapping[str, Any]], clips: Mapping[str, Any], captions: Mapping[str, str],
                       sample_rate: int, clip_seconds: float, *, metrics: Mapping[str, Any] | None = None,
                       neuron_scores: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
-                      title: str = "AND dissection") -> Path:
-    """Write the static HTML report (`out_dir/index.html` + audio/ + spec/); returns the page's path."""
+                      title: str = "AND dissection", exemplar_curves: tuple[Any, bool] | None = None) -> Path:
+    """Write the static HTML report (`out_dir/index.html` + audio/ + spec/); returns the page's path.
+
+    `exemplar_curves` (exemplars=window): (the dissected adapter, whether units were recorded before their
+    activation); the page then gets each record's top windows and the unit's activation curve over each of its top
+    clips (`describe/exemplars.py`). This is the one place the window report is wired."""
     hcfg = _plain(hcfg)
+    extra = {}
+    if exemplar_curves is not None:
+        shown = [r for r in records if "top_windows" in r]
+        extra = {"windows": record_windows(shown),
+                 "curves": top_clip_curves(exemplar_curves[0], shown, clips, clip_seconds, exemplar_curves[1])}
     return build_html_report(records, {cid: str(r.path) for cid, r in clips.items()}, captions, out_dir, sample_rate,
                              clip_seconds, title=title, audio_per_neuron=int(hcfg["audio_per_neuron"]),
                              max_neurons=hcfg.get("max_neurons"), max_per_layer=hcfg.get("max_per_layer"),
-                             metrics=metrics, neuron_scores=neuron_scores)
+                             metrics=metrics, neuron_scores=neuron_scores, **extra)

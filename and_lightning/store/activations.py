@@ -7,6 +7,8 @@ Layout of one store (a directory named by its content key, see `and_lightning.st
                                           top_k, tie_break (layer -> what its tie-break statistic is)
     <key>/layer=<name>/acts.f32.npy       float32 [N, M], row i = clip_ids[i] (open read-only with mmap)
     <key>/layer=<name>/tiebreak.f32.npy   float32 [N, M], the statistic that orders clips of equal activation
+    <key>/layer=<name>/peak.f32.npy       float32 [N, M], seconds of each unit's peak frame in the clip (NaN: the
+                                          layer has no time axis); only in stores collected with peak times
     <key>/layer=<name>/topk.npz           top_/bottom_ rows, ids, values, tiebreak [M, K]; top_/bottom_ ties and
                                           unresolved [M] (see `RunningTopK`); mean, std [M]
 
@@ -43,6 +45,7 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ACTS = "acts.f32.npy"
 TIEBREAK = "tiebreak.f32.npy"
+PEAK = "peak.f32.npy"
 TOPK = "topk.npz"
 SHARDS = "shards"
 READ_CHUNK_BYTES = 1 << 20  # rows read (and ranked) per step when streaming a matrix back from disk
@@ -255,14 +258,16 @@ def iter_row_chunks(path: Path, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator
 
 
 def write_shard(shard_dir: Path, layers: Mapping[str, int], rows: np.ndarray, acts: np.ndarray,
-                tiebreak: np.ndarray) -> Path:
+                tiebreak: np.ndarray, peak: np.ndarray | None = None) -> Path:
     """Commit one shard: row indices [n] and the float32 activations and tie-break statistics [n, U] of all
-    `layers` (name -> units, columns in that order, U = their sum). The name derives from the rows (same rows,
-    same file).
+    `layers` (name -> units, columns in that order, U = their sum), and the peak frame times [n, U] when given.
+    The name derives from the rows (same rows, same file).
     """
     rows = np.asarray(rows, dtype=np.int64)
     arrays = {"layers": np.array(list(layers)), "units": np.array(list(layers.values()), np.int64), "rows": rows,
               "acts": np.asarray(acts, np.float32), "tiebreak": np.asarray(tiebreak, np.float32)}
+    if peak is not None:
+        arrays["peak"] = np.asarray(peak, np.float32)
     path = Path(shard_dir) / f"rows-{int(rows.min()):09d}-{hash_bytes(rows.tobytes())[:12]}.npz"
     write_npz_stable(path, arrays)
     return path
@@ -315,7 +320,8 @@ def _usable_shards(shard_dir: Path, n_rows: int) -> list[Path]:
 def assemble_store(store: Path, manifest: Mapping[str, Any]) -> Path:
     """Build the complete store `store` from the shards in `partial_dir(store)`, then remove the partial folder.
 
-    `manifest` must hold "clip_ids", "layers" ([{"name", "units"}]) and "top_k"; it is written as manifest.json
+    `manifest` must hold "clip_ids", "layers" ([{"name", "units"}]) and "top_k" (and the peak times are assembled
+    when its "preprocessing" has "peak_times"); it is written as manifest.json
     last, and the folder appears at `store` by one rename. Safe to call again after a crash (starts over from
     the shards); if another process finished first, its store is kept.
     """
@@ -325,14 +331,15 @@ def assemble_store(store: Path, manifest: Mapping[str, Any]) -> Path:
     n = len(clip_ids)
     layers = {spec["name"]: int(spec["units"]) for spec in manifest["layers"]}
     columns = np.cumsum([0, *layers.values()])
+    names = (ACTS, TIEBREAK, PEAK) if manifest.get("preprocessing", {}).get("peak_times") else (ACTS, TIEBREAK)
     shards = _usable_shards(partial / SHARDS, n)
     work = partial / f"assemble-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
     with ExitStack() as stack:
-        files, offsets = [], []  # per layer: (activations, tie-break statistic)
+        files, offsets = [], []  # per layer: (activations, tie-break statistic[, peak times])
         for layer, units in layers.items():
             layer_dir(work, layer).mkdir()
-            tmps = [stack.enter_context(atomic_path(layer_dir(work, layer) / name)) for name in (ACTS, TIEBREAK)]
+            tmps = [stack.enter_context(atomic_path(layer_dir(work, layer) / name)) for name in names]
             offsets.append([_npy_header_offset(tmp, (n, units)) for tmp in tmps])
             files.append([stack.enter_context(open(tmp, "r+b")) for tmp in tmps])
         for path in shards:
@@ -343,7 +350,10 @@ def assemble_store(store: Path, manifest: Mapping[str, Any]) -> Path:
                 if "tiebreak" not in z.files or z["acts"].dtype != np.float32:
                     raise ValueError(f"{path}: a shard of another store format (float16, no tie-break statistic); "
                                      f"delete {partial} and collect again")
-                rows, matrices = z["rows"], (z["acts"], z["tiebreak"])
+                if len(names) == 3 and "peak" not in z.files:
+                    raise ValueError(f"{path}: a shard without peak times in a store that records them; delete "
+                                     f"{partial} and collect again")
+                rows, matrices = z["rows"], tuple(z[k] for k in ("acts", "tiebreak", "peak")[:len(names)])
                 for i in range(len(layers)):
                     for f, offset, mat in zip(files[i], offsets[i], matrices):
                         _write_rows(f.fileno(), offset, rows, mat[:, columns[i]:columns[i + 1]])
@@ -448,6 +458,15 @@ class ActivationStore:
         """Read-only float32 memmap [N_clips, units]: the statistic (`tie_break[layer]`) that orders equal
         activations."""
         return np.load(self._layer(layer) / TIEBREAK, mmap_mode="r")
+
+    def peak(self, layer: str) -> np.ndarray:
+        """Read-only float32 memmap [N_clips, units]: seconds of each unit's peak frame in each clip (NaN: the layer
+        has no time axis); a clear error for a store collected without peak times."""
+        path = self._layer(layer) / PEAK
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.path}: collected without peak times (exemplars=clip); collect with "
+                                    "exemplars=window to record them")
+        return np.load(path, mmap_mode="r")
 
     def topk(self, layer: str, k: int | None = None) -> TopK:
         """Top/bottom-k of `layer` (k defaults to the store's K; another k is computed once from the stored
