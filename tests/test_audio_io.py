@@ -144,8 +144,8 @@ def ogg_pages(data: bytes) -> list[tuple[int, int, bytes]]:
     while pos < len(data):
         n = data[pos + 26]
         end = pos + 27 + n + sum(data[pos + 27:pos + 27 + n])
-        pages.append((int.from_bytes(data[pos + 14:pos + 18], "little"), int.from_bytes(data[pos + 22:pos + 26], "little"),
-                      data[pos:end]))
+        serial, crc = (int.from_bytes(data[pos + i:pos + i + 4], "little") for i in (14, 22))
+        pages.append((serial, crc, data[pos:end]))
         pos = end
     return pages
 

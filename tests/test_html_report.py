@@ -398,7 +398,8 @@ def test_windows_play_in_chromium_with_their_length_spectrogram_and_curve(browse
     first = browser.js("const c = document.querySelector('.clip'); const p = c.querySelector('polyline');"
                        "const r = c.querySelector('rect'); const b = p.getBBox();"
                        "return [p.points.numberOfItems, b.width, b.height, r.x.baseVal.value, r.width.baseVal.value,"
-                       " c.querySelector('svg').getBoundingClientRect().width, c.querySelector('.caption').textContent]")
+                       " c.querySelector('svg').getBoundingClientRect().width,"
+                       " c.querySelector('.caption').textContent]")
     assert first == [10, pytest.approx(216, abs=0.5), pytest.approx(36, abs=0.5), 48, 96, 240, WINDOW_CAPTION]
     errors = [e for e in browser.console() if e["level"] in ("SEVERE", "WARNING")]
     assert errors == []

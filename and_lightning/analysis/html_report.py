@@ -79,7 +79,7 @@ def curve_points(times: Sequence[float] | np.ndarray, values: Sequence[float] | 
     return " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x, y))
 
 
-CURVE_SIZE = (240, 40)  # px of the activation curve under a window's player
+CURVE_SIZE = (240, 40)  # px of a unit's activation curve under a top clip's player
 
 
 def _aligned(what: str, items: Sequence[Any] | None, layer: str, unit: int, n: int) -> list[Any]:
@@ -115,8 +115,8 @@ def clip_view(cid: str, value: float, window: Window | None, curve: tuple[Any, A
                                                      f"{window.seconds / clip_seconds * width:.1f}")}}
 
 
-def neuron_view(r: Mapping[str, Any], captions: Mapping[str, str], audio_per_neuron: int, extra_scores: Mapping[str, Any], clip_seconds: float,
-                windows: Sequence[Window] | None = None,
+def neuron_view(r: Mapping[str, Any], captions: Mapping[str, str], audio_per_neuron: int,
+                extra_scores: Mapping[str, Any], clip_seconds: float, windows: Sequence[Window] | None = None,
                 curves: Sequence[tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """What the template shows of one neuron (plain text; the template escapes it)."""
     concepts = [(c.get("concept", ""), c.get("score")) for c in r.get("closed_concepts", [])]
@@ -149,9 +149,10 @@ def write_assets(pieces: Iterable[str | Window], clip_paths: Mapping[str, str], 
             todo.setdefault(key, piece)
     n = int(round(clip_seconds * sample_rate))
     assets = {}
-    for cid, group in itertools.groupby(sorted(todo.items(), key=lambda kv: _clip_of(kv[1])), lambda kv: _clip_of(kv[1])):
+    ordered = sorted((_clip_of(piece), key, piece) for key, piece in todo.items())
+    for cid, group in itertools.groupby(ordered, lambda item: item[0]):
         wave = None  # each source clip is read once, only when one of its pieces is missing
-        for key, piece in group:
+        for _, key, piece in group:
             stem = asset_name(key)
             audio, image = out_dir / "audio" / f"{stem}.{AUDIO_EXT}", out_dir / "spec" / f"{stem}.{IMAGE_EXT}"
             if not (audio.is_file() and image.is_file()):
