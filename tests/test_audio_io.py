@@ -6,7 +6,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from and_lightning.data.audio_io import AudioError, fix_length, load_audio, resample, save_audio
+from and_lightning.data.audio_io import (OGG_SERIAL, AudioError, fix_length, load_audio, opus_rate, resample,
+                                         save_audio, save_opus)
+from and_lightning.data.ogg import ogg_crc, with_serial
 from fixtures_audio import write_tone
 
 
@@ -133,3 +135,63 @@ def test_save_audio_of_a_channel_first_mono_tensor_writes_one_channel(tmp_path):
 def test_save_audio_refuses_non_finite_samples(tmp_path):
     with pytest.raises(AudioError, match="nan.wav"):
         save_audio(tmp_path / "nan.wav", np.array([0.1, np.nan], dtype=np.float32), 16000)
+
+
+# ------------------------------------------------------------------------- Ogg Opus (the HTML report's audio)
+def ogg_pages(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(serial, stored CRC, page bytes) of each page, parsed independently of and_lightning.data.ogg."""
+    pages, pos = [], 0
+    while pos < len(data):
+        n = data[pos + 26]
+        end = pos + 27 + n + sum(data[pos + 27:pos + 27 + n])
+        serial, crc = (int.from_bytes(data[pos + i:pos + i + 4], "little") for i in (14, 22))
+        pages.append((serial, crc, data[pos:end]))
+        pos = end
+    return pages
+
+
+def test_ogg_crc_of_hand_computed_inputs():
+    assert ogg_crc(b"") == 0 and ogg_crc(b"\x00\x00") == 0
+    assert ogg_crc(b"\x01") == 0x04C11DB7  # one shifted-in bit: the polynomial itself
+    assert ogg_crc(b"\x80") == 0x690CE0EE  # 0x80 << 24 through eight shift-xor rounds, worked by hand
+
+
+def test_with_serial_reproduces_libsndfile_pages_and_stays_decodable(tmp_path):
+    buf = tmp_path / "a.ogg"
+    sf.write(str(buf), 0.3 * np.sin(np.arange(16000) / 7).astype(np.float32), 16000, format="OGG", subtype="OPUS")
+    data = buf.read_bytes()
+    pages = ogg_pages(data)
+    assert len(pages) >= 3 and len({s for s, _, _ in pages}) == 1
+    assert with_serial(data, pages[0][0]) == data  # our CRC is libogg's: same serial gives back the same bytes
+    fixed = with_serial(data, 12345)
+    assert [s for s, _, _ in ogg_pages(fixed)] == [12345] * len(pages)
+    buf.write_bytes(fixed)
+    assert sf.info(str(buf)).frames == 16000  # libogg checks every page's CRC while reading
+    with pytest.raises(ValueError, match="not an Ogg page at byte 0"):
+        with_serial(b"RIFF" + data[4:], 1)
+    with pytest.raises(ValueError, match="runs past the end"):
+        with_serial(data[:-10], 1)
+
+
+def test_opus_rate_is_the_lowest_opus_rate_that_keeps_the_band():
+    assert [opus_rate(r) for r in (8000, 11025, 16000, 22050, 44100, 96000)] == [8000, 12000, 16000, 24000, 48000,
+                                                                                  48000]
+
+
+def test_save_opus_is_short_byte_reproducible_and_keeps_the_length(tmp_path):
+    t = np.arange(16000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    save_opus(tmp_path / "a.opus", wave, 16000)
+    save_opus(tmp_path / "b.opus", torch.from_numpy(wave), 16000)
+    data = (tmp_path / "a.opus").read_bytes()
+    assert data == (tmp_path / "b.opus").read_bytes()  # libsndfile alone picks a random serial number each time
+    assert {s for s, _, _ in ogg_pages(data)} == {OGG_SERIAL}
+    info = sf.info(str(tmp_path / "a.opus"))
+    assert (info.format, info.subtype, info.samplerate, info.frames) == ("OGG", "OPUS", 16000, 16000)
+    assert len(data) < 4500  # ~24 kbit/s: 1 s in about 3 kB (16-bit WAV: 32 kB)
+    loaded, _ = load_audio(tmp_path / "a.opus")
+    assert peak_hz(loaded, 16000) == pytest.approx(440, abs=2)
+    save_opus(tmp_path / "c.opus", wave, 22050)
+    assert (sf.info(str(tmp_path / "c.opus")).samplerate, sf.info(str(tmp_path / "c.opus")).frames) == (24000, 17415)
+    with pytest.raises(AudioError, match="nan.opus"):
+        save_opus(tmp_path / "nan.opus", np.array([0.1, np.nan]), 16000)

@@ -25,3 +25,15 @@ def test_default_train_then_dissect(tmp_path):
     rows = Path(json.loads(result.read_text())["descriptions"])
     rows = [json.loads(line) for line in (tmp_path / rows).read_text().splitlines()]
     assert len(rows) == 16 + 32 + 64 + 128 + 10 and all(r["description"] for r in rows)
+
+    # the HTML report stays small: short Opus files and WebP spectrograms beside the page, never inlined
+    page = tmp_path / json.loads(result.read_text())["html_report"]
+    files = [p for p in page.parent.rglob("*") if p.is_file()]
+    suffixes = sorted({p.suffix for p in files})
+    assert suffixes == [".html", ".opus", ".webp"], suffixes
+    opus = {p.stem for p in files if p.suffix == ".opus"}
+    assert len(opus) > 100 and opus == {p.stem for p in files if p.suffix == ".webp"}
+    assert all(f'src="audio/{stem}.opus"' in page.read_text() for stem in opus)
+    assert page.stat().st_size < 1_000_000  # nothing inlined
+    total = sum(p.stat().st_size for p in files)
+    assert total < 5_000_000, f"default run's HTML report is {total / 1e6:.2f} MB (issue 16: under 5 MB)"

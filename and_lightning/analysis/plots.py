@@ -1,7 +1,7 @@
 """PNG plots of the evaluation (matplotlib's object API, Agg canvas: no display, no global pyplot state).
 
 The evaluation's plots are returned as figures (stages/evaluate.py writes them with `save_png` and the report stage
-logs them to W&B as wandb.Image); `spectrogram_png` writes the HTML report's small images itself.
+logs them to W&B as wandb.Image); `spectrogram_webp` writes the HTML report's small images itself.
 """
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image
 
 from and_lightning.store.atomic import atomic_path
 
@@ -102,20 +104,22 @@ def peak_event_plot(rows: Sequence[Mapping[str, Any]], ylabel: str) -> Figure:
     return fig
 
 
-def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str | os.PathLike, n_fft: int = 512) -> str:
-    """A small (192 x 96 px) log-power spectrogram image of one clip, 80 dB range, for the HTML report."""
+def spectrogram_webp(wave: np.ndarray, sample_rate: int, path: str | os.PathLike, n_fft: int = 512,
+                     size: tuple[int, int] = (192, 96), quality: int = 70) -> str:
+    """A small (`size` px) log-power spectrogram image of a clip or window, 80 dB range, magma colours, lossy WebP
+    (a few kB: the HTML report carries hundreds of them). Written atomically; returns the path."""
     x = np.asarray(wave, np.float64)
     hop = n_fft // 4
     if len(x) < n_fft:
         x = np.pad(x, (0, n_fft - len(x)))
     frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
     db = 10 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T ** 2 + 1e-10)
-    fig = Figure(figsize=(2.4, 1.2))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
-              extent=(0, len(x) / sample_rate, 0, sample_rate / 2))
-    ax.set_axis_off()
-    return save_png(fig, path, dpi=80, bbox_inches=None)
+    level = np.clip((db - (db.max() - 80)) / 80, 0, 1)[::-1]  # low frequencies at the bottom
+    rgb = (colormaps["magma"](level)[..., :3] * 255).round().astype(np.uint8)
+    image = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="WEBP", quality=quality, method=6)
+    return str(path)
 
 
 def score_distribution_plot(dists: Mapping[str, tuple[np.ndarray, np.ndarray]], ylabel: str) -> Figure:

@@ -1,6 +1,7 @@
 """Audio file I/O with soundfile + torchaudio resampling, and clear errors that name the file."""
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -9,6 +10,11 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from and_lightning.data.ogg import with_serial
+from and_lightning.store.atomic import atomic_path
+
+OGG_SERIAL = 0x414E4400  # "AND\0": every Ogg stream we write carries this serial number
 
 
 class AudioError(ValueError):
@@ -73,10 +79,8 @@ def fix_length(wave: torch.Tensor, num_samples: int) -> torch.Tensor:
     return torch.nn.functional.pad(wave, (0, num_samples - n))
 
 
-def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int) -> None:
-    """Write a mono waveform as 16-bit PCM WAV (atomically)."""
-    from and_lightning.store.atomic import atomic_path
-
+def _mono_samples(path: str | os.PathLike, wave: torch.Tensor | np.ndarray) -> np.ndarray:
+    """`wave` as a float32 array [T], or an AudioError naming `path` (the file it was to be written to)."""
     arr = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
@@ -84,5 +88,33 @@ def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_
         raise AudioError(f"{path}: expected a non-empty mono waveform [T] (or [1, T]), got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise AudioError(f"{path}: refusing to write NaN or infinite samples")
+    return arr.astype(np.float32)
+
+
+def save_audio(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int) -> None:
+    """Write a mono waveform as 16-bit PCM WAV (atomically)."""
+    arr = _mono_samples(path, wave)
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), arr.astype(np.float32), sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(str(tmp), arr, sample_rate, subtype="PCM_16", format="WAV")
+
+
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)  # the only input rates the Opus encoder takes
+
+
+def opus_rate(sample_rate: int) -> int:
+    """The lowest rate Opus encodes that keeps every frequency of `sample_rate` audio (48 kHz above that)."""
+    return next((r for r in OPUS_RATES if r >= sample_rate), OPUS_RATES[-1])
+
+
+def save_opus(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int, kbps: float = 24.0) -> None:
+    """Write a mono waveform as Ogg Opus (variable bit rate around `kbps` kbit/s; resampled to `opus_rate` first),
+    atomically and byte-reproducibly: the same samples give the same file (the Ogg serial number is fixed)."""
+    arr = _mono_samples(path, wave)
+    rate = opus_rate(sample_rate)
+    arr = resample(torch.from_numpy(arr), sample_rate, rate).numpy()
+    buf = io.BytesIO()
+    # libsndfile maps compression level 0..1 linearly to 256..6 kbit/s for Opus
+    level = min(max((256.0 - kbps) / 250.0, 0.0), 1.0)
+    sf.write(buf, arr, rate, format="OGG", subtype="OPUS", compression_level=level)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(with_serial(buf.getvalue(), OGG_SERIAL))
