@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from and_lightning.analysis.llm_clips import sized
 from and_lightning.analysis.simulation import (
     RATING_SCHEMA, correlations_of_many, llm_clip_choice, parse_ratings, pearson, simulation_report, spearman,
     text_predictions,
@@ -126,7 +127,7 @@ def test_llm_simulator_through_a_real_client(tmp_path):
     assert row["predictor"] == "llm" and row["pearson"] > 0.7 and row["pearson"] > row["pearson_shuffled"] + 0.5
     # 4 neurons x 10 clips in chunks of 5, for the real and for the shuffled descriptions (duplicates sent once)
     assert 8 < len(bodies) <= 16
-    assert all(b["response_format"]["json_schema"]["schema"] == RATING_SCHEMA for b in bodies)
+    assert all(b["response_format"]["json_schema"]["schema"] == sized(RATING_SCHEMA, 5) for b in bodies)
 
 
 def test_missing_captions_is_a_clear_error():

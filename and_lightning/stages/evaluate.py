@@ -108,13 +108,13 @@ def evaluate_stage(ecfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathL
 
 def scored_records(records: Sequence[Mapping[str, Any]],
                    neuron_scores: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """`records` with `scores` set to their unit's `neuron_scores` (`{}` when no task scored the unit; a score that
-    is not finite, e.g. the AUPRC of a unit without positive clips, is null), replacing an earlier evaluation's."""
+    """`records` with `scores` (describe's empty placeholder, or an earlier evaluation's) set to their unit's
+    `neuron_scores`: `{}` when no task scored the unit; a score that is not finite, e.g. the AUPRC of a unit
+    without positive clips, is null."""
     def plain(v: Any) -> Any:
         return None if isinstance(v, float) and not math.isfinite(v) else v
 
-    return [{**{k: v for k, v in r.items() if k != "scores"},
-             "scores": {k: plain(v) for k, v in neuron_scores.get((r["layer"], r["unit"]), {}).items()}}
+    return [{**r, "scores": {k: plain(v) for k, v in neuron_scores.get((r["layer"], r["unit"]), {}).items()}}
             for r in records]
 
 
