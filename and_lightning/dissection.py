@@ -157,6 +157,7 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
                             captioner=captioner, split_dir=out, audio_embed=audio_embed, model_name=cfg.model.name,
                             seed=cfg.seed, label_captions=label_captions, model=adapter)
         metrics.update(ev.metrics)
+        result["descriptions"] = ev.files["descriptions"]  # the same records, with this run's per-unit scores
         result["evaluate"] = {"files": ev.files, "images": ev.images, "skipped": ev.skipped}
     result["metrics"] = {**sae_metrics, **metrics}
     if "report" in stages:

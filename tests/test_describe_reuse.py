@@ -20,6 +20,7 @@ from conftest import compose_cfg
 def outputs(dissection: Path, run: Path) -> dict[str, bytes]:
     files = {"descriptions.jsonl": (dissection / "descriptions.jsonl").read_bytes()}
     files.update({p.name: p.read_bytes() for p in (run / "evaluate").iterdir() if p.suffix in (".csv", ".md")})
+    files["scored descriptions.jsonl"] = (run / "evaluate" / "descriptions.jsonl").read_bytes()  # per-unit scores
     return files
 
 

@@ -14,6 +14,7 @@ from and_lightning.analysis.detection import (
 from and_lightning.analysis.judge_metrics import (
     average_precision, best_threshold, effect_ratio, f1_score, recall_per_quantile,
 )
+from and_lightning.analysis.llm_clips import sized
 from and_lightning.analysis.split import make_split
 from and_lightning.describe.llm.openai_chat import OpenAIChatLLM
 from fakes import FakeBagOfWordsEncoder
@@ -118,8 +119,13 @@ def test_llm_judge_through_a_real_client(tmp_path):
     (row,) = rows
     assert row["judge"] == "llm" and row["auprc"] == 1.0 and row["f1"] == 1.0 and row["auprc_shuffled"] < 0.8
     # 4 units x 24 clips in chunks of 6, for the real and the shuffled descriptions (duplicates sent once)
-    assert 16 <= sent <= 32 and all(b["response_format"]["json_schema"]["schema"] == JUDGE_SCHEMA
-                                    for b in server.bodies())
+    # each request's schema asks for exactly its clips (at most 6; a small model's list closes there)
+    clips = [len([x for x in last_user_text(b).split("Clips:\n")[1].splitlines() if x.strip()])
+             for b in server.bodies()]
+    assert 16 <= sent <= 32 and max(clips) == 6 and all(
+        b["response_format"]["json_schema"]["schema"] == sized(JUDGE_SCHEMA, n) for b, n in zip(server.bodies(), clips))
+    assert sized(JUDGE_SCHEMA, 6)["properties"]["judgements"] == {**JUDGE_SCHEMA["properties"]["judgements"],
+                                                                  "minItems": 6, "maxItems": 6}
     assert parse_judgements('{"judgements": [{"clip": 2, "fires": true}]}', 2)[1] == 1.0
 
 

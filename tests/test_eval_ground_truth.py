@@ -99,11 +99,11 @@ def test_report_on_neurons_built_from_known_attributes():
     records = [{"layer": "L", "unit": u, "description": d, "summary_high": s}
                for u, (d, s) in enumerate([("shrill squeaks", "loud"), ("blaring", "loud"),
                                            ("echoing", "quiet"), ("a dry sound", "dry")])]
-    rows, per_neuron = ground_truth_report(records, {"L": acts}, attrs, ATTRIBUTES, threshold=0.75,
+    rows, per_neuron, _ = ground_truth_report(records, {"L": acts}, attrs, ATTRIBUTES, threshold=0.75,
                                            fields=["description", "summary_high"], shuffles=10, seed=0)
     desc, high = rows
     assert (desc["field"], desc["precision"], desc["recall"], desc["f1"]) == ("description", 1.0, 1.0, 1.0)
     assert desc["f1_shuffled"] < 0.6 and desc["no_separable"] == 0.25
     assert high["precision"] == pytest.approx(1 / 3) and high["recall"] == pytest.approx(1 / 3)
-    assert per_neuron[("L", 0)] == {"gt_true": ["pitch=high"], "gt_named": ["pitch=high"]}
-    assert per_neuron[("L", 3)]["gt_true"] == []
+    assert per_neuron[("L", 0)] == {"gt_f1": 1.0, "gt_true": ["pitch=high"], "gt_named": ["pitch=high"]}
+    assert per_neuron[("L", 3)]["gt_true"] == [] and math.isnan(per_neuron[("L", 3)]["gt_f1"])  # nothing to name

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from and_lightning.analysis.intervention import intervention_report, output_change, unit_changes
+from and_lightning.analysis.intervention import intervention_report, output_change, prefix_can_be_shared, unit_changes
 from and_lightning.analysis.split import make_split
 from and_lightning.models.base import TargetAdapter
 from and_lightning.prune.masks import UnitMasks
@@ -167,3 +167,22 @@ def test_shared_prefix_equals_repeated_input_and_is_refused_when_batch_size_matt
     with torch.no_grad():
         base = mixing(waves)
     assert not prefix_can_be_shared(mixing, "hidden", [0, 1], waves, None, base)
+
+
+@torch.no_grad()
+def test_frame_folding_model_crepe_output_units_edit_as_by_hand():
+    """CREPE folds each clip's frames into the batch: a row's edit reaches all its frames. The clip output is the
+    mean over frames of the classifier, so editing output unit u by f equals scaling the clip logit u by f."""
+    from and_lightning.models.crepe import CrepeAdapter
+
+    adapter = CrepeAdapter(capacity="tiny", hop_length=1600).eval()
+    waves = torch.randn(3, 4800, generator=torch.Generator().manual_seed(0))
+    base = adapter.run(waves)
+    units = [5, 200, 300]
+    for factor in (0.0, 3.0):
+        got = unit_changes(adapter, "classifier", units, waves, None, base, factor, units_per_pass=2)
+        for i, u in enumerate(units):
+            edited = base.clone()
+            edited[:, u] *= factor
+            np.testing.assert_allclose(got[i], output_change(base, edited)[0].numpy(), rtol=1e-4, atol=1e-9)
+    assert not prefix_can_be_shared(adapter, "classifier", units, waves, None, base)

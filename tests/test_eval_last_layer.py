@@ -84,9 +84,10 @@ def labelled_case():
 def test_similarity_rows_hand_case_matches_the_shared_metric_helpers():
     acts, P = labelled_case()
     concepts, unit_gt = ["a", "b", "c"], ["a", "b", "c"]
-    rows = similarity_rows(acts, unit_gt, concepts, {"labels": ConceptScores(P, True)}, ENC,
-                           similarities=["cos", "cos_cubed", "wpmi", "soft_wpmi"], faithful=[False, True],
-                           params={"wpmi": {"top_k": 2}, "soft_wpmi": {"top_k": 2}})
+    rows, per_neuron, _ = similarity_rows(acts, unit_gt, concepts, {"labels": ConceptScores(P, True)}, ENC,
+                                          similarities=["cos", "cos_cubed", "wpmi", "soft_wpmi"],
+                                          faithful=[False, True], params={"wpmi": {"top_k": 2}, "soft_wpmi": {"top_k": 2}},
+                                          layer="head")
     # faithful only changes wpmi / soft_wpmi: no faithful cos rows
     assert [(r["similarity"], r["faithful"]) for r in rows] == [
         ("cos", False), ("cos_cubed", False), ("wpmi", False), ("wpmi", True), ("soft_wpmi", False),
@@ -95,19 +96,27 @@ def test_similarity_rows_hand_case_matches_the_shared_metric_helpers():
     # units 0 and 1 name their own concept; unit 2 (gt c) fires on a-clips: top-1 = a, cos(a, c) = 0
     assert cos_row["top1"] == pytest.approx(200 / 3) and cos_row["top5"] == 100.0
     assert cos_row["cos"] == pytest.approx((1.0 + 1.0 + 0.0) / 3)
+    # per unit: the same hits, one key per row
+    assert [per_neuron[("head", u)]["ll/labels/cos/top1"] for u in range(3)] == [1.0, 1.0, 0.0]
+    assert set(per_neuron[("head", 0)]) == {"ll/labels/cos/top1", "ll/labels/cos_cubed/top1", "ll/labels/wpmi/top1",
+                                            "ll/labels/wpmi/faithful/top1", "ll/labels/soft_wpmi/top1",
+                                            "ll/labels/soft_wpmi/faithful/top1"}
     for r in rows:
         S = scores_from_p(acts, P, r["similarity"], p_is_prob=True, faithful=r["faithful"],
                           **({"top_k": 2} if "wpmi" in r["similarity"] else {}))
         hits = [best[0][0] == g for best, g in zip(top_concepts(S, concepts, 1), unit_gt)]
         assert r["top1"] == pytest.approx(100 * sum(hits) / 3)
+        tag = r["similarity"] + ("/faithful" if r["faithful"] else "")
+        assert [per_neuron[("head", u)][f"ll/labels/{tag}/top1"] for u in range(3)] == [float(h) for h in hits]
 
 
 def test_rank_reorder_on_too_few_clips_is_a_skipped_row_not_a_crash():
     acts, P = labelled_case()  # 6 clips: int(6 * 0.05) = 0 top clips
-    rows = similarity_rows(acts, ["a", "b", "c"], ["a", "b", "c"], {"labels": ConceptScores(P, True)}, ENC,
-                           similarities=["cos", "rank_reorder"])
+    rows, per_neuron, _ = similarity_rows(acts, ["a", "b", "c"], ["a", "b", "c"], {"labels": ConceptScores(P, True)},
+                                          ENC, similarities=["cos", "rank_reorder"])
     assert [(r["similarity"], math.isnan(r["top1"])) for r in rows] == [("cos", False), ("rank_reorder", True)]
     assert rows[1]["note"] == "skipped: rank_reorder needs >= 2 top clips; int(6 * 0.05) = 0"
+    assert set(per_neuron[("", 0)]) == {"ll/labels/cos/top1"}  # a skipped row scores no unit
 
 
 def test_unit_ground_truth_and_paper_columns():

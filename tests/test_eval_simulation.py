@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from and_lightning.analysis.llm_clips import sized
 from and_lightning.analysis.simulation import (
     RATING_SCHEMA, correlations_of_many, llm_clip_choice, parse_ratings, pearson, simulation_report, spearman,
     text_predictions,
@@ -94,12 +95,15 @@ def test_text_simulator_beats_shuffled_descriptions():
     split = make_split(ids, 0.5, seed=0)
     pred = text_predictions(["loud sounds"], ["a loud sound", "a quiet sound"], FakeBagOfWordsEncoder())
     assert pred[0, 0] > pred[0, 1]
-    rows, per_neuron = simulation_report(records, {"L": acts}, ids, captions, split, FakeBagOfWordsEncoder(),
-                                         shuffles=5, seed=0)
+    rows, per_neuron, dists = simulation_report(records, {"L": acts}, ids, captions, split,
+                                                FakeBagOfWordsEncoder(), shuffles=5, seed=0)
     (row,) = rows
     assert row["pearson"] > 0.7 and row["spearman"] > 0.6 and row["pearson"] > row["pearson_shuffled"] + 0.5
     assert row["score_clips"] < 60  # neurons are never scored on their own top / bottom clips
     assert set(per_neuron) == {("L", u) for u in range(4)} and per_neuron[("L", 0)]["sim_pearson"] > 0.7
+    real, shuffled = dists["L"]  # the per-unit values behind the row: real 4 units, shuffled 5 x 4
+    assert real.tolist() == [per_neuron[("L", u)]["sim_pearson"] for u in range(4)] and shuffled.shape == (20,)
+    assert row["pearson_shuffled"] == pytest.approx(np.nanmean(shuffled))
 
 
 def test_llm_simulator_through_a_real_client(tmp_path):
@@ -116,14 +120,14 @@ def test_llm_simulator_through_a_real_client(tmp_path):
     with OpenAITestServer(answer=answer) as server:
         llm = OpenAIChatLLM(model="test-model", base_url=server.base_url, cache_path=str(tmp_path / "llm.sqlite"),
                             api_key_env="AND_TEST_API_KEY", timeout=5.0)
-        rows, _ = simulation_report(records, {"L": acts}, ids, captions, split, None, llm=llm, llm_clips=10,
+        rows, _, _ = simulation_report(records, {"L": acts}, ids, captions, split, None, llm=llm, llm_clips=10,
                                     llm_chunk=5, seed=0)
         bodies = server.bodies()
     (row,) = rows
     assert row["predictor"] == "llm" and row["pearson"] > 0.7 and row["pearson"] > row["pearson_shuffled"] + 0.5
     # 4 neurons x 10 clips in chunks of 5, for the real and for the shuffled descriptions (duplicates sent once)
     assert 8 < len(bodies) <= 16
-    assert all(b["response_format"]["json_schema"]["schema"] == RATING_SCHEMA for b in bodies)
+    assert all(b["response_format"]["json_schema"]["schema"] == sized(RATING_SCHEMA, 5) for b in bodies)
 
 
 def test_missing_captions_is_a_clear_error():

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from and_lightning.analysis.pitch import midi_to_hz, note_concepts, note_to_midi, spoken_hz
 from and_lightning.analysis.task import Task
 from and_lightning.describe.captioners.base import Captioner
-from and_lightning.stages.evaluate import build_tasks, evaluate_stage, needs_dissection
+from and_lightning.stages.evaluate import build_tasks, evaluate_stage, needs_dissection, scored_records
 from conftest import CONF, REPO, compose_cfg
 
 # the evaluation experiments (experiments/<name>.yaml describes each; conf/experiment/<name>.yaml runs it)
@@ -213,3 +213,15 @@ def test_dissecting_without_the_head_runs_the_other_tasks_and_says_why_last_laye
     rows = list(csv.DictReader(open(saved["files"]["ground_truth_csv"])))
     assert [r["layer"] for r in rows] == [layer for layer in layers for _ in cfg.evaluate.ground_truth.fields]
     assert "last_layer_csv" not in saved["files"]
+
+
+def test_scored_records_carry_this_evaluation_scores_only():
+    records = [{"layer": "a", "unit": 0, "description": "x", "scores": {"old": 1.0}},
+               {"layer": "a", "unit": 1, "description": "y"}]
+    scores = {("a", 0): {"det_auprc": 0.75, "gt_f1": float("nan"), "int_ablate_ratio": float("inf"),
+                         "gt_true": ["pitch=high"]}, ("b", 0): {"det_auprc": 0.5}}
+    assert scored_records(records, scores) == [
+        {"layer": "a", "unit": 0, "description": "x",
+         "scores": {"det_auprc": 0.75, "gt_f1": None, "int_ablate_ratio": None, "gt_true": ["pitch=high"]}},
+        {"layer": "a", "unit": 1, "description": "y", "scores": {}}]
+    assert records[0]["scores"] == {"old": 1.0}  # the records read are left as they were

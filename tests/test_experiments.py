@@ -28,4 +28,11 @@ def test_every_dissect_experiment_runs_on_synth(tmp_path):
     results = sorted((tmp_path / "sweep").glob("*/dissection.json"))
     assert len(results) == len(EXPERIMENTS) - len(TRAIN_ONLY)
     for path in results:
-        assert json.loads(path.read_text())["metrics"], path
+        written = json.loads(path.read_text())
+        assert written["metrics"], path
+        if "experiment=description_quality" in (path.parent / ".hydra" / "overrides.yaml").read_text():
+            # the run's descriptions.jsonl carries each unit's intervention scores beside the other scorers'
+            scores = [json.loads(x)["scores"] for x in (tmp_path / written["descriptions"]).read_text().splitlines()]
+            assert all({"int_ablate_ratio", "int_amplify_ratio", "det_auprc", "gt_f1"} <= set(s) for s in scores)
+            ratios = [s["int_ablate_ratio"] for s in scores if s["int_ablate_ratio"] is not None]
+            assert ratios and all(r >= 0 for r in ratios)  # null: the judge matched none or all of the unit's clips

@@ -25,7 +25,7 @@ from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, pa
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import nanmean, text_predictions
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output, text_or_llm
+from and_lightning.analysis.task import EvalContext, ScorerResult, Task, TaskOutput, scorer_output, text_or_llm
 
 JUDGE_SCHEMA = {
     "title": "detection_judgements",
@@ -134,8 +134,8 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
                      per_quantile: int = 5, negatives: str = "random", shuffles: int = 5, seed: int = 0,
                      exclude_described: bool = True, llm: Any = None, llm_chunk: int = 20,
                      max_neurons_per_layer: int | None = None, calibration_clips: int | None = 300,
-                     ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, float]], dict[str, Any]]:
-    """(rows, per_neuron, distributions). Rows, per layer: mean over units of AUPRC, F1 and recall per quantile
+                     ) -> ScorerResult:
+    """Rows, per layer: mean over units of AUPRC, F1 and recall per quantile
     (`recall_q1` = the top quantile), real and with descriptions shuffled among the layer's units (mean over
     `shuffles` permutations; with an LLM, one). per_neuron[(layer, unit)] = {"det_auprc", "det_f1"};
     distributions[layer] = (real per-unit AUPRC, shuffled per-unit AUPRC) for the plot. The text judge is calibrated
@@ -200,7 +200,7 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
         rows.append(row)
         per_neuron.update({(layer, u): {"det_auprc": float(r[0]), "det_f1": float(r[1])} for u, r in zip(units, real)})
         dists[layer] = (real[:, 0], np.concatenate([s[:, 0] for s in shuffled]))
-    return rows, per_neuron, dists
+    return ScorerResult(rows, per_neuron, dists)
 
 
 class Detection(Task):
@@ -212,7 +212,7 @@ class Detection(Task):
         s = self.settings
         text_or_llm("evaluate.detection.judge", s["judge"], ctx.llm)
         split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
-        rows, per_neuron, dists = detection_report(
+        result = detection_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],
             positive_fraction=s["positive_fraction"], quantiles=s["quantiles"], per_quantile=s["per_quantile"],
             negatives=s["negatives"], shuffles=s["shuffles"], seed=seed, exclude_described=exclude,
@@ -222,6 +222,6 @@ class Detection(Task):
         columns = ["layer", "judge", "auprc", "auprc_shuffled", "f1", "f1_shuffled", "positive_share", *recall,
                    "neurons", "scored", "clips_per_unit"]
         title = f"Detection score ({s['judge']} judge, held-out clips; AUPRC chance = positive_share)"
-        return scorer_output("detection", rows, columns, title,
-                             {"detection_auprc": score_distribution_plot(dists, "per-unit detection AUPRC")}, "det",
-                             ("auprc", "auprc_shuffled", "f1", "f1_shuffled"), per_neuron, split_path)
+        plots = {"detection_auprc": score_distribution_plot(result.distributions, "per-unit detection AUPRC")}
+        return scorer_output("detection", result, columns, title, plots, "det",
+                             ("auprc", "auprc_shuffled", "f1", "f1_shuffled"), split_path)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from and_lightning.analysis.plots import real_vs_shuffled_plot
-from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput, TaskSkipped
+from and_lightning.analysis.task import EvalContext, ScorerResult, Table, Task, TaskOutput, TaskSkipped
 from and_lightning.describe.lexicon import find_phrases, lemmas, tokens
 from and_lightning.describe.open_concepts import is_negated
 
@@ -215,9 +215,10 @@ def ground_truth_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
                         clip_attributes: Sequence[Mapping[str, str]], values: Mapping[str, Sequence[str]],
                         threshold: float = 0.75, direction: str = "high", fields: Sequence[str] = ("description",),
                         shuffles: int = 5, seed: int = 0, vocabulary: Mapping[str, str | None] = ATTRIBUTE_VOCABULARY,
-                        ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, Any]]]:
-    """(rows, per_neuron): one row per (layer, scored field) with precision, recall, F1, shuffled-description
-    F1 and no_separable; per_neuron[(layer, unit)] = {"gt_true": [...], "gt_named": [...]} for fields[0].
+                        ) -> ScorerResult:
+    """One row per (layer, scored field) with precision, recall, F1, shuffled-description F1 and no_separable;
+    per_neuron[(layer, unit)] = {"gt_f1" (NaN without a true attribute), "gt_true": [...], "gt_named": [...]} for
+    fields[0]; no distributions (the table's plot is per layer).
 
     `acts_by_layer[layer]` is [N, M] over the clips whose attributes are `clip_attributes` (same order);
     `records` are the neuron records (unit u = column u).
@@ -240,9 +241,10 @@ def ground_truth_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
             rng = np.random.default_rng([seed, len(rows)])
             rows.append({"layer": layer, "field": field, **layer_scores(named, true, rng, shuffles)})
             if fi == 0:
-                per_neuron.update({(layer, r["unit"]): {"gt_true": sorted(t), "gt_named": sorted(n)}
+                per_neuron.update({(layer, r["unit"]): {"gt_f1": score_descriptions([n], [t]).f1,
+                                                        "gt_true": sorted(t), "gt_named": sorted(n)}
                                    for r, t, n in zip(recs, true, named)})
-    return rows, per_neuron
+    return ScorerResult(rows, per_neuron, {})
 
 
 class GroundTruth(Task):
@@ -259,7 +261,7 @@ class GroundTruth(Task):
         except ValueError as e:
             raise TaskSkipped(f"the probing set is not the synthetic set ({e})") from e
         s = self.settings
-        rows, per_neuron = ground_truth_report(
+        rows, per_neuron, _ = ground_truth_report(
             ctx.records, ctx.acts(), attrs, ATTRIBUTES, threshold=s["auroc_threshold"], direction=s["direction"],
             fields=s["fields"], shuffles=s["shuffles"], seed=ctx.seed)
         columns = ["layer", "field", "precision", "recall", "f1", "f1_shuffled", "no_separable", "neurons",

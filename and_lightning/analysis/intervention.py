@@ -26,7 +26,7 @@ from and_lightning.analysis.judge_metrics import effect_ratio
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import text_predictions
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import EvalContext, Task, TaskOutput, TaskSkipped, scorer_output
+from and_lightning.analysis.task import EvalContext, ScorerResult, Task, TaskOutput, TaskSkipped, scorer_output
 from and_lightning.prune.masks import row_unit_edit
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,8 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
                         amplify: float = 3.0, shuffles: int = 5, seed: int = 0, exclude_described: bool = True,
                         positive_fraction: float = 0.2, quantiles: int = 4, per_quantile: int = 5,
                         negatives: str = "random", max_neurons_per_layer: int | None = None,
-                        calibration_clips: int | None = 300,
-                        ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, float]], dict[str, Any]]:
-    """(rows, per_neuron, distributions). Rows, per layer: median over units of the ablation and amplification
+                        calibration_clips: int | None = 300) -> ScorerResult:
+    """Rows, per layer: median over units of the ablation and amplification
     effect ratios, real and shuffled (`shuffles` permutations pooled), the share of units whose ablation ratio
     is > 1 and the mean matched clips per unit (the seconds per unit are logged). per_neuron[(layer, unit)] =
     {"int_ablate_ratio", "int_amplify_ratio"}; distributions[layer] = (real, shuffled) per-unit ablation ratios
@@ -159,7 +158,7 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
                            for u, a, b in zip(units, real["ablate"], real["amplify"])})
         with np.errstate(divide="ignore"):
             dists[layer] = (np.log10(real["ablate"]), np.log10(pooled["ablate"]))
-    return rows, per_neuron, dists
+    return ScorerResult(rows, per_neuron, dists)
 
 
 class Intervention(Task):
@@ -183,19 +182,20 @@ class Intervention(Task):
                      for i in range(len(ids))]
             return torch.stack([x["audio"] for x in items]), torch.stack([x["length"] for x in items])
 
-        rows, per_neuron, dists = intervention_report(
+        result = intervention_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, ctx.model, load_waves,
             field=s["field"], max_clips=s["max_clips"], units_per_pass=s["units_per_pass"], amplify=s["amplify"],
             shuffles=s["shuffles"], seed=seed, exclude_described=exclude, positive_fraction=s["positive_fraction"],
             quantiles=s["quantiles"], per_quantile=s["per_quantile"], negatives=s["negatives"],
             max_neurons_per_layer=s["max_neurons_per_layer"], calibration_clips=s["calibration_clips"])
-        if not rows:
+        if not result.rows:
             raise TaskSkipped("no dissected layer is a layer of the model")
         columns = ["layer", "ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled",
                    "ablate_above_1", "ablate_above_1_shuffled", "matched_per_unit", "clips", "neurons"]
         title = (f"Intervention effect ratio (median per layer; output KL on clips the description matches / the "
                  f"others; ablation and x{s['amplify']:g}; chance = 1)")
-        plots = {"intervention_ablate": score_distribution_plot(dists, "log10 ablation effect ratio per unit")}
-        return scorer_output("intervention", rows, columns, title, plots, "int",
+        plots = {"intervention_ablate": score_distribution_plot(result.distributions,
+                                                                "log10 ablation effect ratio per unit")}
+        return scorer_output("intervention", result, columns, title, plots, "int",
                              ("ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled"),
-                             per_neuron, split_path)
+                             split_path)

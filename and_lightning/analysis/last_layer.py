@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput, TaskSkipped
+from and_lightning.analysis.task import EvalContext, ScorerResult, Table, Task, TaskOutput, TaskSkipped
 from and_lightning.describe.captioners.labels import NOT_COMPARABLE
 from and_lightning.describe.closed_set import (
     TextEncoderLike, concept_cosine, db_probs, icl_request, parse_icl_reply, scores_from_p, tab_scores_matrix,
@@ -83,12 +83,26 @@ def last_layer_accuracy(ranked: Sequence[Sequence[str]], unit_gt: Sequence[str |
     return out
 
 
+def unit_hits(ranked: Sequence[Sequence[str]], unit_gt: Sequence[str | None], layer: str, key: str,
+              ) -> dict[tuple[str, int], dict[str, float]]:
+    """Per-unit scores of a Table-2 row: {(layer, u): {key: 1.0 when unit u's top concept is its gt, else 0.0}}
+    for the units with a gt (ranked[u]: unit u's concepts, best first)."""
+    return {(layer, u): {key: float(bool(r) and r[0] == g)} for u, (r, g) in enumerate(zip(ranked, unit_gt))
+            if g is not None}
+
+
+def metric_tag(method: str, similarity: str, faithful: bool) -> str:
+    """A Table-2 row's name in metrics (`eval/last_layer/<tag>/top1`) and per-unit scores (`ll/<tag>/top1`)."""
+    return f"{method}/{similarity}" + ("/faithful" if faithful else "")
+
+
 def similarity_rows(acts: Tensor, unit_gt: Sequence[str | None], concepts: Sequence[str],
                     scores: Mapping[str, ConceptScores], encoder: TextEncoderLike,
                     similarities: Sequence[str] = SIMILARITY_NAMES, faithful: Sequence[bool] = (False,),
                     extra: Callable[[list[str], list[str]], Mapping[str, float]] | None = None,
-                    params: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per (method in `scores`, similarity, faithful flag): top1, top5, cos over the units with a gt.
+                    params: Mapping[str, Mapping[str, Any]] | None = None, layer: str = "") -> ScorerResult:
+    """One row per (method in `scores`, similarity, faithful flag): top1, top5, cos over the units with a gt;
+    per_neuron[(layer, u)]["ll/<method>/<similarity>[/faithful]/top1"]: unit u's top-1 hit (`unit_hits`).
 
     `acts` [N, M] are the output layer's activations on the N clips of P; `params` maps a similarity name to
     keyword overrides (e.g. {"rank_reorder": {"top_fraction": 0.1}}). `faithful=True` changes only wpmi,
@@ -97,7 +111,8 @@ def similarity_rows(acts: Tensor, unit_gt: Sequence[str | None], concepts: Seque
     acts = acts.float()
     if acts.shape[1] != len(unit_gt):
         raise ValueError(f"unit_gt has {len(unit_gt)} entries for {acts.shape[1]} units")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    per_neuron: dict[tuple[str, int], dict[str, Any]] = {}
     for method, cs in scores.items():
         for sim in similarities:
             for flag in faithful:
@@ -112,14 +127,17 @@ def similarity_rows(acts: Tensor, unit_gt: Sequence[str | None], concepts: Seque
                 ranked = [[c for c, _ in r] for r in top_concepts(S, concepts, k=5, faithful=flag)]
                 acc = last_layer_accuracy(ranked, unit_gt, encoder, extra, n_concepts=len(concepts))
                 rows.append({"method": method, "similarity": sim, "faithful": bool(flag), **acc, "note": ""})
-    return rows
+                for key, hit in unit_hits(ranked, unit_gt, layer, f"ll/{metric_tag(method, sim, flag)}/top1").items():
+                    per_neuron.setdefault(key, {}).update(hit)
+    return ScorerResult(rows, per_neuron, {})
 
 
-def icl_row(ctx: EvalContext, unit_gt: Sequence[str | None]) -> dict[str, Any]:
+def icl_row(ctx: EvalContext, unit_gt: Sequence[str | None]) -> ScorerResult:
     """ICL's row: the LLM names one concept per unit from its summary_high (top-5 is n/a: the original ran a
-    separate top-5 prompt); units whose reply is unusable are left out and counted in the note."""
+    separate top-5 prompt); units whose reply is unusable are left out and counted in the note; per-unit
+    `ll/icl/-/top1` of the units with a usable reply."""
     if ctx.llm is None:
-        return skipped_row("icl", "no LLM configured (llm=none)")
+        return ScorerResult([skipped_row("icl", "no LLM configured (llm=none)")], {}, {})
     head = {r["unit"]: r for r in ctx.records if r["layer"] == ctx.head_layer}
     concepts = list(ctx.concepts)
     replies = ctx.llm.complete_many([icl_request(str(head[u]["summary_high"]), concepts) for u in range(len(unit_gt))])
@@ -127,14 +145,17 @@ def icl_row(ctx: EvalContext, unit_gt: Sequence[str | None]) -> dict[str, Any]:
     unusable = [p for p, g in zip(picks, unit_gt) if p.concept is None and g is not None]
     usable_gt = [g if p.concept is not None else None for p, g in zip(picks, unit_gt)]
     if not any(usable_gt):
-        return skipped_row("icl", f"no usable LLM reply ({unusable[0].reason})" if unusable
-                           else "no output class of the model is in the concept set")
-    acc = last_layer_accuracy([[p.concept or ""] for p in picks], usable_gt, ctx.encoder)
+        return ScorerResult([skipped_row("icl", f"no usable LLM reply ({unusable[0].reason})" if unusable
+                                         else "no output class of the model is in the concept set")], {}, {})
+    ranked = [[p.concept or ""] for p in picks]
+    acc = last_layer_accuracy(ranked, usable_gt, ctx.encoder)
     paths = Counter(p.path for p in picks)
     note = "one LLM answer per unit; reply parse paths: " + ", ".join(f"{k} {v}" for k, v in sorted(paths.items()))
     if unusable:
         note += f"; {len(unusable)} units skipped, unusable reply (first: {unusable[0].reason})"
-    return {"method": "icl", "similarity": "-", "faithful": False, **acc, "note": note}
+    row = {"method": "icl", "similarity": "-", "faithful": False, **acc, "note": note}
+    return ScorerResult([row], unit_hits(ranked, usable_gt, ctx.head_layer, f"ll/{metric_tag('icl', '-', False)}/top1"),
+                        {})
 
 
 def skipped_row(method: str, reason: str) -> dict[str, Any]:
@@ -188,10 +209,13 @@ class LastLayer(Task):
             raise TaskSkipped("no output class of the model is in the concept set")
         scores: dict[str, ConceptScores] = {}
         rows: list[dict[str, Any]] = []
+        per_neuron: dict[tuple[str, int], dict[str, Any]] = {}
         missing = [c for c in store.clip_ids if c not in ctx.captions]
         for method in self.settings["methods"]:
             if method == "icl":
-                rows.append(icl_row(ctx, unit_gt))
+                icl = icl_row(ctx, unit_gt)
+                rows += icl.rows
+                per_neuron.update(icl.per_neuron)
             elif method == "db" and missing:
                 rows.append(skipped_row("db", f"{len(missing)} clips have no caption (DB needs every clip's)"))
             elif method == "db":
@@ -202,16 +226,20 @@ class LastLayer(Task):
                 rows.append(skipped_row("tab", "no CLAP audio side in the text encoder (TAB needs text_encoder=clap)"))
             else:
                 scores["tab"] = ConceptScores(tab_scores_matrix(ctx.audio_embed(), encoder.encode(concepts)), False)
-        rows[:0] = similarity_rows(acts, unit_gt, concepts, scores, encoder, self.settings["similarities"],
-                                   self.settings["faithful"])
+        matched = similarity_rows(acts, unit_gt, concepts, scores, encoder, self.settings["similarities"],
+                                  self.settings["faithful"], layer=head)
+        rows[:0] = matched.rows
+        for key, hits in matched.per_neuron.items():
+            per_neuron.setdefault(key, {}).update(hits)
         note = NOT_COMPARABLE if ctx.label_captions else ""
         rows = with_paper_columns([{"model": ctx.model_name, **r} for r in rows])
         metrics = {}
         for r in (r for r in rows if not r["note"].startswith("skipped")):
             r["note"] = "; ".join(filter(None, [r["note"], note]))
-            tag = f"{r['method']}/{r['similarity']}" + ("/faithful" if r["faithful"] else "")
+            tag = metric_tag(r["method"], r["similarity"], r["faithful"])
             metrics.update({f"eval/last_layer/{tag}/{k}": float(r[k]) for k in ("top1", "top5", "cos")})
         title = f"Last-layer dissection accuracy ({ctx.model_name}, layer {head})" + (f" - {note}" if note else "")
         columns = ["model", "method", "similarity", "faithful", "top1", "top5", "cos", "units", "note",
                    "paper_ast_top1", "paper_ast_top5", "paper_ast_cos"]
-        return TaskOutput(tables=[Table("last_layer", rows, columns, title)], metrics=metrics)
+        return TaskOutput(tables=[Table("last_layer", rows, columns, title)], metrics=metrics,
+                          neuron_scores=per_neuron)

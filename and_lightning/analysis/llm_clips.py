@@ -29,16 +29,23 @@ def parse_numbered(reply: Any, n: int, key: str, value: Callable[[Mapping[str, A
     return out
 
 
+def sized(schema: dict, n: int) -> dict:
+    """`schema` whose array properties must hold exactly `n` items: under constrained decoding a small model's
+    list then closes after the n-th clip instead of running on to the token cap (SmolLM2 did)."""
+    return {**schema, "properties": {k: {**v, "minItems": n, "maxItems": n} if v.get("type") == "array" else v
+                                     for k, v in schema["properties"].items()}}
+
+
 def llm_per_clip(llm: Any, descriptions: Sequence[str], captions: Sequence[str], choices: Sequence[np.ndarray],
                  chunk: int, messages: Callable[[str, list[str]], list[dict]], schema: dict,
                  parse: Callable[[Any, int], np.ndarray]) -> list[np.ndarray]:
-    """Per unit, the parsed LLM scores of the captions at its chosen indices: one request per `chunk` clips, all
-    requests sent in one `complete_many`."""
+    """Per unit, the parsed LLM scores of the captions at its chosen indices: one request per `chunk` clips (its
+    schema `sized` to them), all requests sent in one `complete_many`."""
     requests, where = [], []
     for m, (desc, idx) in enumerate(zip(descriptions, choices)):
         for start in range(0, len(idx), chunk):
             part = idx[start:start + chunk]
-            requests.append((messages(desc, [captions[i] for i in part]), schema))
+            requests.append((messages(desc, [captions[i] for i in part]), sized(schema, len(part))))
             where.append((m, start, len(part)))
     replies = llm.complete_many(requests) if requests else []
     out = [np.full(len(idx), np.nan) for idx in choices]

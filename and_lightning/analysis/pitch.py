@@ -155,7 +155,7 @@ def pitch_table(adapters: Mapping[str, Any], concepts: Sequence[str], encoder: A
             acts = torch.cat([adapter.eval()(torch.from_numpy(waves[s:s + batch_size])).float()
                               for s in range(0, len(waves), batch_size)])
         gt = unit_notes(adapter.bin_frequencies(), concepts)
-        for r in similarity_rows(acts, gt, concepts, scores, encoder, similarities, extra=semitone_errors):
+        for r in similarity_rows(acts, gt, concepts, scores, encoder, similarities, extra=semitone_errors).rows:
             rows.append({"model": name, **r, "note": f"{len(waves)} tones, {len(concepts)} notes"})
     return rows
 

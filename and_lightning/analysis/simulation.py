@@ -22,7 +22,7 @@ from scipy.stats import rankdata
 from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import real_vs_shuffled_plot
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import EvalContext, Task, TaskOutput, scorer_output, text_or_llm
+from and_lightning.analysis.task import EvalContext, ScorerResult, Task, TaskOutput, scorer_output, text_or_llm
 from and_lightning.store.activations import top_clip_index
 
 RATING_SCHEMA = {
@@ -143,12 +143,11 @@ def simulation_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappi
                       clip_ids: Sequence[str], captions: Mapping[str, str], split: Mapping[str, Any], encoder: Any,
                       *, field: str = "description", shuffles: int = 5, seed: int = 0,
                       exclude_described: bool = True, llm: Any = None, llm_clips: int = 20, llm_chunk: int = 20,
-                      max_neurons_per_layer: int | None = None,
-                      ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, float]]]:
-    """(rows, per_neuron). Rows, per layer: mean over neurons of Pearson / Spearman (prediction vs activation
-    on held-out score clips), and the same with descriptions shuffled among the layer's neurons (mean over
-    `shuffles` permutations; with an LLM, one permutation). per_neuron[(layer, unit)] = {"sim_pearson",
-    "sim_spearman"}. `acts_by_layer[layer]` is [N, M] in `clip_ids` order; `max_neurons_per_layer` keeps the
+                      max_neurons_per_layer: int | None = None) -> ScorerResult:
+    """Rows, per layer: mean over neurons of Pearson / Spearman (prediction vs activation on held-out score
+    clips), and the same with descriptions shuffled among the layer's neurons (mean over `shuffles` permutations;
+    with an LLM, one permutation). per_neuron[(layer, unit)] = {"sim_pearson", "sim_spearman"};
+    distributions[layer] = (real, shuffled) per-unit Pearson r. `acts_by_layer[layer]` is [N, M] in `clip_ids` order; `max_neurons_per_layer` keeps the
     first units of each layer (a cost cap for LLM scoring)."""
     row_of = {c: i for i, c in enumerate(clip_ids)}
     score_ids = [c for c in split["score"] if c in captions]
@@ -157,7 +156,7 @@ def simulation_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappi
                          "(caption every clip: describe.closed_set.method=db captions all of them)")
     rows_idx = np.array([row_of[c] for c in score_ids])
     cap_texts = [captions[c] for c in score_ids]
-    rows, per_neuron = [], {}
+    rows, per_neuron, dists = [], {}, {}
     for li, (layer, acts) in enumerate(acts_by_layer.items()):
         recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])[:max_neurons_per_layer]
         if not recs:
@@ -183,7 +182,8 @@ def simulation_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappi
                      "neurons": len(recs), "score_clips": float(masks.sum(axis=1).mean())})
         per_neuron.update({(layer, u): {"sim_pearson": float(c[0]), "sim_spearman": float(c[1])}
                            for u, c in zip(units, real)})
-    return rows, per_neuron
+        dists[layer] = (real[:, 0], np.concatenate([c[:, 0] for c in shuffled]))
+    return ScorerResult(rows, per_neuron, dists)
 
 
 def _llm_correlations(llm: Any, descs: Sequence[str], captions: Sequence[str], choices: Sequence[np.ndarray],
@@ -206,7 +206,7 @@ class Simulation(Task):
         s = self.settings
         text_or_llm("evaluate.simulation.predictor", s["predictor"], ctx.llm)
         split, split_path, seed, exclude = held_out_split(ctx.split_dir, ctx.store.clip_ids, s.get("split"))
-        rows, per_neuron = simulation_report(
+        result = simulation_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, field=s["field"],
             shuffles=s["shuffles"], seed=seed, exclude_described=exclude,
             llm=ctx.llm if s["predictor"] == "llm" else None, llm_clips=s["llm_clips"], llm_chunk=s["llm_chunk"],
@@ -215,8 +215,8 @@ class Simulation(Task):
                    "score_clips"]
         title = f"Simulation score ({s['predictor']} predictor, held-out clips)"
         out = scorer_output(
-            "simulation", rows, columns, title,
-            {"simulation_pearson": real_vs_shuffled_plot(rows, "pearson", "Pearson r (held-out clips)")}, "sim",
-            ("pearson", "spearman", "pearson_shuffled", "spearman_shuffled"), per_neuron, split_path)
+            "simulation", result, columns, title,
+            {"simulation_pearson": real_vs_shuffled_plot(result.rows, "pearson", "Pearson r (held-out clips)")},
+            "sim", ("pearson", "spearman", "pearson_shuffled", "spearman_shuffled"), split_path)
         out.files["simulation_split"] = str(split_path)
         return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -70,6 +70,17 @@ class TaskOutput:
     files: dict[str, str] = field(default_factory=dict)
 
 
+class ScorerResult(NamedTuple):
+    """What every description scorer returns (ground truth, simulation, detection, intervention, last-layer concept
+    matching), from the same inputs (the neuron records, each layer's activations [N, M], and the clips): rows of its
+    table (one per layer, or per layer and variant); per_neuron[(layer, unit)] = the unit's scores (written into the
+    run's descriptions.jsonl); distributions[layer] = (real, shuffled) per-unit scores for a plot ({}: none)."""
+
+    rows: list[dict[str, Any]]
+    per_neuron: dict[tuple[str, int], dict[str, Any]]
+    distributions: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
 class Task:
     """`settings`: the task's section of conf/evaluate/ (documented there) without `_target_`; `needs`: the
     EvalContext fields that must be set (else a one-line error before the task runs)."""
@@ -83,14 +94,13 @@ class Task:
         raise NotImplementedError
 
 
-def scorer_output(name: str, rows: list[dict[str, Any]], columns: list[str], title: str, plots: dict[str, Figure],
-                  prefix: str, keys: Sequence[str], neuron_scores: dict[tuple[str, int], dict[str, Any]],
-                  split_path: Path) -> TaskOutput:
-    """What a per-layer description scorer returns: the table `name`, its plots, metrics
+def scorer_output(name: str, result: ScorerResult, columns: list[str], title: str, plots: dict[str, Figure],
+                  prefix: str, keys: Sequence[str], split_path: Path) -> TaskOutput:
+    """What a per-layer held-out scorer's task returns: the table `name` of `result.rows`, its plots, metrics
     `eval/<prefix>/<layer>/<key>` for `keys`, the per-unit scores, and the shared split's file as files["split"]."""
-    return TaskOutput(tables=[Table(name, rows, columns, title)], plots=plots,
-                      metrics={f"eval/{prefix}/{r['layer']}/{k}": float(r[k]) for r in rows for k in keys},
-                      neuron_scores=neuron_scores, files={"split": str(split_path)})
+    return TaskOutput(tables=[Table(name, result.rows, columns, title)], plots=plots,
+                      metrics={f"eval/{prefix}/{r['layer']}/{k}": float(r[k]) for r in result.rows for k in keys},
+                      neuron_scores=result.per_neuron, files={"split": str(split_path)})
 
 
 def text_or_llm(setting: str, value: Any, llm: Any) -> str:

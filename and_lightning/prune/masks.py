@@ -81,10 +81,13 @@ class UnitMasks:
 
 
 def _mask_view(mask: torch.Tensor, output: torch.Tensor, dim: int) -> torch.Tensor:
-    """A unit mask, [width] (every row) or [B, width] (per batch row), shaped to broadcast over `output`."""
+    """A unit mask, [width] (every row) or [B, width] (per batch row), shaped to broadcast over `output`. A model
+    that folds F frames of each clip into the batch (CREPE: B * F rows, clip-major) gets each row's mask F times."""
     shape = [1] * output.dim()
     shape[dim] = -1
     if mask.dim() == 2:
+        if output.shape[0] != mask.shape[0] and output.shape[0] % mask.shape[0] == 0:
+            mask = mask.repeat_interleave(output.shape[0] // mask.shape[0], 0)
         shape[0] = mask.shape[0]
     return mask.to(output.device).view(shape)
 

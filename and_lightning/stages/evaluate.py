@@ -4,10 +4,15 @@
 plots and metrics; a task that does not apply to the dissection (e.g. last_layer when the output layer was not
 dissected) is skipped with its reason logged and kept in `evaluation.json`. `html_report_stage` writes the
 searchable static page. `needs_dissection`: whether any task reads the dissection (CREPE `pitch` needs none).
+The run's per-unit scores are written beside the tables as `descriptions.jsonl`: the dissection's records, each
+with `scores` from this evaluation (the dissection folder's descriptions.jsonl is describe's output and stays as
+written: it is shared by every run of the same dissection, whatever their evaluate settings).
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +27,7 @@ from and_lightning.analysis.tables import write_table
 from and_lightning.analysis.task import EvalContext, Task, TaskSkipped
 from and_lightning.describe.captioners.labels import NOT_COMPARABLE
 from and_lightning.describe.exemplars import record_windows, top_clip_curves
-from and_lightning.store.atomic import write_json
+from and_lightning.store.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 DISSECTION = frozenset({"store", "records", "captions", "clips"})
@@ -92,10 +97,26 @@ def evaluate_stage(ecfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathL
         result.metrics.update(output.metrics)
         for key, scores in output.neuron_scores.items():
             result.neuron_scores.setdefault(key, {}).update(scores)
+    if ctx.records is not None:
+        path = out / "descriptions.jsonl"
+        write_text(path, "".join(json.dumps(r) + "\n" for r in scored_records(ctx.records, result.neuron_scores)))
+        result.files["descriptions"] = str(path)
     marks = {"captions": "labels", "note": NOT_COMPARABLE} if ctx.label_captions else {}
     write_json(done, {**marks, "metrics": result.metrics, "files": result.files, "images": result.images,
                       "skipped": result.skipped})
     return result
+
+
+def scored_records(records: Sequence[Mapping[str, Any]],
+                   neuron_scores: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`records` with `scores` (describe's empty placeholder, or an earlier evaluation's) set to their unit's
+    `neuron_scores`: `{}` when no task scored the unit; a score that is not finite, e.g. the AUPRC of a unit
+    without positive clips, is null."""
+    def plain(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return [{**r, "scores": {k: plain(v) for k, v in neuron_scores.get((r["layer"], r["unit"]), {}).items()}}
+            for r in records]
 
 
 def html_report_stage(hcfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathLike,
