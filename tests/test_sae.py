@@ -99,6 +99,19 @@ def test_unpruned_splice_is_identity_and_erasing_one_feature_zeroes_only_it(cnn_
     assert (erased["logits"] - before).abs().max() > 1e-4  # and the model's output changed
 
 
+def test_features_have_their_host_layers_time_axis(cnn_and_positions):
+    """With exemplars=window an SAE feature gets windows like a neuron: its codes over (freq, time) averaged over
+    frequency, at the host layer's seconds per frame."""
+    cnn, wave, tokens = cnn_and_positions
+    spliced = SplicedAdapter(copy.deepcopy(cnn), {"conv2": train_sae("topk", tokens)})
+    seen = capture(spliced, wave, [])
+    curve, seconds = spliced.time_curve("conv2.sae", seen["conv2.sae"], len(wave), 1.0)
+    host, host_seconds = spliced.time_curve("conv2", seen["conv2"], len(wave), 1.0)
+    assert seconds == host_seconds and curve.shape == (len(wave), 32, host.shape[2])
+    torch.testing.assert_close(curve, seen["conv2.sae"].mean(dim=1).movedim(-1, 1))  # [B, freq, time, f] -> [B, f, time]
+    assert spliced.time_curve("head", torch.zeros(len(wave), 3), len(wave), 1.0) is None
+
+
 def test_batchtopk_codes_do_not_depend_on_the_batch(cnn_and_positions):
     sae = train_sae("batchtopk", cnn_and_positions[2])
     with torch.no_grad():

@@ -91,6 +91,16 @@ class SplicedAdapter(TargetAdapter):
     def unit_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         return self.target.unit_activations()
 
+    def time_curve(self, name: str, output: torch.Tensor, batch_size: int, clip_seconds: float,
+                   pre_activation: bool = False) -> tuple[torch.Tensor, float] | None:
+        """The target's time axis; an SAE's features over time are read like its host layer's units (the codes,
+        features last, are put where the host keeps its units; they pass no activation)."""
+        if not is_sae_layer(name):
+            return self.target.time_curve(name, output, batch_size, clip_seconds, pre_activation)
+        host = name[:-len(SUFFIX)]
+        codes = output.movedim(-1, unit_dim(self.target.layer_module(host)))
+        return self.target.time_curve(host, codes, batch_size, clip_seconds, pre_activation=True)
+
 
 def is_sae_layer(name: str) -> bool:
     return name.endswith(SUFFIX)
