@@ -129,8 +129,8 @@ def unit_scores(scores: np.ndarray, quantile: np.ndarray, threshold: float, quan
     if not len(s) or not (q >= 0).any():
         return np.full(3 + quantiles, np.nan)
     yes = s >= threshold if np.isfinite(threshold) else np.zeros(len(s), bool)
-    return np.r_[average_precision(s, q >= 0), f1_score(yes, q >= 0), float((q >= 0).mean()),
-                 recall_per_quantile(yes, q, quantiles)]
+    return np.concatenate([[average_precision(s, q >= 0), f1_score(yes, q >= 0), float((q >= 0).mean())],
+                           recall_per_quantile(yes, q, quantiles)])
 
 
 def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mapping[str, np.ndarray],
