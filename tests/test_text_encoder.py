@@ -43,20 +43,6 @@ def test_minilm_encodes_unit_vectors_with_dedup(minilm):
         minilm.encode("A dog barks.")
 
 
-def test_batches_shortest_first_and_rows_in_input_order(minilm):
-    """New texts are embedded shortest first, 3 per batch here (less padding); each row still belongs to its own
-    text, and differs from the text embedded alone (no padding) by padding's last bits only."""
-    texts = ["A long and steady low-pitched hum with a reverberant tail that fades out slowly.", "Hiss.",
-             "Most of them are quiet and steady.", "A click.", "Rain on a tin roof, with distant thunder.",
-             "Birds chirp.", "An engine idles, then revs up twice before it stops."]
-    encoder = type(minilm)(batch_size=3)
-    got = encoder.encode(texts)
-    alone = torch.nn.functional.normalize(torch.stack([encoder.model.encode([t], convert_to_tensor=True)[0]
-                                                       for t in texts]).float(), dim=-1)
-    assert (got - alone).abs().max() < 1e-5
-    assert torch.equal((got @ alone.T).argmax(dim=1), torch.arange(len(texts)))
-
-
 def test_calibration_on_real_sentences(minilm):
     high = ("All of the clips contain a dog barking loudly. The recordings are noisy and of low quality. "
             "The barking is sharp, short and repetitive.")

@@ -29,10 +29,8 @@ def _features(out) -> Tensor:
 
 class TextEncoder:
     """`encode(texts) -> [n, d]` float32 unit-norm rows. Each distinct string is embedded once per
-    encoder instance (in-memory cache); new strings are embedded in batches of `batch_size`, shortest first: a
-    batch is padded to its longest text, so batches of similar lengths waste the least (an embedding depends on
-    its batch's padding in its last bits only: tests/test_text_encoder.py bounds it). After `persist`, the
-    batches are also kept on disk for later stages and reruns."""
+    encoder instance (in-memory cache); new strings are embedded in batches of `batch_size`. After `persist`,
+    the batches are also kept on disk for later stages and reruns."""
 
     def __init__(self, batch_size: int = 64, device: str = "cpu"):
         if batch_size < 1:
@@ -72,7 +70,7 @@ class TextEncoder:
         if isinstance(texts, str):
             raise TypeError("encode takes a list of strings, not a single string")
         texts = list(texts)
-        new = sorted((t for t in dict.fromkeys(texts) if t not in self._cache), key=len)  # stable: ties in order
+        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
         for start in range(0, len(new), self.batch_size):
             batch = new[start:start + self.batch_size]
             self._cache.update(zip(batch, self._embed_batch(batch)))
