@@ -34,11 +34,13 @@ SHAPES = {  # the paper's models, random weights at their base shapes on 1 s cli
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
-def run_stage(tree: Path, root: Path, stage: str, overrides: list[str], log: Path) -> dict[str, float]:
-    """Run `dissect.py stage=<stage>` of code tree `tree` with AND_ROOT=root; its wall / CPU seconds and peak RSS."""
+def run_stage(tree: Path, root: Path, stage: str, overrides: list[str], log: Path,
+              run_dir: str = "") -> dict[str, float]:
+    """Run `dissect.py stage=<stage>` of code tree `tree` with AND_ROOT=root (run directory root/run-<stage> unless
+    `run_dir` names another); its wall / CPU seconds and peak RSS."""
     times = log.with_suffix(".time")
     cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(times), sys.executable, "dissect.py", f"stage={stage}",
-           "logger=none", f"hydra.run.dir={root}/run-{stage}", *overrides]
+           "logger=none", f"hydra.run.dir={root}/{run_dir or 'run-' + stage}", *overrides]
     env = {**os.environ, **ENV, "AND_ROOT": str(root), "PYTHONPATH": str(tree)}
     with open(log, "w") as f:
         done = subprocess.run(cmd, cwd=tree, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -56,15 +58,16 @@ def store_of(root: Path) -> dict:
     return json.loads(manifests[0].read_text())
 
 
-def prepare(root: Path, overrides: list[str]) -> dict[str, dict[str, float]]:
-    """collect + caption into `root` (once: a finished root is reused with its recorded timings)."""
+def prepare(tree: Path, root: Path, overrides: list[str]) -> dict[str, dict[str, float]]:
+    """collect + caption of code tree `tree` into `root` (once: a finished root is reused with its recorded
+    timings). Each tree prepares its own: the store format and the captioner change between versions."""
     record = root / "prepare.json"
     if record.is_file():
         return json.loads(record.read_text())
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    out = {stage: run_stage(REPO, root, stage, overrides, root / f"{stage}.log") for stage in ("collect", "caption")}
+    out = {stage: run_stage(tree, root, stage, overrides, root / f"{stage}.log") for stage in ("collect", "caption")}
     record.write_text(json.dumps(out))
     return out
 
@@ -107,6 +110,8 @@ def line(stage: str, units: int, t: dict[str, float], ratio: str = "") -> str:
             f"{1000 * t['wall'] / units:8.3f}  {ratio}")
 
 
+# The evaluate tasks of the code issue 17 was measured against (f40de12); later ones are timed apart.
+BASELINE_TASKS = ("last_layer", "ground_truth", "simulation", "interpretability")
 HEADER = "  stage       wall s    CPU s    units   units/s  RSS GB  ms/unit"
 
 
@@ -115,6 +120,9 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=300, help="synthetic probing clips (a multiple of 10)")
     ap.add_argument("--model", choices=sorted(SHAPES), default="ast")
     ap.add_argument("--baseline", type=Path, help="another code tree to time describe / evaluate against")
+    ap.add_argument("--tasks", default=",".join(BASELINE_TASKS),
+                    help="evaluate tasks timed in both trees (default: those of the issue's baseline); the new "
+                         "tree's default tasks are then timed too, as 'evaluate*'")
     ap.add_argument("--no-quarter", action="store_true", help="skip the run at 1/4 of the layers")
     ap.add_argument("--work", type=Path, default=Path("/tmp/paper_scale"))
     ap.add_argument("--prepare-only", action="store_true", help="collect and caption, then stop")
@@ -122,34 +130,40 @@ def main() -> None:
     if args.clips % 10:
         sys.exit(f"--clips {args.clips}: expected a multiple of 10 (the synthetic set has 10 classes)")
     base = [*SHAPES[args.model], "ckpt_path=null", f"data.index.clips_per_class={args.clips // 10}"]
+    tasks = [f"evaluate.tasks=[{args.tasks}]"]
     trees = {"new": REPO} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
     start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{start}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.model}-base shape, random weights, "
           f"{args.clips} synthetic clips; trees: " + ", ".join(f"{k} = {v}" for k, v in trees.items()), flush=True)
 
-    prepared = args.work / f"{args.model}-n{args.clips}"
+    work = {name: args.work / f"{args.model}-n{args.clips}{'' if name == 'new' else '-' + name}" for name in trees}
     runs = {"all": ["layers=all"]}
-    prep = {"all": prepare(prepared / "all", base + runs["all"])}
+    prep = {("new", "all"): prepare(REPO, work["new"] / "all", base + runs["all"])}
     if not args.no_quarter:
-        names = [spec["name"] for spec in store_of(prepared / "all")["layers"]][::4]
+        names = [spec["name"] for spec in store_of(work["new"] / "all")["layers"]][::4]
         runs["quarter"] = ["layers=[" + ",".join(names) + "]"]
-        prep["quarter"] = prepare(prepared / "quarter", base + runs["quarter"])
+    for which, layers in runs.items():
+        for name, tree in trees.items():
+            prep[name, which] = prepare(tree, work[name] / which, base + layers)
     if args.prepare_only:
         return
     for which, layers in runs.items():
-        units = sum(int(s["units"]) for s in store_of(prepared / which)["layers"])
+        units = sum(int(s["units"]) for s in store_of(work["new"] / which)["layers"])
         timings = {}
-        for stage in ("describe", "evaluate"):
+        for stage, extra in (("describe", []), ("evaluate", tasks)):
             for name in reversed(list(trees)):  # baseline first, then new
                 root = args.work / "runs" / f"{args.model}-n{args.clips}-{which}-{name}"
                 if stage == "describe":
-                    fresh_copy(prepared / which, root)
-                timings[name, stage] = run_stage(trees[name], root, stage, base + layers, root / f"{stage}.log")
+                    fresh_copy(work[name] / which, root)
+                timings[name, stage] = run_stage(trees[name], root, stage, base + layers + extra, root / f"{stage}.log")
                 print(f"    {which} {name} {stage}: {timings[name, stage]['wall']:.1f} s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
-        print(f"\n[{which} layers: {len(store_of(prepared / which)['layers'])} layers, {units} units, "
+        root = args.work / "runs" / f"{args.model}-n{args.clips}-{which}-new"
+        timings["new", "evaluate*"] = run_stage(REPO, root, "evaluate", base + layers, root / "evaluate-default.log",
+                                                "run-evaluate-default")
+        print(f"\n[{which} layers: {len(store_of(work['new'] / which)['layers'])} layers, {units} units, "
               f"{args.clips} clips]\n{HEADER}")
-        for stage, t in prep[which].items():
+        for stage, t in prep["new", which].items():
             print(line(stage, units, t, "(once, new tree)"))
         for stage in ("describe", "evaluate"):
             t = timings["new", stage]
@@ -159,8 +173,11 @@ def main() -> None:
                 ratio = f"baseline {b['wall']:.1f} s wall, {b['cpu']:.1f} s CPU, {b['rss_gb']:.2f} GB: " \
                         f"{b['wall'] / t['wall']:.1f}x wall, {b['cpu'] / t['cpu']:.1f}x CPU"
             print(line(stage, units, t, ratio))
+        print(line("evaluate*", units, timings["new", "evaluate*"], "(the default tasks, new tree)"))
         total = sum(timings["new", s]["wall"] for s in ("describe", "evaluate"))
-        print(f"  describe + evaluate: {total:.1f} s wall ({total / 60:.1f} min)")
+        print(f"  describe + evaluate: {total:.1f} s wall ({total / 60:.1f} min), "
+              f"{sum(timings['new', s]['cpu'] for s in ('describe', 'evaluate')):.1f} s CPU; with the default "
+              f"tasks: {timings['new', 'describe']['wall'] + timings['new', 'evaluate*']['wall']:.1f} s wall")
         if "baseline" in trees:
             diff = compare(args.work / "runs" / f"{args.model}-n{args.clips}-{which}-new",
                            args.work / "runs" / f"{args.model}-n{args.clips}-{which}-baseline")

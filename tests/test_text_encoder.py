@@ -43,6 +43,26 @@ def test_minilm_encodes_unit_vectors_with_dedup(minilm):
         minilm.encode("A dog barks.")
 
 
+def test_persisted_embeddings_are_per_text_and_rows_keep_input_order(minilm, tmp_path):
+    """New texts are embedded shortest first (3 per batch here); each row still belongs to its own text, within
+    padding's last bits of the text embedded alone. Persisted per text: a fresh encoder asking for some of them in
+    another order and batching reads the very same floats back (stages run apart equal one process)."""
+    texts = ["A long and steady low-pitched hum with a reverberant tail that fades out slowly.", "Hiss.",
+             "Most of them are quiet and steady.", "A click.", "Rain on a tin roof, with distant thunder.",
+             "Birds chirp.", "An engine idles, then revs up twice before it stops."]
+    first = type(minilm)(batch_size=3)
+    first.persist(tmp_path / "emb.sqlite", {"model": "minilm"})
+    got = first.encode(texts)
+    alone = torch.nn.functional.normalize(torch.stack([first.model.encode([t], convert_to_tensor=True)[0]
+                                                       for t in texts]).float(), dim=-1)
+    assert (got - alone).abs().max() < 1e-5
+    assert torch.equal((got @ alone.T).argmax(dim=1), torch.arange(len(texts)))
+    again = type(minilm)(batch_size=2)
+    again.persist(tmp_path / "emb.sqlite", {"model": "minilm"})
+    order = [4, 0, 6, 2]
+    assert torch.equal(again.encode([texts[i] for i in order]), got[order])
+
+
 def test_calibration_on_real_sentences(minilm):
     high = ("All of the clips contain a dog barking loudly. The recordings are noisy and of low quality. "
             "The barking is sharp, short and repetitive.")

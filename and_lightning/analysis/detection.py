@@ -25,7 +25,8 @@ from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, pa
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import nanmean, text_predictions
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import EvalContext, ScorerResult, Task, TaskOutput, scorer_output, text_or_llm
+from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, records_by_layer, scorer_output,
+    text_or_llm)
 
 JUDGE_SCHEMA = {
     "title": "detection_judgements",
@@ -76,14 +77,19 @@ def detection_sample(acts: np.ndarray, allowed: np.ndarray, positive_fraction: f
     return idx, np.array(quantile + [-1] * len(neg), int)
 
 
-def calibrated_thresholds(cos_explain: np.ndarray, acts_explain: np.ndarray, sample: Callable[..., Any],
-                          rng: np.random.Generator) -> np.ndarray:
-    """[M] the text judge's threshold per unit: `best_threshold` of cos_explain [M, n] on the unit's sample of the
-    explain clips (`sample(acts, allowed, rng)` -> (indices, quantile)); NaN when it has no sample."""
-    out = np.full(len(cos_explain), np.nan)
+def calibration_samples(acts_explain: np.ndarray, sample: Callable[..., Any],
+                        rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per unit (column of acts_explain [n, M]), its sample of the explain clips the text judge is calibrated on
+    (`sample(acts, allowed, rng)` -> (indices, quantile)); drawn once per layer, whichever descriptions are judged."""
     allowed = np.ones(acts_explain.shape[0], bool)
-    for m in range(len(cos_explain)):
-        idx, q = sample(acts_explain[:, m], allowed, rng)
+    return [sample(acts_explain[:, m], allowed, rng) for m in range(acts_explain.shape[1])]
+
+
+def calibrated_thresholds(cos_explain: np.ndarray, samples: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """[M] the text judge's threshold per unit: `best_threshold` of cos_explain [M, n] on the unit's calibration
+    sample (`calibration_samples`); NaN when it has no sample."""
+    out = np.full(len(cos_explain), np.nan)
+    for m, (idx, q) in enumerate(samples):
         if len(idx):
             out[m] = best_threshold(cos_explain[m, idx], q >= 0)
     return out
@@ -124,8 +130,8 @@ def unit_scores(scores: np.ndarray, quantile: np.ndarray, threshold: float, quan
     if not len(s) or not (q >= 0).any():
         return np.full(3 + quantiles, np.nan)
     yes = s >= threshold if np.isfinite(threshold) else np.zeros(len(s), bool)
-    return np.r_[average_precision(s, q >= 0), f1_score(yes, q >= 0), float((q >= 0).mean()),
-                 recall_per_quantile(yes, q, quantiles)]
+    return np.concatenate([[average_precision(s, q >= 0), f1_score(yes, q >= 0), float((q >= 0).mean())],
+                           recall_per_quantile(yes, q, quantiles)])
 
 
 def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mapping[str, np.ndarray],
@@ -157,8 +163,9 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
 
     score_caps, explain_caps = [captions[c] for c in score_ids], [captions[c] for c in explain_ids]
     rows, per_neuron, dists = [], {}, {}
+    by_layer = records_by_layer(records)
     for li, (layer, acts) in enumerate(acts_by_layer.items()):
-        recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])[:max_neurons_per_layer]
+        recs = by_layer.get(layer, [])[:max_neurons_per_layer]
         if not recs:
             continue
         started = time.perf_counter()
@@ -173,11 +180,11 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
         if llm is None:
             cos = text_predictions(descs, score_caps + explain_caps, encoder)
             cos_score, cos_explain = cos[:, :len(score_ids)], cos[:, len(score_ids):]
-            acts_explain = acts[[row_of[c] for c in explain_ids]]
+            explain = calibration_samples(acts[[row_of[c] for c in explain_ids]], sample,
+                                          np.random.default_rng([seed, li, 1]))
             runs = []
             for order in [np.arange(len(recs)), *perms]:
-                thresholds = calibrated_thresholds(cos_explain[order], acts_explain, sample,
-                                                   np.random.default_rng([seed, li, 1]))
+                thresholds = calibrated_thresholds(cos_explain[order], explain)
                 runs.append(np.array([unit_scores(cos_score[order[m], idx], q, thresholds[m], quantiles)
                                       for m, (idx, q) in enumerate(samples)]))
         else:

@@ -19,7 +19,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from and_lightning.analysis.plots import real_vs_shuffled_plot
-from and_lightning.analysis.task import EvalContext, ScorerResult, Table, Task, TaskOutput, TaskSkipped
+from and_lightning.analysis.task import (EvalContext, ScorerResult, Table, Task, TaskOutput, TaskSkipped,
+    records_by_layer)
 from and_lightning.describe.lexicon import find_phrases, lemmas, tokens
 from and_lightning.describe.open_concepts import is_negated
 
@@ -228,8 +229,9 @@ def ground_truth_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
     names, Y = attribute_indicators(clip_attributes, values)
     rows, per_neuron = [], {}
     named_by_text: dict[str, set[str]] = {}  # each distinct text parsed once (read-only sets)
+    by_layer = records_by_layer(records)
     for layer, acts in acts_by_layer.items():
-        recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])
+        recs = by_layer.get(layer, [])
         if not recs:
             continue
         true = true_attributes(auroc_matrix(acts, Y), names, threshold, direction)

@@ -17,7 +17,7 @@ from scipy.stats import linregress
 from sklearn.cluster import KMeans
 
 from and_lightning.analysis.plots import adjective_bar_chart, adjectives_per_layer_plot, uninterpretable_plot
-from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput
+from and_lightning.analysis.task import EvalContext, Table, Task, TaskOutput, records_by_layer
 from and_lightning.describe.sentences import is_junk_sentence, split_sentences
 
 
@@ -96,8 +96,9 @@ def uninterpretable_fractions(records: Sequence[Mapping[str, Any]], clusters: Ma
                               layers: Sequence[str], k_primes: Sequence[int], k: int) -> dict[str, dict[int, float]]:
     """layer -> {K': share of the layer's neurons whose top-k clips share no cluster K' times}."""
     out: dict[str, dict[int, float]] = {}
+    by_layer = records_by_layer(records, by_unit=False)
     for layer in layers:
-        recs = [r for r in records if r["layer"] == layer]
+        recs = by_layer.get(layer, [])
         if recs:
             out[layer] = {kp: float(np.mean([is_uninterpretable(r["top_clips"][:k], clusters, kp) for r in recs]))
                           for kp in k_primes}

@@ -21,12 +21,15 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from and_lightning.analysis.detection import calibrated_thresholds, calibration_subset, detection_sample
+from and_lightning.analysis.detection import (
+    calibrated_thresholds, calibration_samples, calibration_subset, detection_sample,
+)
 from and_lightning.analysis.judge_metrics import effect_ratio
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import text_predictions
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import EvalContext, ScorerResult, Task, TaskOutput, TaskSkipped, scorer_output
+from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, TaskSkipped, records_by_layer,
+    scorer_output)
 from and_lightning.prune.masks import row_unit_edit
 
 log = logging.getLogger(__name__)
@@ -119,8 +122,9 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
 
     model_layers = adapter.layers()
     rows, per_neuron, dists = [], {}, {}
+    by_layer = records_by_layer(records)
     for li, (layer, acts) in enumerate(acts_by_layer.items()):
-        recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])[:max_neurons_per_layer]
+        recs = by_layer.get(layer, [])[:max_neurons_per_layer]
         if not recs:
             continue
         if layer not in model_layers:
@@ -136,11 +140,11 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
         shared = prefix_can_be_shared(adapter, layer, units, waves, lengths, base)
         changes = {name: unit_changes(adapter, layer, units, waves, lengths, base, factor, units_per_pass, shared)
                    for name, factor in (("ablate", 0.0), ("amplify", amplify))}
+        explain = calibration_samples(acts_explain, sample, np.random.default_rng([seed, li, 1]))
         rng = np.random.default_rng([seed, li])
         ratios = []
         for order in [np.arange(len(recs)), *(rng.permutation(len(recs)) for _ in range(shuffles))]:
-            thresholds = calibrated_thresholds(cos_explain[order], acts_explain, sample,
-                                               np.random.default_rng([seed, li, 1]))
+            thresholds = calibrated_thresholds(cos_explain[order], explain)
             match = cos_score[order] >= np.where(np.isnan(thresholds), np.inf, thresholds)[:, None]
             ratios.append({name: np.array([effect_ratio(c[m, masks[m]], match[m, masks[m]]) for m in range(len(recs))])
                            for name, c in changes.items()} | {"matched": (match & masks).sum(1)})

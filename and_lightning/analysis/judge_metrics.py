@@ -51,11 +51,11 @@ def recall_per_quantile(predicted: np.ndarray, quantile: np.ndarray, quantiles: 
     """[quantiles] share of the positives of each activation quantile (quantile[i] in 0..quantiles-1, 0 = the top;
     -1 = a negative) judged "yes"; NaN for a quantile with no clips."""
     p, q = np.asarray(predicted, bool), np.asarray(quantile, int)
-    out = np.full(quantiles, np.nan)
-    for k in range(quantiles):
-        if (q == k).any():
-            out[k] = float(p[q == k].mean())
-    return out
+    positive = (q >= 0) & (q < quantiles)
+    clips = np.bincount(q[positive], minlength=quantiles)
+    said_yes = np.bincount(q[positive & p], minlength=quantiles)
+    with np.errstate(invalid="ignore"):
+        return np.where(clips > 0, said_yes / np.maximum(clips, 1), np.nan)
 
 
 def effect_ratio(change: np.ndarray, match: np.ndarray) -> float:

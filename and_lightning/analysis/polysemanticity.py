@@ -18,8 +18,9 @@ def polysemanticity(records: Sequence[Mapping[str, Any]], labels: Mapping[str, i
     """One row per layer (in record order); see COLUMNS."""
     rows: dict[str, dict[str, Any]] = {}
     for r in records:
-        row = rows.setdefault(r["layer"], {"layer": r["layer"], "units": 0, "const": 0, "counts": []})
+        row = rows.setdefault(r["layer"], {"layer": r["layer"], "units": 0, "const": 0, "counts": [], "k": 0})
         row["units"] += 1
+        row["k"] = max(row["k"], len(r["top_clips"]))
         if not r["top_clips"] or r["top_values"][0] <= (r.get("bottom_values") or [r["top_values"][-1]])[0]:
             row["const"] += 1
             continue
@@ -28,7 +29,7 @@ def polysemanticity(records: Sequence[Mapping[str, Any]], labels: Mapping[str, i
     rng = np.random.default_rng(seed)
     out = []
     for row in rows.values():
-        k = max((len(r["top_clips"]) for r in records if r["layer"] == row["layer"]), default=0)
+        k = row["k"]
         counts = np.array(row["counts"], float)
         random = np.mean([len(set(rng.choice(every, size=k, replace=False))) for _ in range(draws)]) if k else np.nan
         out.append({"layer": row["layer"], "units": row["units"], "constant": row["const"] / row["units"],

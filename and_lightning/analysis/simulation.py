@@ -22,7 +22,8 @@ from scipy.stats import rankdata
 from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import real_vs_shuffled_plot
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import EvalContext, ScorerResult, Task, TaskOutput, scorer_output, text_or_llm
+from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, records_by_layer, scorer_output,
+    text_or_llm)
 from and_lightning.store.activations import top_clip_index
 
 RATING_SCHEMA = {
@@ -157,8 +158,9 @@ def simulation_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappi
     rows_idx = np.array([row_of[c] for c in score_ids])
     cap_texts = [captions[c] for c in score_ids]
     rows, per_neuron, dists = [], {}, {}
+    by_layer = records_by_layer(records)
     for li, (layer, acts) in enumerate(acts_by_layer.items()):
-        recs = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["unit"])[:max_neurons_per_layer]
+        recs = by_layer.get(layer, [])[:max_neurons_per_layer]
         if not recs:
             continue
         units = [r["unit"] for r in recs]

@@ -94,6 +94,15 @@ class Task:
         raise NotImplementedError
 
 
+def records_by_layer(records: Sequence[Mapping[str, Any]], by_unit: bool = True) -> dict[str, list[Mapping[str, Any]]]:
+    """layer -> its records, sorted by unit (else in record order), in one pass over the records (a scan per layer
+    would cost layers x records)."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r["layer"], []).append(r)
+    return {layer: sorted(recs, key=lambda r: r["unit"]) if by_unit else recs for layer, recs in out.items()}
+
+
 def scorer_output(name: str, result: ScorerResult, columns: list[str], title: str, plots: dict[str, Figure],
                   prefix: str, keys: Sequence[str], split_path: Path) -> TaskOutput:
     """What a per-layer held-out scorer's task returns: the table `name` of `result.rows`, its plots, metrics

@@ -15,6 +15,7 @@ reproduction.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,9 +54,11 @@ def cross_removal_masks(sim: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
     return ~hit.any(dim=1), ~hit.any(dim=0)
 
 
-def _values(sentence: str) -> set[tuple[str, int]]:
-    """The (attribute, value) pairs a sentence's words name."""
-    return {v for w in set(tokens(sentence)) for v in attribute_values(w)}
+@functools.lru_cache(maxsize=1 << 16)
+def _values(sentence: str) -> frozenset[tuple[str, int]]:
+    """The (attribute, value) pairs a sentence's words name (once per sentence and process: a summary sentence is
+    compared with the low sentences of every neuron whose summary holds it)."""
+    return frozenset(v for w in set(tokens(sentence)) for v in attribute_values(w))
 
 
 def is_contrast(a: str, b: str) -> bool:

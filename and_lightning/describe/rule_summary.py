@@ -365,8 +365,10 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
         for phrases in per:
             seen = set()
             for p in phrases:
+                if p.kind != kind or not where(p):
+                    continue
                 k = key(p)
-                if p.kind == kind and where(p) and k not in seen:
+                if k not in seen:
                     seen.add(k)
                     occ.setdefault(k, []).append(p)
         order = {k: i for i, k in enumerate(occ)}

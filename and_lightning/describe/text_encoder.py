@@ -29,8 +29,9 @@ def _features(out) -> Tensor:
 
 class TextEncoder:
     """`encode(texts) -> [n, d]` float32 unit-norm rows. Each distinct string is embedded once per
-    encoder instance (in-memory cache); new strings are embedded in batches of `batch_size`. After `persist`,
-    the batches are also kept on disk for later stages and reruns."""
+    encoder instance (in-memory cache); new strings are embedded in batches of `batch_size`, shortest first (a
+    batch is padded to its longest text, so similar lengths waste the least). After `persist`, every embedding is
+    also kept on disk, per text, for later stages and reruns."""
 
     def __init__(self, batch_size: int = 64, device: str = "cpu"):
         if batch_size < 1:
@@ -42,21 +43,27 @@ class TextEncoder:
         self._identity: Any = None
 
     def persist(self, path: str | os.PathLike, identity: Any) -> None:
-        """Keep every embedded batch in the KVCache at `path` too, keyed by `identity` (the encoder's semantic
-        config) and the batch's texts: an embedding depends in its last bits on the texts padded with it, so only
-        the same batch is read back, bit for bit what embedding it again would give (e.g. the captions and
-        concepts that describe embeds and evaluate embeds again)."""
+        """Keep every embedding in the KVCache at `path` too, keyed by `identity` (the encoder's semantic config)
+        and its text, and read it back from there: a text is then embedded once across stages and reruns, so
+        describe + evaluate in one process or apart, cold or warm, give the same floats. (An embedding depends in
+        its last bits, ~1e-7, on the texts padded with it in its batch: the stored one is that of the first
+        batch the text was embedded in.)"""
         self._disk, self._identity = KVCache(path), identity
 
     def _embed_batch(self, batch: list[str]) -> Tensor:
-        key = KVCache.key_for(["text_embeddings", self._identity, batch]) if self._disk is not None else None
-        if key and (hit := self._disk.get(key)) is not None:
-            return torch.from_numpy(np.frombuffer(base64.b64decode(hit), np.float32).reshape(len(batch), -1).copy())
-        with torch.inference_mode():
-            emb = F.normalize(self._embed(batch).float(), dim=-1).cpu()
-        if key:
-            self._disk.put(key, base64.b64encode(emb.numpy().tobytes()).decode("ascii"))
-        return emb
+        keys = [KVCache.key_for(["text_embedding", self._identity, t]) for t in batch] if self._disk is not None else []
+        stored = [self._disk.get(k) for k in keys] if keys else [None] * len(batch)
+        missing = [t for t, hit in zip(batch, stored) if hit is None]
+        fresh: dict[str, Tensor] = {}
+        if missing:
+            with torch.inference_mode():
+                fresh = dict(zip(missing, F.normalize(self._embed(missing).float(), dim=-1).cpu()))
+        if keys:
+            self._disk.put_many((k, base64.b64encode(fresh[t].numpy().tobytes()).decode("ascii"))
+                                for k, t in zip(keys, batch) if t in fresh)
+        return torch.stack([fresh[t] if hit is None else
+                            torch.from_numpy(np.frombuffer(base64.b64decode(hit), np.float32).copy())
+                            for t, hit in zip(batch, stored)])
 
     @property
     def dim(self) -> int:
@@ -70,7 +77,7 @@ class TextEncoder:
         if isinstance(texts, str):
             raise TypeError("encode takes a list of strings, not a single string")
         texts = list(texts)
-        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        new = sorted((t for t in dict.fromkeys(texts) if t not in self._cache), key=len)  # stable: ties in order
         for start in range(0, len(new), self.batch_size):
             batch = new[start:start + self.batch_size]
             self._cache.update(zip(batch, self._embed_batch(batch)))

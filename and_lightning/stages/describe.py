@@ -202,6 +202,7 @@ def describe_layer(
         cal = calibrated[u]
         description = " ".join(cal.high) or summaries[top_sets[u]]
         o = opens[u]
+        adjectives = apply_acoustic_filter(o.adjectives, acoustic)
         records.append({
             "layer": layer, "unit": u,
             "top_clips": t.top_ids[u].tolist(), "top_values": [float(v) for v in t.top_values[u]],
@@ -214,9 +215,8 @@ def describe_layer(
             "summary_high": summaries[top_sets[u]], "summary_low": summaries[low_sets[u]],
             "calibrated_summary": list(cal.high), "removed_by_calibration": list(cal.removed_high),
             "description": description,
-            "adjectives": apply_acoustic_filter(o.adjectives, acoustic), "all_adjectives": o.adjectives,
-            "nouns": o.nouns, "verbs": o.verbs,
-            "open_concepts": list(dict.fromkeys(apply_acoustic_filter(o.adjectives, acoustic) + o.nouns)),
+            "adjectives": adjectives, "all_adjectives": o.adjectives, "nouns": o.nouns, "verbs": o.verbs,
+            "open_concepts": list(dict.fromkeys(adjectives + o.nouns)),
             "scores": {},
         })
         if windows is not None:

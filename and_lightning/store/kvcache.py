@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from filelock import FileLock, Timeout
 
@@ -82,11 +82,23 @@ class KVCache:
 
     def put(self, key: str, value: Any) -> None:
         """Store `value` (JSON-serialisable) under `key` and commit at once."""
-        if not _KEY_RE.match(key):
-            raise ValueError(f"cache key must be a sha256 hex digest (64 lowercase hex chars), got {key!r}")
-        blob = json.dumps(value, sort_keys=True)
+        self.put_many([(key, value)])
+
+    def put_many(self, items: Iterable[tuple[str, Any]]) -> None:
+        """Store each (key, value) as `put` does, all in one committed transaction."""
+        rows = []
+        for key, value in items:
+            if not _KEY_RE.match(key):
+                raise ValueError(f"cache key must be a sha256 hex digest (64 lowercase hex chars), got {key!r}")
+            rows.append((key, json.dumps(value, sort_keys=True)))
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, blob))
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     @contextmanager
     def claim(self, key: str) -> Iterator[bool]:
