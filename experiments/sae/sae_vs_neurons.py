@@ -4,7 +4,7 @@
 
 Runs (or reuses: every stage is cached) `dissect` with the given overrides, then erases, per class, the
 `erase_units` neurons and the `erase_units` SAE features that name the class best (and as many random ones), and
-writes `sae_vs_neurons.csv` / `.md` in the run directory: ground-truth F1, simulation, uninterpretable share,
+writes `sae_vs_neurons.csv` / `.md` in the run directory: ground-truth F1, simulation, detection, uninterpretable share,
 polysemanticity, SAE reconstruction metrics and concept erasure, one row per layer.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from and_lightning.cli import check_config, run_cli  # noqa: E402
 METRICS = [("gt_f1_closed", "eval/gt/closed_concept/{}/f1"), ("gt_f1_closed_shuffled", "eval/gt/closed_concept/{}/f1_shuffled"),
            ("gt_f1_description", "eval/gt/description/{}/f1"), ("no_true_attribute", "eval/gt/description/{}/no_separable"),
            ("sim_pearson", "eval/sim/{}/pearson"), ("sim_pearson_shuffled", "eval/sim/{}/pearson_shuffled"),
+           ("det_auprc", "eval/det/{}/auprc"), ("det_auprc_shuffled", "eval/det/{}/auprc_shuffled"),
            ("uninterpretable_k3", "eval/interp/{}/uninterpretable_k3"),
            ("uninterpretable_k5", "eval/interp/{}/uninterpretable_k5"),
            ("distinct_classes_top5", "eval/poly/{}/distinct_classes"),
