@@ -1,8 +1,7 @@
 """Stage 2: caption every unique clip that any neuron needs, once, through the caption cache (with
 `exemplars=window` also every window around a unit's peak frame that is one of its exemplars, keyed by
-`Window.id`). A captioner whose
-words are relative to the probing set (`FitsProbingSet`) is first fitted on it; the reference is written beside
-the captions (caption_reference.json) and enters the caption cache key."""
+`Window.id`). A captioner whose words are relative to the probing set (`FitsProbingSet`) is first fitted on it;
+the reference is written beside the captions (caption_reference.json) and enters the caption cache key."""
 from __future__ import annotations
 
 import json
