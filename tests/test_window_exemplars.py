@@ -14,7 +14,9 @@ from and_lightning.describe.rule_summary import extractive_summary
 from and_lightning.dissection import dissect
 from and_lightning.stages.caption import read_captions
 from and_lightning.store.activations import ActivationStore
+from and_lightning.analysis.html_report import asset_name
 from conftest import compose_cfg
+from test_html_report import audio_durations, browser  # noqa: F401  (the real headless Chromium fixture)
 
 
 def run(trained_cnn, stage: str, *overrides: str) -> dict:
@@ -24,7 +26,7 @@ def run(trained_cnn, stage: str, *overrides: str) -> dict:
 
 
 @pytest.mark.slow  # 30 s alone on 2 idle cores (67 s at load 20): collect, caption and describe once each
-def test_window_exemplars_are_captioned_and_summarised(trained_cnn):
+def test_window_exemplars_are_captioned_summarised_and_played(trained_cnn, browser):
     window = ["exemplars=window", "exemplars.window_seconds=0.3"]
     for stage in ("collect", "caption"):
         run(trained_cnn, stage, *window)
@@ -53,6 +55,17 @@ def test_window_exemplars_are_captioned_and_summarised(trained_cnn):
         if r["layer"] != "head":
             assert r["summary_high"] == extractive_summary(texts, min_share=0.5, clean=True)
     assert cut > 0  # some windows sound unlike their whole clip
+
+    # the report of this dissection, in a real headless Chromium: conv2's players play their 0.3 s windows, the
+    # head's (no time axis) their whole 1 s clips, and each conv2 clip shows the unit's activation curve
+    page = Path(run(trained_cnn, "report", *window)["html_report"])
+    browser.session("POST", "/url", {"url": page.as_uri()})
+    assert browser.wait_for("return document.readyState === 'complete'")
+    played = dict(audio_durations(browser))
+    conv2 = {f"{asset_name(w.id)}.opus" for (layer, _), ws in windows.items() if layer == "conv2" for w in ws}
+    assert played and conv2 & set(played) and all(
+        seconds == pytest.approx(0.3 if name in conv2 else 1.0, abs=0.01) for name, seconds in played.items())
+    assert browser.js("return document.querySelectorAll('.clip svg polyline').length") >= len(conv2 & set(played))
 
 
 def test_clip_exemplars_keep_whole_clips(trained_cnn):
