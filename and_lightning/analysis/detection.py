@@ -25,7 +25,7 @@ from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, pa
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import nanmean, text_predictions
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, records_by_layer, scorer_output,
+from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, scored_layers, scorer_output,
     text_or_llm)
 
 JUDGE_SCHEMA = {
@@ -163,11 +163,7 @@ def detection_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappin
 
     score_caps, explain_caps = [captions[c] for c in score_ids], [captions[c] for c in explain_ids]
     rows, per_neuron, dists = [], {}, {}
-    by_layer = records_by_layer(records)
-    for li, (layer, acts) in enumerate(acts_by_layer.items()):
-        recs = by_layer.get(layer, [])[:max_neurons_per_layer]
-        if not recs:
-            continue
+    for li, layer, acts, recs in scored_layers(records, acts_by_layer, max_neurons_per_layer):
         started = time.perf_counter()
         units = [r["unit"] for r in recs]
         acts = np.asarray(acts, np.float64)[:, units]

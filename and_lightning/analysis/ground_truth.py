@@ -20,7 +20,7 @@ from scipy.stats import rankdata
 
 from and_lightning.analysis.plots import real_vs_shuffled_plot
 from and_lightning.analysis.task import (EvalContext, ScorerResult, Table, Task, TaskOutput, TaskSkipped,
-    records_by_layer)
+    scored_layers)
 from and_lightning.describe.lexicon import find_phrases, lemmas, tokens
 from and_lightning.describe.open_concepts import is_negated
 
@@ -229,11 +229,7 @@ def ground_truth_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
     names, Y = attribute_indicators(clip_attributes, values)
     rows, per_neuron = [], {}
     named_by_text: dict[str, set[str]] = {}  # each distinct text parsed once (read-only sets)
-    by_layer = records_by_layer(records)
-    for layer, acts in acts_by_layer.items():
-        recs = by_layer.get(layer, [])
-        if not recs:
-            continue
+    for _, layer, acts, recs in scored_layers(records, acts_by_layer):
         true = true_attributes(auroc_matrix(acts, Y), names, threshold, direction)
         true = [true[r["unit"]] for r in recs]
         for fi, field in enumerate(fields):

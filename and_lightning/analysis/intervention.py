@@ -28,8 +28,8 @@ from and_lightning.analysis.judge_metrics import effect_ratio
 from and_lightning.analysis.plots import score_distribution_plot
 from and_lightning.analysis.simulation import text_predictions
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, TaskSkipped, records_by_layer,
-    scorer_output)
+from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, TaskSkipped,
+    scored_layers, scorer_output)
 from and_lightning.prune.masks import row_unit_edit
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,7 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
 
     model_layers = adapter.layers()
     rows, per_neuron, dists = [], {}, {}
-    by_layer = records_by_layer(records)
-    for li, (layer, acts) in enumerate(acts_by_layer.items()):
-        recs = by_layer.get(layer, [])[:max_neurons_per_layer]
-        if not recs:
-            continue
+    for li, layer, acts, recs in scored_layers(records, acts_by_layer, max_neurons_per_layer):
         if layer not in model_layers:
             log.warning("intervention: layer '%s' is not a layer of the model; skipped", layer)
             continue

@@ -22,7 +22,7 @@ from scipy.stats import rankdata
 from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import real_vs_shuffled_plot
 from and_lightning.analysis.split import held_out_split, score_masks
-from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, records_by_layer, scorer_output,
+from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, scored_layers, scorer_output,
     text_or_llm)
 from and_lightning.store.activations import top_clip_index
 
@@ -158,11 +158,7 @@ def simulation_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mappi
     rows_idx = np.array([row_of[c] for c in score_ids])
     cap_texts = [captions[c] for c in score_ids]
     rows, per_neuron, dists = [], {}, {}
-    by_layer = records_by_layer(records)
-    for li, (layer, acts) in enumerate(acts_by_layer.items()):
-        recs = by_layer.get(layer, [])[:max_neurons_per_layer]
-        if not recs:
-            continue
+    for li, layer, acts, recs in scored_layers(records, acts_by_layer, max_neurons_per_layer):
         units = [r["unit"] for r in recs]
         actual = np.asarray(acts, np.float64)[rows_idx][:, units]  # [n, M]
         masks = score_masks(recs, score_ids, exclude_described)

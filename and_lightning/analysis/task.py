@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -101,6 +101,17 @@ def records_by_layer(records: Sequence[Mapping[str, Any]], by_unit: bool = True)
     for r in records:
         out.setdefault(r["layer"], []).append(r)
     return {layer: sorted(recs, key=lambda r: r["unit"]) if by_unit else recs for layer, recs in out.items()}
+
+
+def scored_layers(records: Sequence[Mapping[str, Any]], acts_by_layer: Mapping[str, Any],
+                  max_per_layer: int | None = None) -> Iterator[tuple[int, str, Any, list[Mapping[str, Any]]]]:
+    """(index of the layer in `acts_by_layer`, layer, its activations, its first `max_per_layer` records by unit)
+    for every layer with records: the loop of a per-layer scorer (the index seeds the layer's draws)."""
+    by_layer = records_by_layer(records)
+    for index, (layer, acts) in enumerate(acts_by_layer.items()):
+        recs = by_layer.get(layer, [])[:max_per_layer]
+        if recs:
+            yield index, layer, acts, recs
 
 
 def scorer_output(name: str, result: ScorerResult, columns: list[str], title: str, plots: dict[str, Figure],
