@@ -18,7 +18,9 @@ from and_lightning.models.registry import resolve_layers
 from and_lightning.sae.fit import check_sae_layers, splice_saes
 from and_lightning.stages.caption import caption_stage, read_captions
 from and_lightning.stages.collect import collect_activations
-from and_lightning.stages.describe import describe_stage, read_descriptions, require_audio_side, tab_audio_embedder
+from and_lightning.stages.describe import (
+    describe_stage, read_descriptions, read_layer_descriptions, require_audio_side, tab_audio_embedder,
+)
 from and_lightning.stages.evaluate import evaluate_stage, html_report_stage, needs_dissection
 from and_lightning.stages.report import report_stage
 from and_lightning.store.activations import ActivationStore
@@ -143,7 +145,11 @@ def dissect(cfg: DictConfig) -> dict[str, Any]:
     if "describe" in stages:
         describe_stage(store, captions, list(cfg.concepts.concepts), encoder, llm, cfg.describe, out, head,
                        audio_embed, windows)
-    descriptions = read_descriptions(descriptions_path)
+    if {"evaluate", "report"} & set(stages):
+        descriptions = read_descriptions(descriptions_path)
+    else:  # describe alone prints the output layer's accuracy and some hidden units: only those layers are read
+        hidden = [name for name in store.layers if name != head]
+        descriptions = read_layer_descriptions(out, [name for name in store.layers if name == head] + hidden[:1])
     result["descriptions"] = str(descriptions_path)
     metrics = _last_layer_metrics(descriptions, head, class_names, list(cfg.concepts.concepts), encoder)
     if label_captions and metrics:

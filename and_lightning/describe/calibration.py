@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from and_lightning.describe.lexicon import attribute_values, tokens
@@ -30,6 +28,7 @@ from and_lightning.describe.sentences import JUNK_PHRASES, summary_sentences
 
 DEFAULT_THRESHOLD = 0.9
 ORIGINAL_THRESHOLD = 0.5  # the original code's value (faithful reproduction)
+ArrayLike = np.ndarray | Tensor
 
 
 class SentenceEncoder(Protocol):
@@ -47,11 +46,11 @@ class Calibrated:
     removed_low: list[str]
 
 
-def cross_removal_masks(sim: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+def cross_removal_masks(sim: ArrayLike, threshold: float) -> tuple[ArrayLike, ArrayLike]:
     """Keep-masks for rows (high sentences) and columns (low sentences) of a [H, L] similarity matrix:
     a row/column is dropped iff any of its entries is > threshold."""
     hit = sim > threshold
-    return ~hit.any(dim=1), ~hit.any(dim=0)
+    return ~hit.any(1), ~hit.any(0)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -61,34 +60,31 @@ def _values(sentence: str) -> frozenset[tuple[str, int]]:
     return frozenset(v for w in set(tokens(sentence)) for v in attribute_values(w))
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def is_contrast(a: str, b: str) -> bool:
     """Whether two sentences differ in the value of an attribute: one names a value the other does not, and
-    the other names another value of the same attribute ("loud and steady" / "quiet and steady")."""
+    the other names another value of the same attribute ("loud and steady" / "quiet and steady"). Once per process
+    and pair: the same summary sentences meet in the units of many layers."""
     va, vb = _values(a), _values(b)
     only_a, only_b = va - vb, vb - va
     return any(name == other and i != j for name, i in only_a for other, j in only_b)
 
 
-def contrast_matrix(high: Sequence[str], low: Sequence[str]) -> Tensor:
-    """[H, L] bool: which high/low sentence pairs are contrasts (`is_contrast`)."""
-    return torch.tensor([[is_contrast(h, lo) for lo in low] for h in high], dtype=torch.bool)
-
-
-def _split(mask: Tensor, items: Sequence[str]) -> tuple[list[str], list[str]]:
+def _split(mask: np.ndarray, items: Sequence[str]) -> tuple[list[str], list[str]]:
     keep = [s for s, k in zip(items, mask.tolist()) if k]
     drop = [s for s, k in zip(items, mask.tolist()) if not k]
     return keep, drop
 
 
-def _original_cross_removal(high: Sequence[str], low: Sequence[str], high_emb: Tensor, low_emb: Tensor,
+def _original_cross_removal(high: Sequence[str], low: Sequence[str], high_emb: ArrayLike, low_emb: ArrayLike,
                             threshold: float) -> tuple[list[str], list[str]]:
     """The original's loop (`sentence_utils.remove_mutual_information`), run as it ran: it removes sentences
     (by value, the first equal one) from the lists it is iterating over, while the embeddings it zips with
     are not removed, so after a removal later sentences are paired with other sentences' embeddings and some
     pairs are skipped. The cosine is its float32 numpy dot / (norm * norm)."""
     kept_high, kept_low = list(high), list(low)
-    for a, ea in zip(kept_high, high_emb.float().numpy()):
-        for b, eb in zip(kept_low, low_emb.float().numpy()):
+    for a, ea in zip(kept_high, np.asarray(high_emb, np.float32)):
+        for b, eb in zip(kept_low, np.asarray(low_emb, np.float32)):
             if (np.dot(ea, eb) / (np.linalg.norm(ea) * np.linalg.norm(eb))).item() > threshold:
                 if a in kept_high:
                     kept_high.remove(a)
@@ -109,10 +105,11 @@ def _removed(items: Sequence[str], kept: Sequence[str]) -> list[str]:
 
 
 def calibrate_sentences(
-    high: Sequence[str], low: Sequence[str], high_emb: Tensor, low_emb: Tensor, threshold: float = DEFAULT_THRESHOLD,
+    high: Sequence[str], low: Sequence[str], high_emb: ArrayLike, low_emb: ArrayLike, threshold: float = DEFAULT_THRESHOLD,
     faithful: bool = False,
 ) -> Calibrated:
-    """Cross-removal on already split and embedded sentences (embeddings unit-norm, rows aligned); contrasting
+    """Cross-removal on already split and embedded sentences (embeddings unit-norm, rows aligned: float32 arrays or
+    CPU tensors); contrasting
     pairs (`is_contrast`) never remove. `faithful`: the original's loop (`_original_cross_removal`) instead."""
     if len(high) != len(high_emb) or len(low) != len(low_emb):
         raise ValueError(
@@ -123,7 +120,11 @@ def calibrate_sentences(
     if faithful:
         kh, kl = _original_cross_removal(high, low, high_emb, low_emb, threshold)
         return Calibrated(kh, kl, _removed(high, kh), _removed(low, kl))
-    sim = (high_emb.float() @ low_emb.float().T).masked_fill(contrast_matrix(high, low), float("-inf"))
+    # numpy, not torch: a few sentences per neuron, where torch's per-call overhead is most of the cost
+    sim = np.asarray(high_emb, np.float32) @ np.asarray(low_emb, np.float32).T
+    for i, j in zip(*np.nonzero(sim > threshold)):
+        if is_contrast(high[i], low[j]):
+            sim[i, j] = -np.inf
     keep_h, keep_l = cross_removal_masks(sim, threshold)
     kh, dh = _split(keep_h, high)
     kl, dl = _split(keep_l, low)
@@ -144,24 +145,13 @@ def calibrate_many(
     sentences = {t: summary_sentences(t, min_tokens, junk_phrases, faithful) for pair in pairs for t in pair}
     split = [(sentences[h], sentences[l]) for h, l in pairs]
     unique = list(dict.fromkeys(s for hs, ls in split for s in (*hs, *ls)))
-    emb = encoder.encode(unique) if unique else torch.zeros(0, 1)
+    emb = encoder.encode(unique).float().numpy() if unique else np.zeros((0, 1), np.float32)
     row = {s: i for i, s in enumerate(unique)}
 
-    def embed(sentences: list[str]) -> Tensor:
-        return emb[[row[s] for s in sentences]] if sentences else emb[:0]
+    def embed(sentences: list[str]) -> np.ndarray:
+        return emb[[row[s] for s in sentences]]
 
-    with _one_thread():  # a few sentences per neuron: handing them to a thread pool costs ~100x the products
-        return [calibrate_sentences(hs, ls, embed(hs), embed(ls), threshold, faithful) for hs, ls in split]
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return [calibrate_sentences(hs, ls, embed(hs), embed(ls), threshold, faithful) for hs, ls in split]
 
 
 def calibrate(high_summary: str, low_summary: str, encoder: SentenceEncoder, threshold: float = DEFAULT_THRESHOLD,

@@ -163,6 +163,13 @@ def _parsed_caption(caption: str, clean: bool) -> tuple[_Phrase, ...]:
     return tuple(_caption_phrases(clean_repeated_caption(caption) if clean else caption))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _phrases_by_kind(caption: str, clean: bool) -> dict[str, tuple[_Phrase, ...]]:
+    """`_parsed_caption` grouped by phrase kind, in caption order (read-only, shared like it)."""
+    phrases = _parsed_caption(caption, clean)
+    return {kind: tuple(p for p in phrases if p.kind == kind) for kind in dict.fromkeys(p.kind for p in phrases)}
+
+
 def _noun_run_end(clause: list[tuple[str, str]], i: int) -> int:
     """End of a noun phrase starting at i: modifiers (adjectives, participles, nouns) ending in a noun,
     optionally '... of <noun phrase>' ("train of rapid clicks"); i if there is none. A gerund after a
@@ -356,7 +363,7 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
         raise ValueError("extractive_summary needs at least one caption")
     n = len(captions)
     need = int(min_share * n) + 1
-    per = [_parsed_caption(c, clean) for c in captions]
+    per = [_phrases_by_kind(c, clean) for c in captions]
 
     def shared(kind: str, key=lambda p: p.key, where=lambda p: True) -> list[tuple[str, list[_Phrase]]]:
         """(key, its occurrences, one per caption) for keys in >= need captions; most shared first, then
@@ -364,8 +371,8 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
         occ: dict[str, list[_Phrase]] = {}
         for phrases in per:
             seen = set()
-            for p in phrases:
-                if p.kind != kind or not where(p):
+            for p in phrases.get(kind, ()):
+                if not where(p):
                     continue
                 k = key(p)
                 if k not in seen:

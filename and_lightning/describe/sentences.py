@@ -173,13 +173,17 @@ def summary_sentences(summary: str, min_tokens: int = 5, phrases: tuple[str, ...
     """Spec §7 step 1: the sentences of a summary that have MORE than `min_tokens` word tokens (punctuation
     counts, as with NLTK) and are not junk or a lead-in (`_is_lead_in`). `faithful`: the original's split,
     tokens and substring junk test (`original_sentences`), which keeps lead-ins."""
+    return list(_summary_sentences(summary, min_tokens, phrases, faithful))
+
+
+@lru_cache(maxsize=1 << 16)
+def _summary_sentences(summary: str, min_tokens: int, phrases: tuple[str, ...], faithful: bool) -> tuple[str, ...]:
+    """`summary_sentences`, once per process and summary (a summary is shared by units of many layers)."""
     if faithful:
-        return [s for s in original_sentences(summary)
-                if len(original_word_tokenize(s)) > min_tokens and not is_junk_sentence(s, phrases, faithful=True)]
-    return [
-        s for s in split_sentences(summary)
-        if len(word_tokenize(s)) > min_tokens and not is_junk_sentence(s, phrases) and not _is_lead_in(s)
-    ]
+        return tuple(s for s in original_sentences(summary)
+                     if len(original_word_tokenize(s)) > min_tokens and not is_junk_sentence(s, phrases, faithful=True))
+    return tuple(s for s in split_sentences(summary)
+                 if len(word_tokenize(s)) > min_tokens and not is_junk_sentence(s, phrases) and not _is_lead_in(s))
 
 
 # --- LLM summaries -------------------------------------------------------------------------------------

@@ -311,3 +311,8 @@ def read_descriptions(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no descriptions yet; run `python dissect.py stage=describe` first")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_layer_descriptions(out_dir: str | os.PathLike, layers: Sequence[str]) -> list[dict[str, Any]]:
+    """The records of `layers` alone, from the per-layer files `describe_stage` wrote in `out_dir`."""
+    return [r for layer in layers for r in read_descriptions(Path(out_dir) / "layers" / f"{layer}.jsonl")]
