@@ -8,7 +8,7 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from and_lightning.describe.lexicon import NON_DESCRIPTIVE, STOPWORDS, is_acoustic, lemma
 from and_lightning.describe.open_concepts import ADJECTIVE_TAGS, is_negated, tag_text
@@ -163,11 +163,35 @@ def _parsed_caption(caption: str, clean: bool) -> tuple[_Phrase, ...]:
     return tuple(_caption_phrases(clean_repeated_caption(caption) if clean else caption))
 
 
+def _clip_level(p: _Phrase) -> bool:
+    """A verb phrase whose subject is the sound itself (none, or a sound noun), not one of its attributes."""
+    return not p.subject or p.subject.split()[-1] in _SOUND_NOUNS
+
+
+# The phrase groups `extractive_summary` counts across captions: group -> (kind, matching key, which phrases).
+_GROUPS: dict[str, tuple[str, Callable[[_Phrase], str], Callable[[_Phrase], bool]]] = {
+    "np": ("np", lambda p: p.key, lambda p: not p.in_pp),          # naming the sound
+    "np_in_pp": ("np", lambda p: p.key, lambda p: p.in_pp),        # "with a reverberant tail"
+    "adj": ("adj", lambda p: p.key, lambda p: True),
+    "num": ("num", lambda p: p.key, lambda p: True),
+    "vp_clip": ("vp", lambda p: p.key, _clip_level),
+    "vp_subject": ("vp", lambda p: f"{p.subject}|{p.key}", lambda p: True),
+}
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _phrases_by_kind(caption: str, clean: bool) -> dict[str, tuple[_Phrase, ...]]:
-    """`_parsed_caption` grouped by phrase kind, in caption order (read-only, shared like it)."""
+def _caption_groups(caption: str, clean: bool) -> dict[str, dict[str, _Phrase]]:
+    """Per group of `_GROUPS`, each key's first phrase in the caption (a phrase counts once per caption), in caption
+    order; once per process like `_parsed_caption` (read-only)."""
     phrases = _parsed_caption(caption, clean)
-    return {kind: tuple(p for p in phrases if p.kind == kind) for kind in dict.fromkeys(p.kind for p in phrases)}
+    out: dict[str, dict[str, _Phrase]] = {}
+    for group, (kind, key, where) in _GROUPS.items():
+        firsts: dict[str, _Phrase] = {}
+        for p in phrases:
+            if p.kind == kind and where(p):
+                firsts.setdefault(key(p), p)
+        out[group] = firsts
+    return out
 
 
 def _noun_run_end(clause: list[tuple[str, str]], i: int) -> int:
@@ -363,21 +387,15 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
         raise ValueError("extractive_summary needs at least one caption")
     n = len(captions)
     need = int(min_share * n) + 1
-    per = [_phrases_by_kind(c, clean) for c in captions]
+    per = [_caption_groups(c, clean) for c in captions]
 
-    def shared(kind: str, key=lambda p: p.key, where=lambda p: True) -> list[tuple[str, list[_Phrase]]]:
-        """(key, its occurrences, one per caption) for keys in >= need captions; most shared first, then
-        longest, then first seen."""
+    def shared(group: str) -> list[tuple[str, list[_Phrase]]]:
+        """(key, its occurrences, one per caption) of a `_GROUPS` group, for keys in >= need captions; most shared
+        first, then longest, then first seen."""
         occ: dict[str, list[_Phrase]] = {}
-        for phrases in per:
-            seen = set()
-            for p in phrases.get(kind, ()):
-                if not where(p):
-                    continue
-                k = key(p)
-                if k not in seen:
-                    seen.add(k)
-                    occ.setdefault(k, []).append(p)
+        for groups in per:
+            for k, p in groups[group].items():
+                occ.setdefault(k, []).append(p)
         order = {k: i for i, k in enumerate(occ)}
         kept = [(k, v) for k, v in occ.items() if len(v) >= need]
         return sorted(kept, key=lambda kv: (-len(kv[1]), -len(kv[1][0].words), order[kv[0]]))
@@ -388,7 +406,7 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
 
     sentences = []
     # what they are: the longest (then most shared) noun phrase naming the sound, with its numbers
-    nps = shared("np", where=lambda p: not p.in_pp)
+    nps = shared("np")
     best = max(nps, key=lambda kv: (len(kv[1][0].words), len(kv[1]))) if nps else None
     in_np = set(best[1][0].words) if best else set()
     adjs = [(k, v) for k, v in shared("adj") if not set(k.split()) <= in_np][:_MAX_ADJECTIVES]
@@ -413,11 +431,8 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
         sentences.append(f"{quant([len(v) for _, v in described])} of them are {_join([k for k, _ in described])}.")
     # what they do: one sentence per verb phrase; adjectives already said are not repeated ("stays steady")
     said = {w for k, _ in adjs for w in k.split()} | in_np
-    def clip_level(p: _Phrase) -> bool:
-        return not p.subject or p.subject.split()[-1] in _SOUND_NOUNS
-
-    attribute = [(k, v) for k, v in shared("vp", key=lambda p: f"{p.subject}|{p.key}") if not clip_level(v[0])]
-    clip = shared("vp", where=clip_level)
+    attribute = [(k, v) for k, v in shared("vp_subject") if not _clip_level(v[0])]
+    clip = shared("vp_clip")
     n_vp = 0
     for k, v in clip + attribute:
         subject = v[0].subject if (k, v) in attribute else ""
@@ -434,7 +449,7 @@ def extractive_summary(captions: Sequence[str], min_share: float = 0.5, clean: b
     # what they have: noun phrases in prepositional phrases ("with a reverberant tail"), not already said
     said |= {w for s in sentences for w in re.findall(r"[\w-]+", s.lower())}
     heads = {best[1][0].words[-1]} if best else set()
-    others = [(k, v) for k, v in shared("np", where=lambda p: p.in_pp)
+    others = [(k, v) for k, v in shared("np_in_pp")
               if not set(k.split()) <= said and v[0].words[-1] not in heads]
     others = [(k, v) for i, (k, v) in enumerate(others)
               if not any(set(k.split()) <= set(o.split()) for o, _ in others[:i])][:_MAX_NOUN_PHRASES]
