@@ -64,6 +64,17 @@ def test_rerun_reuses_every_stage(root, caplog):
     assert stamp and all(p.stat().st_mtime_ns == t for p, t in stamp.items())
 
 
+def test_describe_alone_reports_the_output_layer_and_examples_as_a_full_run(root, capsys):
+    full = run_dissect(root, ["logger=none"])
+    printed = capsys.readouterr().out
+    alone = run_dissect(root, ["logger=none", "stage=describe"])  # reads only the layers it prints
+    assert alone["metrics"] == {k: v for k, v in full["metrics"].items() if k.startswith("dissect/last_layer")}
+    assert alone["metrics"] and alone["descriptions"] == str(Path(full["dissection_dir"]) / "descriptions.jsonl")
+    examples = [line for line in capsys.readouterr().out.splitlines() if "| concepts:" in line]
+    assert [line.split("#")[0] for line in examples] == ["conv1"] * 5 + ["head"] * 5
+    assert all(line in printed for line in examples)
+
+
 def test_later_stage_without_earlier_files_fails_clearly(root):
     before = set(Path(root, "cache", "activations").iterdir())
     with pytest.raises(FileNotFoundError, match="run `python dissect.py stage=collect` first"):
