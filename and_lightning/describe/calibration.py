@@ -60,11 +60,9 @@ def _values(sentence: str) -> frozenset[tuple[str, int]]:
     return frozenset(v for w in set(tokens(sentence)) for v in attribute_values(w))
 
 
-@functools.lru_cache(maxsize=1 << 18)
 def is_contrast(a: str, b: str) -> bool:
     """Whether two sentences differ in the value of an attribute: one names a value the other does not, and
-    the other names another value of the same attribute ("loud and steady" / "quiet and steady"). Once per process
-    and pair: the same summary sentences meet in the units of many layers."""
+    the other names another value of the same attribute ("loud and steady" / "quiet and steady")."""
     va, vb = _values(a), _values(b)
     only_a, only_b = va - vb, vb - va
     return any(name == other and i != j for name, i in only_a for other, j in only_b)
@@ -109,8 +107,8 @@ def calibrate_sentences(
     faithful: bool = False,
 ) -> Calibrated:
     """Cross-removal on already split and embedded sentences (embeddings unit-norm, rows aligned: float32 arrays or
-    CPU tensors); contrasting
-    pairs (`is_contrast`) never remove. `faithful`: the original's loop (`_original_cross_removal`) instead."""
+    CPU tensors); contrasting pairs (`is_contrast`) never remove. `faithful`: the original's loop
+    (`_original_cross_removal`) instead."""
     if len(high) != len(high_emb) or len(low) != len(low_emb):
         raise ValueError(
             f"sentences and embeddings differ in number: high {len(high)} vs {len(high_emb)}, low {len(low)} vs {len(low_emb)}"
