@@ -1,8 +1,9 @@
 """Intervention score: does editing a unit change the model's output where its description says the unit fires?
 
 Per unit, on held-out score clips (the shared split, never its own top / bottom clips): ablate the unit (the pruning
-stage's own mask, prune/masks.py) and, separately, amplify it (`amplify` x its value as the next layer reads it; for a
-ReLU unit 3 x relu(x) = relu(3 x), so clips where it is silent are left alone), and measure how far each clip's output
+stage's own mask, prune/masks.py) and, separately, amplify it (`amplify` x its value as the next layer reads it: for a
+ReLU unit relu(3 x) = 3 relu(x), so clips where it is silent are left alone; a logit has no ReLU, and x3 pushes a
+negative logit further down), and measure how far each clip's output
 distribution moves (KL(p_original || p_edited), `output_change`). The score is graded, with no threshold: the
 Spearman rho between the description's text judge on each clip (cos(description, caption), as detection's and
 simulation's offline judge) and the output change (judge_metrics.effect_correlation), over the clips: > 0 when the
@@ -10,6 +11,12 @@ unit matters to the output more on the clips the description matches better; cha
 layer (mean), against the same rho for the descriptions shuffled among the layer's units (the edits are made once;
 only the judge's scores change). Units are edited `units_per_pass` at a time, one unit per block of rows of one
 forward pass; the layers before the edited one run once per pass when the model allows it (`prefix_can_be_shared`).
+
+Until 2026-12-04 the score was a ratio: mean change on the clips the judge matched at a threshold calibrated on the
+explain clips over the mean change on the others, median over units. On the default run it was mostly noise: a
+shuffled description calibrated on the unit's activations matched about twice as many of the 64 clips as the real
+one (median 27-33 vs 10-20), a larger matched set raised the ratio of the skewed change (log ratio vs matched share,
+r 0.35-0.57), and the shuffled median moved from 1.53 to 2.02 (conv1) with the permutations' seed alone.
 """
 from __future__ import annotations
 
