@@ -3,8 +3,8 @@
 Per unit, on held-out score clips (the shared split, never its own top / bottom clips): ablate the unit (the pruning
 stage's own mask, prune/masks.py) and, separately, amplify it (`amplify` x its value as the next layer reads it: for a
 ReLU unit relu(3 x) = 3 relu(x), so clips where it is silent are left alone; a logit has no ReLU, and x3 pushes a
-negative logit further down), and measure how far each clip's output
-distribution moves (KL(p_original || p_edited), `output_change`). The score is graded, with no threshold: the
+negative logit further down), and measure how far each clip's output distribution moves (KL(p_original ||
+p_edited), `output_change`). The score is graded, with no threshold: the
 Spearman rho between the description's text judge on each clip (cos(description, caption), as detection's and
 simulation's offline judge) and the output change (judge_metrics.effect_correlation), over the clips: > 0 when the
 unit matters to the output more on the clips the description matches better; chance 0. Reported per unit and per
