@@ -12,7 +12,7 @@ from and_lightning.analysis.detection import (
     JUDGE_SCHEMA, detection_report, detection_sample, parse_judgements, unit_scores,
 )
 from and_lightning.analysis.judge_metrics import (
-    average_precision, best_threshold, effect_ratio, f1_score, recall_per_quantile,
+    average_precision, best_threshold, effect_correlation, f1_score, recall_per_quantile,
 )
 from and_lightning.analysis.llm_clips import sized
 from and_lightning.analysis.split import make_split
@@ -39,10 +39,14 @@ def test_metrics_hand_computed():
     assert best_threshold(np.ones(4), y) == 1.0 and math.isnan(best_threshold(s, np.zeros(4, bool)))
     got = recall_per_quantile(np.array([1, 0, 1, 1, 0], bool), np.array([0, 0, 1, -1, -1]), 3)
     assert got[:2].tolist() == [0.5, 1.0] and math.isnan(got[2])
-    assert effect_ratio(np.array([4.0, 2.0, 1.0, 1.0]), np.array([1, 1, 0, 0], bool)) == pytest.approx(3.0)
-    assert effect_ratio(np.array([4.0, 2.0]), np.array([1, 1], bool)) == 1.0  # separates nothing
-    assert effect_ratio(np.array([0.0, 0.0]), np.array([1, 0], bool)) == 1.0
-    assert effect_ratio(np.array([1.0, 0.0]), np.array([1, 0], bool)) == math.inf
+    # judge ranks 1 4 2 3, change ranks 1 3 2 4: sum d^2 = 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert effect_correlation(np.array([0.1, 0.4, 0.2, 0.3]), np.array([0.0, 2.0, 1.0, 5.0])) == pytest.approx(0.8)
+    # tied changes share rank 1.5: centred ranks (-1.5 -.5 .5 1.5), (-1 -1 .5 1.5): 4.5 / sqrt(5 * 4.5) = 3 / sqrt(10)
+    assert effect_correlation(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.0, 0.0, 1.0, 2.0])) == pytest.approx(
+        3 / math.sqrt(10))
+    assert effect_correlation(np.array([0.4, 0.3, 0.2]), np.array([0.0, 1.0, 3.0])) == pytest.approx(-1.0)
+    assert effect_correlation(np.full(3, 0.5), np.array([0.0, 1.0, 3.0])) == 0.0  # a judge that separates nothing
+    assert math.isnan(effect_correlation(np.array([0.1, 0.2]), np.zeros(2)))  # the edit changes no clip
 
 
 def test_balanced_quantile_sample():

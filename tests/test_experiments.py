@@ -33,6 +33,6 @@ def test_every_dissect_experiment_runs_on_synth(tmp_path):
         if "experiment=description_quality" in (path.parent / ".hydra" / "overrides.yaml").read_text():
             # the run's descriptions.jsonl carries each unit's intervention scores beside the other scorers'
             scores = [json.loads(x)["scores"] for x in (tmp_path / written["descriptions"]).read_text().splitlines()]
-            assert all({"int_ablate_ratio", "int_amplify_ratio", "det_auprc", "gt_f1"} <= set(s) for s in scores)
-            ratios = [s["int_ablate_ratio"] for s in scores if s["int_ablate_ratio"] is not None]
-            assert ratios and all(r >= 0 for r in ratios)  # null: the judge matched none or all of the unit's clips
+            assert all({"int_ablate_rho", "int_amplify_rho", "det_auprc", "gt_f1"} <= set(s) for s in scores)
+            rhos = [s["int_ablate_rho"] for s in scores if s["int_ablate_rho"] is not None]
+            assert rhos and all(-1 <= r <= 1 for r in rhos)  # null: editing the unit changed no clip's output

@@ -1,15 +1,22 @@
-"""Intervention score: does editing a unit change the model's output where its description says it matters?
+"""Intervention score: does editing a unit change the model's output where its description says the unit fires?
 
 Per unit, on held-out score clips (the shared split, never its own top / bottom clips): ablate the unit (the pruning
-stage's own mask, prune/masks.py) and, separately, amplify it (`amplify` x its value), and measure how far each
-clip's output distribution moves (KL(p_original || p_edited), `output_change`). The description's text judge
-(analysis/detection.py: cos(description, caption) at the per-unit threshold calibrated on explain clips) splits the
-clips into those it matches and the rest; the effect ratio (judge_metrics.effect_ratio) is the mean change on
-matching clips over the mean change on the others: > 1 when the unit matters where the description says. Reported
-per unit and per layer (median), against the same ratios for the descriptions shuffled among the layer's units (the
-edits are made once; only the matches change). Units are edited `units_per_pass` at a time, one unit per block of
-rows of one forward pass; the layers before the edited one run once per pass when the model allows it
-(`prefix_can_be_shared`).
+stage's own mask, prune/masks.py) and, separately, amplify it (`amplify` x its value as the next layer reads it: for a
+ReLU unit relu(3 x) = 3 relu(x), so clips where it is silent are left alone; a logit has no ReLU, and x3 pushes a
+negative logit further down), and measure how far each clip's output distribution moves (KL(p_original ||
+p_edited), `output_change`). The score is graded, with no threshold: the
+Spearman rho between the description's text judge on each clip (cos(description, caption), as detection's and
+simulation's offline judge) and the output change (judge_metrics.effect_correlation), over the clips: > 0 when the
+unit matters to the output more on the clips the description matches better; chance 0. Reported per unit and per
+layer (mean), against the same rho for the descriptions shuffled among the layer's units (the edits are made once;
+only the judge's scores change). Units are edited `units_per_pass` at a time, one unit per block of rows of one
+forward pass; the layers before the edited one run once per pass when the model allows it (`prefix_can_be_shared`).
+
+Until 2026-12-04 the score was a ratio: mean change on the clips the judge matched at a threshold calibrated on the
+explain clips over the mean change on the others, median over units. On the default run it was mostly noise: a
+shuffled description calibrated on the unit's activations matched about twice as many of the 64 clips as the real
+one (median 27-33 vs 10-20), a larger matched set raised the ratio of the skewed change (log ratio vs matched share,
+r 0.35-0.57), and the shuffled median moved from 1.53 to 2.02 (conv1) with the permutations' seed alone.
 """
 from __future__ import annotations
 
@@ -21,12 +28,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from and_lightning.analysis.detection import (
-    calibrated_thresholds, calibration_samples, calibration_subset, detection_sample,
-)
-from and_lightning.analysis.judge_metrics import effect_ratio
+from and_lightning.analysis.judge_metrics import effect_correlation
 from and_lightning.analysis.plots import score_distribution_plot
-from and_lightning.analysis.simulation import text_predictions
+from and_lightning.analysis.simulation import nanmean, text_predictions
 from and_lightning.analysis.split import held_out_split, score_masks
 from and_lightning.analysis.task import (EvalContext, ScorerResult, Task, TaskOutput, TaskSkipped,
     scored_layers, scorer_output)
@@ -79,10 +83,10 @@ def prefix_can_be_shared(adapter: Any, layer: str, units: Sequence[int], waves: 
     return shared.shape == plain.shape and bool(np.allclose(shared, plain, rtol=1e-4, atol=1e-7))
 
 
-def _median(x: np.ndarray) -> float:
-    x = np.asarray(x, np.float64)
-    x = x[~np.isnan(x)]
-    return float(np.median(x)) if x.size else math.nan
+def change_correlations(judged: np.ndarray, changes: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """[M] `effect_correlation` of each unit's judge scores judged [M, n] and output changes changes [M, n] over the
+    clips of its mask [M, n]."""
+    return np.array([effect_correlation(judged[m, masks[m]], changes[m, masks[m]]) for m in range(len(judged))])
 
 
 def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Mapping[str, np.ndarray],
@@ -90,19 +94,16 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
                         adapter: Any, load_waves: Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor | None]],
                         *, field: str = "description", max_clips: int = 64, units_per_pass: int = 16,
                         amplify: float = 3.0, shuffles: int = 5, seed: int = 0, exclude_described: bool = True,
-                        positive_fraction: float = 0.2, quantiles: int = 4, per_quantile: int = 5,
-                        negatives: str = "random", max_neurons_per_layer: int | None = None,
-                        calibration_clips: int | None = 300) -> ScorerResult:
-    """Rows, per layer: median over units of the ablation and amplification
-    effect ratios, real and shuffled (`shuffles` permutations pooled), the share of units whose ablation ratio
-    is > 1 and the mean matched clips per unit (the seconds per unit are logged). per_neuron[(layer, unit)] =
-    {"int_ablate_ratio", "int_amplify_ratio"}; distributions[layer] = (real, shuffled) per-unit ablation ratios
-    (log10) for the plot. The judge is calibrated as detection's (on `calibration_clips` explain clips).
-    `load_waves(ids)` -> (waves [n, T], lengths [n] or None) at the model's rate."""
+                        max_neurons_per_layer: int | None = None) -> ScorerResult:
+    """Rows, per layer: mean over units of the ablation and amplification effect correlations (Spearman rho of
+    cos(description, caption) and the output change), real and shuffled (mean over `shuffles` permutations), the
+    share of units whose ablation rho is > 0, and how many units were scored (a unit that changes no clip's output
+    is not). per_neuron[(layer, unit)] = {"int_ablate_rho", "int_amplify_rho"}; distributions[layer] = (real,
+    shuffled) per-unit ablation rho for the plot. `load_waves(ids)` -> (waves [n, T], lengths [n] or None) at the
+    model's rate. The seconds per unit are logged."""
     if max_clips < 3 or units_per_pass < 1 or amplify == 1.0:
         raise ValueError("evaluate.intervention: need max_clips >= 3, units_per_pass >= 1, amplify != 1; got "
                          f"{max_clips}, {units_per_pass}, {amplify}")
-    row_of = {c: i for i, c in enumerate(clip_ids)}
     score_ids = [c for c in split["score"] if c in captions]
     if len(score_ids) < 3:
         raise ValueError(f"intervention needs captions of >= 3 score clips, found {len(score_ids)} "
@@ -110,54 +111,43 @@ def intervention_report(records: Sequence[Mapping[str, Any]], acts_by_layer: Map
     if len(score_ids) > max_clips:
         keep = set(np.random.default_rng([seed, 7]).choice(len(score_ids), max_clips, replace=False).tolist())
         score_ids = [c for i, c in enumerate(score_ids) if i in keep]
-    explain_ids = calibration_subset([c for c in split["explain"] if c in captions], calibration_clips, seed)
-    captions_used = [captions[c] for c in score_ids + explain_ids]
     adapter.eval()
     waves, lengths = load_waves(score_ids)
     with torch.no_grad():
         base = adapter.run(waves, lengths)
 
-    def sample(acts: np.ndarray, allowed: np.ndarray, rng: np.random.Generator):
-        return detection_sample(acts, allowed, positive_fraction, quantiles, per_quantile, negatives, rng)
-
     model_layers = adapter.layers()
     rows, per_neuron, dists = [], {}, {}
-    for li, layer, acts, recs in scored_layers(records, acts_by_layer, max_neurons_per_layer):
+    for li, layer, _acts, recs in scored_layers(records, acts_by_layer, max_neurons_per_layer):
         if layer not in model_layers:
             log.warning("intervention: layer '%s' is not a layer of the model; skipped", layer)
             continue
         started = time.perf_counter()
         units = [r["unit"] for r in recs]
         masks = score_masks(recs, score_ids, exclude_described)
-        descs = [str(r.get(field) or "") for r in recs]
-        cos = text_predictions(descs, captions_used, encoder)
-        cos_score, cos_explain = cos[:, :len(score_ids)], cos[:, len(score_ids):]
-        acts_explain = np.asarray(acts, np.float64)[[row_of[c] for c in explain_ids]][:, units]
+        cos = text_predictions([str(r.get(field) or "") for r in recs], [captions[c] for c in score_ids], encoder)
         shared = prefix_can_be_shared(adapter, layer, units, waves, lengths, base)
         changes = {name: unit_changes(adapter, layer, units, waves, lengths, base, factor, units_per_pass, shared)
                    for name, factor in (("ablate", 0.0), ("amplify", amplify))}
-        explain = calibration_samples(acts_explain, sample, np.random.default_rng([seed, li, 1]))
         rng = np.random.default_rng([seed, li])
-        ratios = []
-        for order in [np.arange(len(recs)), *(rng.permutation(len(recs)) for _ in range(shuffles))]:
-            thresholds = calibrated_thresholds(cos_explain[order], explain)
-            match = cos_score[order] >= np.where(np.isnan(thresholds), np.inf, thresholds)[:, None]
-            ratios.append({name: np.array([effect_ratio(c[m, masks[m]], match[m, masks[m]]) for m in range(len(recs))])
-                           for name, c in changes.items()} | {"matched": (match & masks).sum(1)})
-        real, shuffled = ratios[0], ratios[1:]
+        runs = [{name: change_correlations(cos[order], c, masks) for name, c in changes.items()}
+                for order in [np.arange(len(recs)), *(rng.permutation(len(recs)) for _ in range(shuffles))]]
+        real, shuffled = runs[0], runs[1:]
         pooled = {name: np.concatenate([s[name] for s in shuffled]) if shuffled else np.full(1, np.nan)
                   for name in changes}
-        rows.append({"layer": layer, "ablate_ratio": _median(real["ablate"]),
-                     "ablate_ratio_shuffled": _median(pooled["ablate"]), "amplify_ratio": _median(real["amplify"]),
-                     "amplify_ratio_shuffled": _median(pooled["amplify"]),
-                     "ablate_above_1": float(np.mean(real["ablate"] > 1.0)),
-                     "ablate_above_1_shuffled": float(np.mean(pooled["ablate"] > 1.0)),
-                     "matched_per_unit": float(real["matched"].mean()), "clips": len(score_ids), "neurons": len(recs)})
+        scored = np.isfinite(real["ablate"])
+        rows.append({"layer": layer, "ablate_rho": nanmean(real["ablate"]),
+                     "ablate_rho_shuffled": nanmean([nanmean(s["ablate"]) for s in shuffled]),
+                     "amplify_rho": nanmean(real["amplify"]),
+                     "amplify_rho_shuffled": nanmean([nanmean(s["amplify"]) for s in shuffled]),
+                     "ablate_above_0": float(np.mean(real["ablate"][scored] > 0)) if scored.any() else math.nan,
+                     "ablate_above_0_shuffled": nanmean([np.mean(s["ablate"][np.isfinite(s["ablate"])] > 0)
+                                                         for s in shuffled if np.isfinite(s["ablate"]).any()]),
+                     "scored": int(scored.sum()), "clips": len(score_ids), "neurons": len(recs)})
         log.info("intervention: layer %s, %.3f s per unit", layer, (time.perf_counter() - started) / len(recs))
-        per_neuron.update({(layer, u): {"int_ablate_ratio": float(a), "int_amplify_ratio": float(b)}
+        per_neuron.update({(layer, u): {"int_ablate_rho": float(a), "int_amplify_rho": float(b)}
                            for u, a, b in zip(units, real["ablate"], real["amplify"])})
-        with np.errstate(divide="ignore"):
-            dists[layer] = (np.log10(real["ablate"]), np.log10(pooled["ablate"]))
+        dists[layer] = (real["ablate"], pooled["ablate"])
     return ScorerResult(rows, per_neuron, dists)
 
 
@@ -185,17 +175,16 @@ class Intervention(Task):
         result = intervention_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, ctx.model, load_waves,
             field=s["field"], max_clips=s["max_clips"], units_per_pass=s["units_per_pass"], amplify=s["amplify"],
-            shuffles=s["shuffles"], seed=seed, exclude_described=exclude, positive_fraction=s["positive_fraction"],
-            quantiles=s["quantiles"], per_quantile=s["per_quantile"], negatives=s["negatives"],
-            max_neurons_per_layer=s["max_neurons_per_layer"], calibration_clips=s["calibration_clips"])
+            shuffles=s["shuffles"], seed=seed, exclude_described=exclude,
+            max_neurons_per_layer=s["max_neurons_per_layer"])
         if not result.rows:
             raise TaskSkipped("no dissected layer is a layer of the model")
-        columns = ["layer", "ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled",
-                   "ablate_above_1", "ablate_above_1_shuffled", "matched_per_unit", "clips", "neurons"]
-        title = (f"Intervention effect ratio (median per layer; output KL on clips the description matches / the "
-                 f"others; ablation and x{s['amplify']:g}; chance = 1)")
+        columns = ["layer", "ablate_rho", "ablate_rho_shuffled", "amplify_rho", "amplify_rho_shuffled",
+                   "ablate_above_0", "ablate_above_0_shuffled", "scored", "clips", "neurons"]
+        title = (f"Intervention effect correlation (mean per layer of Spearman rho between cos(description, caption) "
+                 f"and the output KL when the unit is ablated / amplified x{s['amplify']:g}; chance = 0)")
         plots = {"intervention_ablate": score_distribution_plot(result.distributions,
-                                                                "log10 ablation effect ratio per unit")}
+                                                                "ablation effect correlation (Spearman rho) per unit")}
         return scorer_output("intervention", result, columns, title, plots, "int",
-                             ("ablate_ratio", "ablate_ratio_shuffled", "amplify_ratio", "amplify_ratio_shuffled"),
+                             ("ablate_rho", "ablate_rho_shuffled", "amplify_rho", "amplify_rho_shuffled"),
                              split_path)

@@ -1,11 +1,12 @@
 """The math of the description scorers as small pure functions (NumPy, one unit at a time): average precision
 (AUPRC), F1 at a judge's threshold, the threshold of best balanced accuracy, recall per activation quantile, and the intervention's
-effect ratio. Each returns NaN when its inputs leave it undefined (no positives, nothing sampled)."""
+effect correlation. Each returns NaN when its inputs leave it undefined (no positives, nothing sampled)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -58,15 +59,17 @@ def recall_per_quantile(predicted: np.ndarray, quantile: np.ndarray, quantiles: 
         return np.where(clips > 0, said_yes / np.maximum(clips, 1), np.nan)
 
 
-def effect_ratio(change: np.ndarray, match: np.ndarray) -> float:
-    """mean(change on clips the description matches) / mean(change on the others). A description that matches all
-    or none of the clips separates nothing: 1.0 (chance), as when both means are 0; inf when only the others are 0."""
-    c, m = np.asarray(change, np.float64), np.asarray(match, bool)
-    if c.shape != m.shape or c.ndim != 1:
-        raise ValueError(f"effect_ratio needs two 1-D arrays of one length, got {c.shape} and {m.shape}")
-    if m.all() or not m.any():
-        return 1.0
-    on, off = float(c[m].mean()), float(c[~m].mean())
-    if off == 0.0:
-        return 1.0 if on == 0.0 else math.inf
-    return on / off
+def effect_correlation(judged: np.ndarray, change: np.ndarray) -> float:
+    """Spearman rho (Pearson r of the average ranks, ties sharing their mean rank) between a judge's score of each
+    clip (e.g. cos(description, caption)) and the model's output change on it when the unit is edited: > 0 when the
+    unit matters more to the output where the description says it fires. A judge that scores every clip alike says
+    nothing: 0.0 (chance); NaN when the change is the same on every clip (nothing to predict) or n < 2."""
+    x, y = np.asarray(judged, np.float64), np.asarray(change, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"effect_correlation needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
+    if len(y) < 2 or np.all(y == y[0]):
+        return math.nan
+    if np.all(x == x[0]):
+        return 0.0
+    rx, ry = rankdata(x) - (len(x) + 1) / 2, rankdata(y) - (len(y) + 1) / 2
+    return float(rx @ ry / math.sqrt(float(rx @ rx) * float(ry @ ry)))
