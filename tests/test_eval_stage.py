@@ -218,10 +218,10 @@ def test_dissecting_without_the_head_runs_the_other_tasks_and_says_why_last_laye
 def test_scored_records_carry_this_evaluation_scores_only():
     records = [{"layer": "a", "unit": 0, "description": "x", "scores": {"old": 1.0}},
                {"layer": "a", "unit": 1, "description": "y"}]
-    scores = {("a", 0): {"det_auprc": 0.75, "gt_f1": float("nan"), "int_ablate_ratio": float("inf"),
+    scores = {("a", 0): {"det_auprc": 0.75, "gt_f1": float("nan"), "int_ablate_rho": float("inf"),
                          "gt_true": ["pitch=high"]}, ("b", 0): {"det_auprc": 0.5}}
-    assert scored_records(records, scores) == [
+    assert list(scored_records(records, scores)) == [
         {"layer": "a", "unit": 0, "description": "x",
-         "scores": {"det_auprc": 0.75, "gt_f1": None, "int_ablate_ratio": None, "gt_true": ["pitch=high"]}},
+         "scores": {"det_auprc": 0.75, "gt_f1": None, "int_ablate_rho": None, "gt_true": ["pitch=high"]}},
         {"layer": "a", "unit": 1, "description": "y", "scores": {}}]
     assert records[0]["scores"] == {"old": 1.0}  # the records read are left as they were

@@ -1,6 +1,6 @@
 """The math of the description scorers as small pure functions (NumPy, one unit at a time): average precision
-(AUPRC), F1 at a judge's threshold, the threshold of best balanced accuracy, recall per activation quantile, and the intervention's
-effect correlation. Each returns NaN when its inputs leave it undefined (no positives, nothing sampled)."""
+(AUPRC), F1 at a judge's threshold, the threshold of best balanced accuracy, recall per activation quantile, Pearson
+and Spearman correlation, and the intervention's effect correlation. Each returns NaN when its inputs leave it undefined (no positives, nothing sampled)."""
 from __future__ import annotations
 
 import math
@@ -59,17 +59,29 @@ def recall_per_quantile(predicted: np.ndarray, quantile: np.ndarray, quantiles: 
         return np.where(clips > 0, said_yes / np.maximum(clips, 1), np.nan)
 
 
-def effect_correlation(judged: np.ndarray, change: np.ndarray) -> float:
-    """Spearman rho (Pearson r of the average ranks, ties sharing their mean rank) between a judge's score of each
-    clip (e.g. cos(description, caption)) and the model's output change on it when the unit is edited: > 0 when the
-    unit matters more to the output where the description says it fires. A judge that scores every clip alike says
-    nothing: 0.0 (chance); NaN when the change is the same on every clip (nothing to predict) or n < 2."""
-    x, y = np.asarray(judged, np.float64), np.asarray(change, np.float64)
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r; NaN when either side is constant or has fewer than 2 values."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"effect_correlation needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
-    if len(y) < 2 or np.all(y == y[0]):
+        raise ValueError(f"pearson needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
+    if len(x) < 2:
         return math.nan
-    if np.all(x == x[0]):
+    dx, dy = x - x.mean(), y - y.mean()
+    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy) / den if den > 0 else math.nan
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rho = Pearson r of the average ranks (ties share their mean rank)."""
+    return pearson(rankdata(x), rankdata(y))
+
+
+def effect_correlation(judged: np.ndarray, change: np.ndarray) -> float:
+    """Spearman rho between a judge's score of each clip (e.g. cos(description, caption)) and the model's output
+    change on it when the unit is edited: > 0 when the unit matters more to the output where the description says
+    it fires. A judge that scores every clip alike says nothing: 0.0 (chance); NaN when the change is the same on
+    every clip (nothing to predict) or n < 2."""
+    x, y = np.asarray(judged, np.float64), np.asarray(change, np.float64)
+    if x.shape == y.shape and x.ndim == 1 and len(y) >= 2 and np.all(x == x[0]) and np.any(y != y[0]):
         return 0.0
-    rx, ry = rankdata(x) - (len(x) + 1) / 2, rankdata(y) - (len(y) + 1) / 2
-    return float(rx @ ry / math.sqrt(float(rx @ rx) * float(ry @ ry)))
+    return spearman(x, y)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from and_lightning.analysis.judge_metrics import pearson, spearman
 from and_lightning.analysis.llm_clips import llm_per_clip, numbered_messages, parse_numbered
 from and_lightning.analysis.plots import real_vs_shuffled_plot
 from and_lightning.analysis.split import held_out_split, score_masks
@@ -46,23 +47,6 @@ RATING_SCHEMA = {
 
 
 # ---------------------------------------------------------------------------------------------- correlation
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson r; NaN when either side is constant or has fewer than 2 values."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"pearson needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
-    if len(x) < 2:
-        return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    return float(dx @ dy) / den if den > 0 else math.nan
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rho = Pearson r of the average ranks (ties share their mean rank)."""
-    return pearson(rankdata(x), rankdata(y))
-
-
 def _masked_pearson_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Pearson r of each row pair of x, y [M, n] over the entries where w [M, n] is True (NaN if degenerate)."""
     n = w.sum(axis=1, keepdims=True)

@@ -294,10 +294,10 @@ def describe_stage(
                                               dcfg.closed_set.scale)
             records = describe_layer(store, layer, captions, concepts, P, p_is_prob, encoder, llm, dcfg, head_layer,
                                      memo, window_seconds)
-            write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+            write_text(path, (json.dumps(r) + "\n" for r in records))
         lines.append(path.read_text(encoding="utf-8"))
     out = out_dir / "descriptions.jsonl"
-    write_text(out, "".join(lines))
+    write_text(out, lines)
     if llm is not None:  # the parse paths of every record's replies, and this run's requests (cache hits, ...)
         stats = {"parse_paths": llm_parse_counts([json.loads(x) for x in "".join(lines).splitlines() if x.strip()]),
                  "requests_this_run": llm.stats.as_dict()}

@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -99,7 +99,7 @@ def evaluate_stage(ecfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathL
             result.neuron_scores.setdefault(key, {}).update(scores)
     if ctx.records is not None:
         path = out / "descriptions.jsonl"
-        write_text(path, "".join(json.dumps(r) + "\n" for r in scored_records(ctx.records, result.neuron_scores)))
+        write_text(path, (json.dumps(r) + "\n" for r in scored_records(ctx.records, result.neuron_scores)))
         result.files["descriptions"] = str(path)
     marks = {"captions": "labels", "note": NOT_COMPARABLE} if ctx.label_captions else {}
     write_json(done, {**marks, "metrics": result.metrics, "files": result.files, "images": result.images,
@@ -108,15 +108,15 @@ def evaluate_stage(ecfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathL
 
 
 def scored_records(records: Sequence[Mapping[str, Any]],
-                   neuron_scores: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[dict[str, Any]]:
+                   neuron_scores: Mapping[tuple[str, int], Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
     """`records` with `scores` (describe's empty placeholder, or an earlier evaluation's) set to their unit's
     `neuron_scores`: `{}` when no task scored the unit; a score that is not finite, e.g. the AUPRC of a unit
     without positive clips, is null."""
     def plain(v: Any) -> Any:
         return None if isinstance(v, float) and not math.isfinite(v) else v
 
-    return [{**r, "scores": {k: plain(v) for k, v in neuron_scores.get((r["layer"], r["unit"]), {}).items()}}
-            for r in records]
+    return ({**r, "scores": {k: plain(v) for k, v in neuron_scores.get((r["layer"], r["unit"]), {}).items()}}
+            for r in records)
 
 
 def html_report_stage(hcfg: Mapping[str, Any] | DictConfig, out_dir: str | os.PathLike,

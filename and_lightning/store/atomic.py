@@ -8,7 +8,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -62,9 +62,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+def write_text(path: str | os.PathLike, text: str | Iterable[str]) -> None:
+    """Write `text`, or its pieces one after another (never joined in memory: a paper-scale records file is
+    ~100 MB), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines([text] if isinstance(text, str) else text)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
