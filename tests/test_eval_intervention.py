@@ -75,6 +75,16 @@ def test_output_change_and_row_edits_hand_checked():
     np.testing.assert_allclose(doubled[0], output_change(base, scaled)[0].numpy(), rtol=1e-6, atol=1e-9)
 
 
+def test_units_per_pass_keeps_the_audio_of_a_pass_within_budget():
+    from and_lightning.analysis.intervention import units_per_pass
+
+    assert units_per_pass(1024, 64, 1.0) == 16 and units_per_pass(1024, 64, 3.0) == 5  # 960 s of 3 s clips
+    assert units_per_pass(10, 64, 10.0) == 1 and units_per_pass(128, 16, 1.0) == 8
+    for bad in (0, -1, True, "a lot"):
+        with pytest.raises(ValueError, match="evaluate.intervention.seconds_per_pass"):
+            units_per_pass(bad, 64, 1.0)
+
+
 def test_true_description_beats_shuffled_and_generic_is_chance():
     ids, captions, hidden, records, load_waves = planted()
     split = make_split(ids, 0.5, seed=0)

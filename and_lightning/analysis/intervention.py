@@ -4,13 +4,14 @@ Per unit, on held-out score clips (the shared split, never its own top / bottom 
 stage's own mask, prune/masks.py) and, separately, amplify it (`amplify` x its value as the next layer reads it: for a
 ReLU unit relu(3 x) = 3 relu(x), so clips where it is silent are left alone; a logit has no ReLU, and x3 pushes a
 negative logit further down), and measure how far each clip's output distribution moves (KL(p_original ||
-p_edited), `output_change`). The score is graded, with no threshold: the
-Spearman rho between the description's text judge on each clip (cos(description, caption), as detection's and
-simulation's offline judge) and the output change (judge_metrics.effect_correlation), over the clips: > 0 when the
-unit matters to the output more on the clips the description matches better; chance 0. Reported per unit and per
-layer (mean), against the same rho for the descriptions shuffled among the layer's units (the edits are made once;
-only the judge's scores change). Units are edited `units_per_pass` at a time, one unit per block of rows of one
-forward pass; the layers before the edited one run once per pass when the model allows it (`prefix_can_be_shared`).
+p_edited), `output_change`). The score is graded, with no threshold: the Spearman rho between the description's
+text judge on each clip (cos(description, caption), as detection's and simulation's offline judge) and the output
+change (judge_metrics.effect_correlation), over the clips: > 0 when the unit matters to the output more on the
+clips the description matches better; chance 0. Reported per unit and per layer (mean), against the same rho for
+the descriptions shuffled among the layer's units (the edits are made once; only the judge's scores change). Units
+are edited `units_per_pass` at a time (the task derives it from `seconds_per_pass`, the audio of one pass, which
+bounds its memory), one unit per block of rows of one forward pass; the layers before the edited one run once per
+pass when the model allows it (`prefix_can_be_shared`).
 
 Until 2026-12-04 the score was a ratio: mean change on the clips the judge matched at a threshold calibrated on the
 explain clips over the mean change on the others, median over units. On the default run it was mostly noise: a
@@ -81,6 +82,14 @@ def prefix_can_be_shared(adapter: Any, layer: str, units: Sequence[int], waves: 
         return False
     plain = unit_changes(adapter, layer, few, *sub, 0.0, len(few))
     return shared.shape == plain.shape and bool(np.allclose(shared, plain, rtol=1e-4, atol=1e-7))
+
+
+def units_per_pass(seconds_per_pass: float, max_clips: int, clip_seconds: float) -> int:
+    """Units edited per forward pass so that one pass runs at most `seconds_per_pass` of audio (each unit edits its own
+    block of `max_clips` clips), at least 1."""
+    if isinstance(seconds_per_pass, bool) or not isinstance(seconds_per_pass, (int, float)) or seconds_per_pass <= 0:
+        raise ValueError(f"evaluate.intervention.seconds_per_pass={seconds_per_pass!r}: expected seconds of audio > 0")
+    return max(1, int(seconds_per_pass // (max_clips * clip_seconds)))
 
 
 def change_correlations(judged: np.ndarray, changes: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -174,7 +183,8 @@ class Intervention(Task):
 
         result = intervention_report(
             ctx.records, ctx.acts(), ctx.store.clip_ids, ctx.captions, split, ctx.encoder, ctx.model, load_waves,
-            field=s["field"], max_clips=s["max_clips"], units_per_pass=s["units_per_pass"], amplify=s["amplify"],
+            field=s["field"], max_clips=s["max_clips"], amplify=s["amplify"],
+            units_per_pass=units_per_pass(s["seconds_per_pass"], s["max_clips"], pre["clip_seconds"]),
             shuffles=s["shuffles"], seed=seed, exclude_described=exclude,
             max_neurons_per_layer=s["max_neurons_per_layer"])
         if not result.rows:
