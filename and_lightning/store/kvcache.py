@@ -53,16 +53,25 @@ class KVCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._claims: dict[str, FileLock] = {}
+        # one process at a time sets the file up: switching a new file to WAL fails at once ("database is locked"),
+        # without waiting for busy_timeout, when another process is creating it too
+        opening = FileLock(self._claims_dir / "open.lock", timeout=busy_timeout_s)
         try:
-            self._db = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a committed write survives a killed process (not a power cut); never corrupts.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        except sqlite3.Error as e:
+            with opening:
+                self._db = sqlite3.connect(
+                    str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a committed write survives a killed process (not a power cut); never corrupts.
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        except (sqlite3.Error, Timeout) as e:
             raise CacheError(f"{self.path}: cannot open the cache as sqlite ({e})") from e
+
+    @property
+    def _claims_dir(self) -> Path:
+        """`<cache>.claims/`: the lock files of the claims and of opening the file (FileLock makes the folder)."""
+        return self.path.with_name(self.path.name + ".claims")
 
     @staticmethod
     def key_for(obj: Any) -> str:
@@ -107,9 +116,8 @@ class KVCache:
         (`<cache>.claims/<first two hex digits>.lock`); a thread's tasks share its claims."""
         with self._lock:
             lock = self._claims.get(key[:2])
-            if lock is None:  # FileLock makes the folder
-                folder = self.path.with_name(self.path.name + ".claims")
-                lock = self._claims[key[:2]] = FileLock(folder / f"{key[:2]}.lock")
+            if lock is None:
+                lock = self._claims[key[:2]] = FileLock(self._claims_dir / f"{key[:2]}.lock")
         try:
             lock.acquire(blocking=False)
         except Timeout:
