@@ -1,6 +1,7 @@
 """The math of the description scorers as small pure functions (NumPy, one unit at a time): average precision
 (AUPRC), F1 at a judge's threshold, the threshold of best balanced accuracy, recall per activation quantile, Pearson
-and Spearman correlation, and the intervention's effect correlation. Each returns NaN when its inputs leave it undefined (no positives, nothing sampled)."""
+and Spearman correlation, and the intervention's effect correlation. Each returns NaN when its inputs leave it
+undefined (no positives, nothing sampled)."""
 from __future__ import annotations
 
 import math
